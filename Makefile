@@ -1,0 +1,41 @@
+# MountainID — the two commands a newcomer needs:
+#   make run    set up, then run the whole pipeline on the embedded default and serve the site
+#   make test   set up (Python packages + Debian packages), then run the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SHARED ?= $(abspath ../shared)
+export MOUNTAINID_WEIGHTS ?= $(SHARED)/models/imagenet/mobilenet_v2_1.0_224_imagenet.weights.h5
+export MOUNTAINID_SHARED := $(SHARED)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+DEBIAN_PACKAGES := chromium chromium-driver shellcheck
+
+.PHONY: setup system-deps run test lint local-cloud bench clean
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip==25.3
+	$(VENV)/bin/pip install -q -r requirements.lock
+	$(VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Debian packages the tests need (headless Chromium for the browser test, shellcheck for infra/).
+system-deps:
+	@if ! dpkg -s $(DEBIAN_PACKAGES) >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; \
+	fi
+
+run: setup
+	$(PY) -m mountainid.cli run
+
+test: setup system-deps
+	$(PY) -m pytest -q -rs --durations=15
+
+lint: setup
+	$(VENV)/bin/ruff check mountainid functions training_job web tests benchmarks
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

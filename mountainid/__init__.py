@@ -1,0 +1,1 @@
+"""MountainID: name the mountain in a photo. The core library every deployable imports."""

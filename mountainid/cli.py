@@ -1,0 +1,58 @@
+"""The ``mountainid`` command: one entry point, one subcommand per capability.
+
+Each subcommand lives next to the code it drives; this file only maps names to modules and
+imports the one asked for, so ``mountainid ingest`` never pays for importing TensorFlow. A module
+named here provides ``configure(name, parser)``, which adds the subcommand's arguments and sets
+``parser.set_defaults(func=...)`` to a function ``(args, settings) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from mountainid import logs
+from mountainid.config import ConfigError, get_settings
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("mountainid.pipeline", "embedded pipeline: ingest, filter, train, then serve the site"),
+    "ingest": ("mountainid.ingest", "one Flickr ingest run into the bucket's raw/"),
+    "fake-flickr": ("mountainid.flickr.fake", "serve a photo folder as a fake Flickr REST API"),
+    "filter": ("mountainid.filter", "run the mountain filter over raw/ photos not judged yet"),
+    "filter-eval": ("mountainid.filter", "precision/recall of the mountain filter on a labelled folder"),
+    "train": ("mountainid.training.cli", "train (from the bucket or a photo folder), evaluate, promote"),
+    "evaluate": ("mountainid.training.cli", "top-1/top-3 of the live (or a named) model on a photo folder"),
+    "serve": ("web.cli", "serve the website and API from the configured store"),
+}
+
+
+def build_parser(command: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mountainid", description="MountainID: which mountain is this?")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            importlib.import_module(module).configure(name, sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    try:
+        settings = get_settings()
+    except ConfigError as error:
+        print(f"mountainid: {error}", file=sys.stderr)
+        return 2
+    logs.configure(settings)
+    try:
+        return int(args.func(args, settings) or 0)
+    except ConfigError as error:
+        print(f"mountainid {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
