@@ -1,0 +1,60 @@
+"""Settings come from the environment, with defaults for the embedded mode and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from mountainid.config import ENV_NAMES, ConfigError, Settings, load_settings
+
+
+def test_defaults_are_the_embedded_mode() -> None:
+    settings = load_settings({})
+    assert not settings.uses_gcs
+    assert settings.events == "inprocess"
+    assert settings.catalog == "mountains11"
+    assert settings.licenses == tuple(range(1, 11))  # everything but "All Rights Reserved"
+    assert settings.log_format == "text"
+
+
+def test_every_field_has_an_environment_variable() -> None:
+    names = {f for f in Settings.__dataclass_fields__ if f != "env"}
+    assert names == set(ENV_NAMES)
+
+
+def test_values_are_parsed_and_typed() -> None:
+    settings = load_settings({
+        "MOUNTAINID_BUCKET": "gs://my-bucket/", "MOUNTAINID_PHOTOS_PER_RUN": "7",
+        "MOUNTAINID_LICENSES": "4, 5,9", "MOUNTAINID_STORE_UPLOADS": "yes", "MOUNTAINID_FILTER_THRESHOLD": "0.3",
+    })
+    assert settings.uses_gcs and settings.bucket_name == "my-bucket"
+    assert settings.photos_per_run == 7
+    assert settings.licenses == (4, 5, 9)
+    assert settings.store_uploads is True
+    assert settings.filter_threshold == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("MOUNTAINID_PHOTOS_PER_RUN", "many"), ("MOUNTAINID_FILTER_THRESHOLD", "high"),
+    ("MOUNTAINID_STORE_UPLOADS", "perhaps"), ("MOUNTAINID_LICENSES", "4,x"), ("MOUNTAINID_EVENTS", "kafka"),
+])
+def test_malformed_values_name_their_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_settings({name: value})
+
+
+def test_real_flickr_needs_a_key_and_says_which_variable() -> None:
+    with pytest.raises(ConfigError, match="FLICKR_API_KEY"):
+        load_settings({}).require_flickr_credentials()
+    with pytest.raises(ConfigError, match="FLICKR_API_SECRET"):
+        load_settings({"FLICKR_API_KEY": "k"}).require_flickr_credentials()
+    assert load_settings({"FLICKR_API_KEY": "k", "FLICKR_API_SECRET": "s"}).require_flickr_credentials() == ("k", "s")
+
+
+def test_a_fake_flickr_server_needs_no_key() -> None:
+    settings = load_settings({"FLICKR_REST_URL": "http://127.0.0.1:9999/services/rest/"})
+    assert settings.require_flickr_credentials() == ("fake-key", "fake-secret")
+
+
+def test_json_logs_by_default_on_cloud_run() -> None:
+    assert load_settings({"K_SERVICE": "web"}).log_format == "json"
+    assert load_settings({"K_SERVICE": "web", "MOUNTAINID_LOG_FORMAT": "text"}).log_format == "text"
