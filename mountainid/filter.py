@@ -1,0 +1,32 @@
+"""The mountain filter: decides from ImageNet scores whether a photo shows a mountain.
+
+The score is the summed probability of the ImageNet classes that show mountain terrain; the
+classes and the threshold (``Settings.filter_threshold``) were chosen on labelled photos
+(``benchmarks/filter.py --threshold``), not guessed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# ImageNet-1k (0-based Keras indices) classes that show mountain terrain.
+TERRAIN_CLASSES: dict[int, str] = {
+    970: "alp",
+    972: "cliff",
+    976: "promontory",
+    979: "valley",
+    980: "volcano",
+}
+_TERRAIN_INDEX = np.array(sorted(TERRAIN_CLASSES), dtype=np.intp)
+
+
+def mountain_score(probs: np.ndarray) -> np.ndarray:
+    """Mountain score in [0, 1] per photo from ImageNet probabilities (N, 1000) -> (N,).
+
+    Summing the terrain classes (instead of asking for one of them in the top-k) lets a photo
+    that is half "alp", half "valley" count as the mountain it is.
+    """
+    probs = np.asarray(probs, dtype=np.float32)
+    if probs.ndim == 1:
+        probs = probs[None]
+    return np.clip(probs[:, _TERRAIN_INDEX].sum(axis=1), 0.0, 1.0)
