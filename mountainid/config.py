@@ -73,6 +73,9 @@ class Settings:
     project: str = "mountainid-local"
     # Event transport: "inprocess" (embedded) or "pubsub".                           MOUNTAINID_EVENTS
     events: str = "inprocess"
+    # Emulators (tests and `make local-cloud`): "http://127.0.0.1:PORT" / "127.0.0.1:PORT"; empty = real GCP.
+    storage_emulator_host: str = ""  #                                               STORAGE_EMULATOR_HOST
+    pubsub_emulator_host: str = ""  #                                                PUBSUB_EMULATOR_HOST
     topic_ingest_tick: str = "ingest-tick"  #                                        MOUNTAINID_TOPIC_INGEST_TICK
     topic_raw_photos: str = "raw-photos"  # GCS notifications for raw/           MOUNTAINID_TOPIC_RAW_PHOTOS
     topic_model_published: str = "model-published"  #                                MOUNTAINID_TOPIC_MODEL_PUBLISHED
@@ -145,6 +148,8 @@ ENV_NAMES: dict[str, str] = {
     "project": "GOOGLE_CLOUD_PROJECT",
     "events": "MOUNTAINID_EVENTS",
     "topic_ingest_tick": "MOUNTAINID_TOPIC_INGEST_TICK",
+    "storage_emulator_host": "STORAGE_EMULATOR_HOST",
+    "pubsub_emulator_host": "PUBSUB_EMULATOR_HOST",
     "topic_raw_photos": "MOUNTAINID_TOPIC_RAW_PHOTOS",
     "topic_model_published": "MOUNTAINID_TOPIC_MODEL_PUBLISHED",
     "catalog": "MOUNTAINID_CATALOG",

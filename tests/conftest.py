@@ -9,6 +9,8 @@ import pytest
 
 from mountainid.config import Settings, load_settings
 
+pytest_plugins = ["tests.emulators"]
+
 REPO = Path(__file__).resolve().parent.parent
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -14,5 +14,5 @@ def open_bus(settings: Settings) -> EventBus:
     if settings.events == "pubsub":
         from mountainid.events.pubsub import PubSubBus  # imported lazily: grpc is heavy
 
-        return PubSubBus(settings.project)
+        return PubSubBus(settings.project, emulator_host=settings.pubsub_emulator_host or None)
     return InProcessBus(settings.project)

@@ -21,5 +21,6 @@ def open_store(settings: Settings, on_finalize: Callable[[BlobInfo], None] | Non
     if settings.uses_gcs:
         from mountainid.store.gcs import GcsBlobStore  # imported lazily: google-cloud-storage is heavy
 
-        return GcsBlobStore(settings.bucket_name, project=settings.project)
+        return GcsBlobStore(settings.bucket_name, project=settings.project,
+                            emulator_host=settings.storage_emulator_host or None)
     return LocalBlobStore(settings.local_root, on_finalize=on_finalize)
