@@ -92,6 +92,7 @@ class Settings:
     download_workers: int = 8  #                                                     MOUNTAINID_DOWNLOAD_WORKERS
     flickr_retries: int = 4  #                                                       MOUNTAINID_FLICKR_RETRIES
     flickr_timeout_s: float = 20.0  #                                                MOUNTAINID_FLICKR_TIMEOUT_S
+    flickr_backoff_s: float = 1.0  # first retry delay, doubled each time          MOUNTAINID_FLICKR_BACKOFF_S
 
     # Vision: "imagenet" downloads Keras' weights; a path loads a local .weights.h5. MOUNTAINID_WEIGHTS
     weights: str = "imagenet"
@@ -161,6 +162,7 @@ ENV_NAMES: dict[str, str] = {
     "download_workers": "MOUNTAINID_DOWNLOAD_WORKERS",
     "flickr_retries": "MOUNTAINID_FLICKR_RETRIES",
     "flickr_timeout_s": "MOUNTAINID_FLICKR_TIMEOUT_S",
+    "flickr_backoff_s": "MOUNTAINID_FLICKR_BACKOFF_S",
     "weights": "MOUNTAINID_WEIGHTS",
     "filter_threshold": "MOUNTAINID_FILTER_THRESHOLD",
     "max_image_pixels": "MOUNTAINID_MAX_IMAGE_PIXELS",

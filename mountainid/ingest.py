@@ -1,0 +1,446 @@
+"""The Flickr ingest: new photos of each mountain into ``raw/<slug>/<photo_id>.jpg``.
+
+One run, per mountain: read the cursor ``state/ingest/<slug>.json``, search Flickr for photos
+uploaded since (oldest first), download up to ``photos_per_run`` of them concurrently, check each
+is a real JPEG photo, write it with its Flickr metadata, then move the cursor past the photos
+that are done. What keeps it safe to run any number of times, even two at once:
+
+* Photos are written with ``if_generation_match=0``: an object is never written twice, so a tick
+  delivered twice or two overlapping runs store each photo once.
+* The cursor only moves over the unbroken run of photos that are done (stored, already there, or
+  skipped for good: a 404, not an image, truncated). At the first photo that failed in a way that
+  may heal (Flickr 5xx or time-outs after retries, a store error) that mountain stops; the next run
+  starts from that photo. Photos stored past it are found again and count as already present.
+* The cursor is written with a generation precondition; on a lost race it is re-read and merged
+  (the further of the two wins), so concurrent runs never move it backwards or corrupt it.
+
+The cursor is an upload date plus the ids already done *at* that date (Flickr dates are seconds,
+and burst uploads share one), and remembers the search (text and licence filter): change either
+and the mountain starts over, finding what it stored before as already present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from cloudevents.http import CloudEvent
+
+from mountainid.catalog import Catalog, Mountain, load_catalog
+from mountainid.config import Settings
+from mountainid.events.cloudevents import pubsub_json
+from mountainid.flickr.client import (
+    MAX_PER_PAGE,
+    FlickrClient,
+    FlickrPhoto,
+    FlickrRejected,
+    FlickrUnavailable,
+    PhotoUnavailable,
+)
+from mountainid.logs import event
+from mountainid.store import BlobStore, PreconditionFailed, StoreError, open_store
+from mountainid.vision.image import BadImage, load_image
+
+log = logging.getLogger(__name__)
+
+RAW_PREFIX = "raw"
+CURSOR_PREFIX = "state/ingest"
+CURSOR_VERSION = 1
+CURSOR_WRITE_ATTEMPTS = 20
+VALIDATE_DRAFT_SIZE = 256  # decode downscaled: still reads every byte (so truncation shows), 4x faster
+_PHOTO_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_MAX_METADATA_TEXT = 1000  # Cloud Storage allows 8 KiB of custom metadata per object
+
+
+def raw_name(slug: str, photo_id: str) -> str:
+    return f"{RAW_PREFIX}/{slug}/{photo_id}.jpg"
+
+
+def cursor_name(slug: str) -> str:
+    return f"{CURSOR_PREFIX}/{slug}.json"
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a mountain's ingest stands: everything uploaded before ``uploaded``, plus ``done`` at it."""
+
+    uploaded: int = 0
+    done: frozenset[str] = frozenset()
+    query: str = ""
+
+    def covers(self, photo: FlickrPhoto) -> bool:
+        return photo.uploaded < self.uploaded or (photo.uploaded == self.uploaded and photo.id in self.done)
+
+    def past(self, photo: FlickrPhoto) -> Cursor:
+        """The cursor once ``photo`` (the next in upload order) is done."""
+        if photo.uploaded > self.uploaded:
+            return dataclasses.replace(self, uploaded=photo.uploaded, done=frozenset({photo.id}))
+        if photo.uploaded == self.uploaded:
+            return dataclasses.replace(self, done=self.done | {photo.id})
+        return self
+
+    def merged(self, other: Cursor) -> Cursor:
+        """The further of two cursors for the same search: both only ever cover done photos."""
+        if other.query != self.query or other.uploaded < self.uploaded:
+            return self
+        if other.uploaded > self.uploaded:
+            return other
+        return dataclasses.replace(self, done=self.done | other.done)
+
+    def to_json(self) -> bytes:
+        return json.dumps({"version": CURSOR_VERSION, "min_upload_date": self.uploaded,
+                           "done_at_date": sorted(self.done), "query": self.query,
+                           "updated": datetime.now(UTC).isoformat(timespec="seconds")},
+                          indent=1).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Cursor:
+        doc = json.loads(data)
+        if doc.get("version") != CURSOR_VERSION:
+            raise ValueError(f"cursor version {doc.get('version')!r}, expected {CURSOR_VERSION}")
+        return cls(int(doc["min_upload_date"]), frozenset(str(i) for i in doc["done_at_date"]), str(doc["query"]))
+
+
+class Outcome(Enum):
+    STORED = "stored"
+    PRESENT = "already-present"
+    SKIPPED = "skipped"  # for good: the cursor moves past it
+    FAILED = "failed"  # may heal: the cursor stops before it
+
+
+@dataclass
+class MountainReport:
+    slug: str
+    stored: int = 0
+    present: int = 0
+    skipped: int = 0
+    errors: int = 0  # photos that failed, or 1 when the search itself did
+    stopped: str | None = None  # why this mountain stopped early (the next run resumes there)
+    cursor: int = 0  # upload date the next run searches from
+
+    def count(self, outcome: Outcome) -> None:
+        if outcome is Outcome.STORED:
+            self.stored += 1
+        elif outcome is Outcome.PRESENT:
+            self.present += 1
+        elif outcome is Outcome.SKIPPED:
+            self.skipped += 1
+        else:
+            self.errors += 1
+
+
+@dataclass
+class IngestReport:
+    mountains: dict[str, MountainReport] = field(default_factory=dict)
+    seconds: float = 0.0
+    stopped: str | None = None  # why the whole run ended early (Flickr unavailable)
+
+    def _total(self, name: str) -> int:
+        return sum(getattr(report, name) for report in self.mountains.values())
+
+    @property
+    def stored(self) -> int:
+        return self._total("stored")
+
+    @property
+    def present(self) -> int:
+        return self._total("present")
+
+    @property
+    def skipped(self) -> int:
+        return self._total("skipped")
+
+    @property
+    def errors(self) -> int:
+        return self._total("errors")
+
+    @property
+    def ok(self) -> bool:
+        return self.errors == 0 and self.stopped is None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"stored": self.stored, "already_present": self.present, "skipped": self.skipped,
+                "errors": self.errors, "seconds": round(self.seconds, 3), "stopped": self.stopped,
+                "mountains": {slug: dataclasses.asdict(r) for slug, r in self.mountains.items()}}
+
+
+class UnknownMountain(ValueError):
+    """A requested mountain is not in the catalog."""
+
+
+def select_mountains(catalog: Catalog, names: Sequence[str] | None) -> list[Mountain]:
+    """The catalog's mountains, or those named (display names or slugs, any case or accents)."""
+    if not names:
+        return list(catalog.mountains)
+    found = {name: catalog.find(name) for name in names}
+    unknown = [name for name, mountain in found.items() if mountain is None]
+    if unknown:
+        raise UnknownMountain(f"not in catalog {catalog.name!r}: {unknown}; known: {', '.join(catalog.slugs)}")
+    return list(dict.fromkeys(m for m in found.values() if m is not None))
+
+
+class _Run:
+    """One ingest run: the shared client, store and download pool, one mountain at a time."""
+
+    def __init__(self, settings: Settings, store: BlobStore, client: FlickrClient, pool: ThreadPoolExecutor,
+                 budget: int) -> None:
+        self.settings = settings
+        self.store = store
+        self.client = client
+        self.pool = pool
+        self.budget = budget
+
+    def mountain(self, mountain: Mountain) -> MountainReport:
+        report = MountainReport(mountain.slug)
+        query = f"text={mountain.search}&license={self.client.licenses}"
+        cursor, generation = self._read_cursor(mountain.slug)
+        if cursor.query != query:
+            if generation:
+                event(log, "search changed: starting over", slug=mountain.slug, was=cursor.query, now=query)
+            cursor = Cursor(query=query)
+        photos = self._new_photos(mountain, cursor)  # FlickrUnavailable ends the run (caller)
+        futures = [self.pool.submit(self._handle, mountain.slug, photo) for photo in photos]
+        advanced = cursor
+        for photo, future in zip(photos, futures):
+            outcome = future.result() if not future.cancelled() else None
+            if outcome is None:
+                continue
+            report.count(outcome)
+            if outcome is Outcome.FAILED and report.stopped is None:
+                report.stopped = f"photo {photo.id} failed; the next run resumes there"
+                for later in futures:
+                    later.cancel()
+            if report.stopped is None:
+                advanced = advanced.past(photo)
+        if advanced != cursor:
+            advanced = self._save_cursor(mountain.slug, advanced, generation)
+        report.cursor = advanced.uploaded
+        return report
+
+    def _new_photos(self, mountain: Mountain, cursor: Cursor) -> list[FlickrPhoto]:
+        """Up to ``budget`` photos the cursor does not cover, in upload order."""
+        found: dict[str, FlickrPhoto] = {}
+        per_page = min(MAX_PER_PAGE, self.budget + len(cursor.done))
+        page = 1
+        while len(found) < self.budget:
+            result = self.client.search(mountain.search, min_upload_date=cursor.uploaded, page=page,
+                                        per_page=per_page)
+            for photo in result.photos:
+                if not cursor.covers(photo):
+                    found.setdefault(photo.id, photo)
+            if page >= result.pages:
+                break
+            page += 1
+        return sorted(found.values(), key=lambda p: p.uploaded)[: self.budget]
+
+    def _handle(self, slug: str, photo: FlickrPhoto) -> Outcome:
+        """Store one photo; runs on a download thread. Logs one line, always with the photo id."""
+        started = time.perf_counter()
+        outcome, reason, size = self._store_photo(slug, photo)
+        level = logging.WARNING if outcome is Outcome.FAILED else logging.INFO
+        event(log, f"photo {outcome.value}", level=level, photo_id=photo.id, slug=slug, reason=reason,
+              bytes=size, ms=round((time.perf_counter() - started) * 1000, 1))
+        return outcome
+
+    def _store_photo(self, slug: str, photo: FlickrPhoto) -> tuple[Outcome, str, int]:
+        if not _PHOTO_ID.match(photo.id):
+            return Outcome.SKIPPED, "unsafe-photo-id", 0
+        name = raw_name(slug, photo.id)
+        try:
+            if self.store.exists(name):
+                return Outcome.PRESENT, "", 0
+        except Exception as error:  # noqa: BLE001 - any store failure means "not stored": retry next run
+            return Outcome.FAILED, f"store: {error}", 0
+        if photo.image_url is None:
+            return Outcome.SKIPPED, "no-image-url", 0
+        try:
+            data = self.client.download(photo.image_url)
+        except PhotoUnavailable as error:
+            return Outcome.SKIPPED, f"gone: {error}", 0
+        except FlickrUnavailable as error:
+            return Outcome.FAILED, str(error), 0
+        if not data.startswith(_JPEG_MAGIC):
+            return Outcome.SKIPPED, "not-jpeg", len(data)
+        try:
+            load_image(data, self.settings.max_image_pixels, self.settings.max_image_bytes,
+                       draft_size=VALIDATE_DRAFT_SIZE)
+        except BadImage as error:
+            return Outcome.SKIPPED, error.reason, len(data)
+        try:
+            self.store.put(name, data, metadata=photo_metadata(slug, photo), content_type="image/jpeg",
+                           if_generation_match=0)
+        except PreconditionFailed:
+            return Outcome.PRESENT, "written by a concurrent run", len(data)
+        except Exception as error:  # noqa: BLE001 - as above
+            return Outcome.FAILED, f"store: {error}", len(data)
+        return Outcome.STORED, "", len(data)
+
+    def _read_cursor(self, slug: str) -> tuple[Cursor, int]:
+        """The stored cursor and its generation (0: none). An unreadable one starts over, safely."""
+        info = self.store.info(cursor_name(slug))
+        if info is None:
+            return Cursor(), 0
+        try:
+            return Cursor.from_json(self.store.get(cursor_name(slug))), info.generation
+        except (ValueError, KeyError, TypeError) as error:
+            event(log, "cursor unreadable: starting over", level=logging.WARNING, slug=slug, error=str(error))
+            return Cursor(), info.generation
+
+    def _save_cursor(self, slug: str, cursor: Cursor, generation: int) -> Cursor:
+        """Compare-and-swap the cursor; on a lost race merge with the winner's and try again."""
+        for _ in range(CURSOR_WRITE_ATTEMPTS):
+            try:
+                self.store.put(cursor_name(slug), cursor.to_json(), content_type="application/json",
+                               if_generation_match=generation)
+                return cursor
+            except PreconditionFailed:
+                theirs, generation = self._read_cursor(slug)
+                merged = cursor.merged(theirs)
+                if merged == theirs:
+                    return theirs
+                cursor = merged
+        raise StoreError(f"cursor {cursor_name(slug)} kept changing under {CURSOR_WRITE_ATTEMPTS} writes")
+
+
+def photo_metadata(slug: str, photo: FlickrPhoto) -> dict[str, str]:
+    """The object metadata of ``raw/<slug>/<id>.jpg``: credit, licence, provenance, geo."""
+    metadata = {
+        "source": "flickr", "mountain": slug, "photo_id": photo.id, "owner": photo.owner,
+        "owner_name": photo.owner_name[:_MAX_METADATA_TEXT], "license": str(photo.license),
+        "title": photo.title[:_MAX_METADATA_TEXT], "tags": photo.tags[:_MAX_METADATA_TEXT],
+        "url": photo.page_url, "image_url": photo.image_url or "", "taken": photo.taken,
+        "uploaded": str(photo.uploaded),
+    }
+    if photo.latitude is not None and photo.longitude is not None:
+        metadata.update(latitude=f"{photo.latitude:.6f}", longitude=f"{photo.longitude:.6f}")
+    return metadata
+
+
+def run_ingest(settings: Settings, store: BlobStore, catalog: Catalog, *, mountains: Sequence[str] | None = None,
+               photos_per_run: int | None = None, client: FlickrClient | None = None) -> IngestReport:
+    """One ingest run over the catalog (or the named mountains); never raises for Flickr being ill.
+
+    Raises ConfigError (missing or rejected Flickr key) and UnknownMountain, which no retry fixes.
+    """
+    started = time.perf_counter()
+    chosen = select_mountains(catalog, mountains)
+    budget = settings.photos_per_run if photos_per_run is None else photos_per_run
+    if budget < 1:
+        raise ValueError(f"photos_per_run must be at least 1, got {budget}")
+    report = IngestReport()
+    with _client(settings, client) as flickr, \
+            ThreadPoolExecutor(max(settings.download_workers, 1), thread_name_prefix="ingest") as pool:
+        run = _Run(settings, store, flickr, pool, budget)
+        for mountain in chosen:
+            try:
+                report.mountains[mountain.slug] = run.mountain(mountain)
+            except FlickrRejected as error:
+                report.mountains[mountain.slug] = MountainReport(mountain.slug, errors=1,
+                                                                   stopped=f"search rejected: {error}")
+                event(log, "search rejected", level=logging.ERROR, slug=mountain.slug, error=str(error))
+            except FlickrUnavailable as error:
+                report.mountains[mountain.slug] = MountainReport(mountain.slug, errors=1, stopped=str(error))
+                report.stopped = f"Flickr unavailable at {mountain.slug}: {error}"
+                event(log, "flickr unavailable: run stops", level=logging.ERROR, slug=mountain.slug,
+                      error=str(error))
+                break
+    report.seconds = time.perf_counter() - started
+    event(log, "ingest run finished", level=logging.INFO if report.ok else logging.WARNING,
+          stored=report.stored, already_present=report.present, skipped=report.skipped, errors=report.errors,
+          mountains=len(report.mountains), seconds=round(report.seconds, 2), stopped=report.stopped)
+    return report
+
+
+@contextmanager
+def _client(settings: Settings, client: FlickrClient | None) -> Iterator[FlickrClient]:
+    """The caller's client (a function keeps one warm), or one for this run only."""
+    if client is not None:
+        yield client
+        return
+    own = FlickrClient.from_settings(settings)
+    try:
+        yield own
+    finally:
+        own.close()
+
+
+def tick_options(message: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a tick's optional JSON: ``{"mountains": ["k2"], "photos_per_run": 10}``."""
+    if not isinstance(message, Mapping):
+        kind = type(message).__name__
+        raise ValueError(f"a tick carries a JSON object or nothing, got {kind}")  # noqa: TRY004 - bad input
+    unknown = set(message) - {"mountains", "photos_per_run"}
+    if unknown:
+        raise ValueError(f"unknown tick fields {sorted(unknown)}; allowed: mountains, photos_per_run")
+    options: dict[str, Any] = {}
+    mountains = message.get("mountains")
+    if mountains is not None:
+        if not isinstance(mountains, list) or not all(isinstance(m, str) and m for m in mountains):
+            raise ValueError(f"'mountains' must be a list of names, got {mountains!r}")
+        options["mountains"] = mountains
+    budget = message.get("photos_per_run")
+    if budget is not None:
+        if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+            raise ValueError(f"'photos_per_run' must be a positive whole number, got {budget!r}")
+        options["photos_per_run"] = budget
+    return options
+
+
+def handle_tick(cloud_event: CloudEvent, settings: Settings, store: BlobStore, catalog: Catalog,
+                client: FlickrClient | None = None) -> IngestReport | None:
+    """The scheduler's Pub/Sub tick -> one run. A malformed message is logged and dropped (None):
+    redelivering it could never succeed."""
+    try:
+        options = tick_options(pubsub_json(cloud_event))
+        select_mountains(catalog, options.get("mountains"))
+    except ValueError as error:  # bad JSON (JSONDecodeError is a ValueError) or UnknownMountain
+        event(log, "tick rejected", level=logging.ERROR, event_id=cloud_event["id"], error=str(error))
+        return None
+    event(log, "tick received", event_id=cloud_event["id"], **options)
+    return run_ingest(settings, store, catalog, client=client, **options)
+
+
+# The `mountainid ingest` subcommand.
+
+def configure(name: str, parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mountain", action="append", dest="mountains", metavar="NAME",
+                        help="only this mountain (name or slug; repeat for more); default: the whole catalog")
+    parser.add_argument("--photos-per-run", type=int, help="per-mountain budget (default MOUNTAINID_PHOTOS_PER_RUN)")
+    parser.add_argument("--fake-flickr", type=Path, metavar="DIR",
+                        help="serve DIR (one subfolder per mountain) as a fake Flickr for this run, offline")
+    parser.add_argument("--noise", type=Path, metavar="DIR", help="with --fake-flickr: noise photos to mix in")
+    parser.set_defaults(func=_command)
+
+
+def _command(args: argparse.Namespace, settings: Settings) -> int:
+    catalog = load_catalog(settings.catalog)
+    store = open_store(settings)
+    try:
+        if args.fake_flickr is None:
+            report = run_ingest(settings, store, catalog, mountains=args.mountains,
+                                photos_per_run=args.photos_per_run)
+        else:
+            from mountainid.flickr.fake import FakeFlickr
+
+            with FakeFlickr(args.fake_flickr, args.noise, catalog=catalog) as fake:
+                report = run_ingest(dataclasses.replace(settings, flickr_rest_url=fake.rest_url), store,
+                                    catalog, mountains=args.mountains, photos_per_run=args.photos_per_run)
+    except ValueError as error:  # UnknownMountain, a budget below 1
+        print(f"mountainid ingest: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.as_dict(), indent=1))
+    return 0 if report.ok else 1
