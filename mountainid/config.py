@@ -96,7 +96,7 @@ class Settings:
 
     # Vision: "imagenet" downloads Keras' weights; a path loads a local .weights.h5. MOUNTAINID_WEIGHTS
     weights: str = "imagenet"
-    filter_threshold: float = 0.5  #                                                 MOUNTAINID_FILTER_THRESHOLD
+    filter_threshold: float = 0.4  # chosen on data: benchmarks/filter.py --threshold  MOUNTAINID_FILTER_THRESHOLD
     max_image_pixels: int = 40_000_000  # decompression-bomb guard                  MOUNTAINID_MAX_IMAGE_PIXELS
     max_image_bytes: int = 10 * 1024 * 1024  # uploads and downloads               MOUNTAINID_MAX_IMAGE_BYTES
 
