@@ -61,6 +61,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def port_is_free(port: int) -> bool:
+    """True when nothing listens on the loopback port (connections lingering in TIME_WAIT are ok)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def _http_ok(url: str, timeout: float = 1.0) -> bool:
     """True once something answers HTTP at url (any status: the server is up)."""
     try:
@@ -125,6 +136,9 @@ class ManagedProcess:
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> None:
+        # Checked first: otherwise whatever already answers on the port would pass for this server.
+        if not port_is_free(self.port):
+            raise LocalCloudError(f"{self.name}: port {self.port} on 127.0.0.1 is already in use")
         started = time.monotonic()
         with open(self.log_path, "wb") as log:
             # The child inherits this environment (PATH, the venv) plus the server's own variables.
