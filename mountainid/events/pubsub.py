@@ -58,7 +58,8 @@ class PubSubBus(EventBus):
         try:
             return future.result(timeout=self.timeout_s)
         except TimeoutError:
-            raise PublishError(f"publishing to {topic!r} took more than {self.timeout_s:.0f}s") from None
+            raise PublishError(f"publishing to {topic!r} took more than {self.timeout_s:.0f}s: is Pub/Sub "
+                               f"reachable at {self.emulator_host or 'pubsub.googleapis.com'}?") from None
         except google_exceptions.GoogleAPICallError as exc:
             raise PublishError(f"publishing to {topic!r} failed: {exc}") from exc
 

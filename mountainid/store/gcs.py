@@ -4,14 +4,14 @@ Generations are Cloud Storage's own, and ``if_generation_match`` is passed strai
 so compare-and-swap is enforced by the server (fake-gcs-server enforces it too, which is what
 the contract tests run against).
 
-Retries: reads, writes and copies use the library's retry policy (429, 5xx and connection
-errors, exponential back-off, bounded by ``retry_deadline_s``); a 412 is never retried, it
-becomes :class:`PreconditionFailed` at once. Unconditional writes are retried too: writing the
-same bytes twice leaves the same object (one more generation and finalize event, which
-at-least-once subscribers tolerate). Unconditional deletes are not retried (a retry of a delete
-that landed would report NotFound). One ambiguity is inherent to any retried CAS: if a
-conditional write lands but its response is lost, the retry gets a 412, so a caller's CAS loop
-re-reads and finds its own write; keep such updates idempotent.
+Retries: every call uses the library's retry policy (429, 5xx and connection errors,
+exponential back-off), bounded by ``retry_deadline_s`` so an unreachable server becomes a
+:class:`StoreError` instead of a hang; a 412 is never retried, it becomes
+:class:`PreconditionFailed` at once. Unconditional writes are retried too: writing the same bytes
+twice leaves the same object (one more generation and finalize event, which at-least-once
+subscribers tolerate). One ambiguity is inherent to any retried request: if a conditional write
+(or a delete) lands but its response is lost, the retry gets a 412 (or a 404), so a caller's CAS
+loop re-reads and finds its own write; keep such updates idempotent.
 
 With ``emulator_host`` (``STORAGE_EMULATOR_HOST``, e.g. ``http://127.0.0.1:4443``) the client
 talks to that server with anonymous credentials: no cloud account is needed.
@@ -64,11 +64,11 @@ class GcsBlobStore(BlobStore):
         """Turn google's HTTP errors into the store's own, naming the object."""
         try:
             yield
-        except google_exceptions.NotFound:
-            raise NotFound(self.uri(name)) from None
+        except google_exceptions.NotFound as exc:  # the object, or the whole bucket
+            raise NotFound(f"{self.uri(name)}: {exc.message}") from None
         except google_exceptions.PreconditionFailed:
             raise PreconditionFailed(f"{self.uri(name)}: generation does not match") from None
-        except google_exceptions.GoogleAPICallError as exc:
+        except google_exceptions.GoogleAPIError as exc:  # other HTTP errors, retries exhausted
             raise StoreError(f"{self.uri(name)}: {exc}") from exc
 
     @staticmethod
@@ -124,9 +124,8 @@ class GcsBlobStore(BlobStore):
                 raise NotFound(self.uri(name))
             self._precheck(name, current, if_generation_match)
         with self._mapped(name):
-            # The library's default retry: only when a generation makes the delete idempotent.
             self.bucket.blob(check_name(name)).delete(if_generation_match=if_generation_match,
-                                                      timeout=self.timeout_s)
+                                                      timeout=self.timeout_s, retry=self._retry)
 
     def copy(self, src: str, dst: str, *, metadata: Mapping[str, str] | None = None,
              if_generation_match: int | None = None) -> int:

@@ -20,7 +20,13 @@ from mountainid.events.pubsub import (
     pull,
     subscriber_client,
 )
-from mountainid.localcloud import FakeGcsServer, FunctionsFrameworkServer, LocalCloudError, PubSubEmulator
+from mountainid.localcloud import (
+    FakeGcsServer,
+    FunctionsFrameworkServer,
+    LocalCloudError,
+    PubSubEmulator,
+    free_port,
+)
 from mountainid.store.gcs import GcsBlobStore, storage_client
 from tests.emulators import PROJECT, RAW_TOPIC, unique_name
 
@@ -96,6 +102,14 @@ def test_publish_to_a_missing_topic_fails_clearly(pubsub_emulator: PubSubEmulato
     bus = PubSubBus(PROJECT, emulator_host=pubsub_emulator.host)
     with pytest.raises(PublishError, match="no-such-topic"):
         bus.publish("no-such-topic", b"x")
+
+
+def test_publish_to_an_unreachable_server_fails_within_the_timeout() -> None:
+    host = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(PublishError, match=f"reachable at {host}"):
+        PubSubBus(PROJECT, emulator_host=host, timeout_s=1).publish("ingest-tick", b"x")
+    assert time.monotonic() - started < 10
 
 
 def test_ensure_helpers_are_idempotent(pubsub_emulator: PubSubEmulator, topic: str) -> None:
