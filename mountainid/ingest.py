@@ -112,7 +112,8 @@ class Cursor:
         doc = json.loads(data)
         if doc.get("version") != CURSOR_VERSION:
             raise ValueError(f"cursor version {doc.get('version')!r}, expected {CURSOR_VERSION}")
-        return cls(int(doc["min_upload_date"]), frozenset(str(i) for i in doc["done_at_date"]), str(doc["query"]))
+        done = frozenset(str(photo_id) for photo_id in doc["done_at_date"])
+        return cls(int(doc["min_upload_date"]), done, str(doc["query"]))
 
 
 class Outcome(Enum):
@@ -189,7 +190,8 @@ def select_mountains(catalog: Catalog, names: Sequence[str] | None) -> list[Moun
     found = {name: catalog.find(name) for name in names}
     unknown = [name for name, mountain in found.items() if mountain is None]
     if unknown:
-        raise UnknownMountain(f"not in catalog {catalog.name!r}: {unknown}; known: {', '.join(catalog.slugs)}")
+        raise UnknownMountain(f"not in catalog {catalog.name!r}: {unknown}; "
+                              f"known: {', '.join(catalog.slugs)}")
     return list(dict.fromkeys(m for m in found.values() if m is not None))
 
 
@@ -330,8 +332,9 @@ def photo_metadata(slug: str, photo: FlickrPhoto) -> dict[str, str]:
     return metadata
 
 
-def run_ingest(settings: Settings, store: BlobStore, catalog: Catalog, *, mountains: Sequence[str] | None = None,
-               photos_per_run: int | None = None, client: FlickrClient | None = None) -> IngestReport:
+def run_ingest(settings: Settings, store: BlobStore, catalog: Catalog, *,
+               mountains: Sequence[str] | None = None, photos_per_run: int | None = None,
+               client: FlickrClient | None = None) -> IngestReport:
     """One ingest run over the catalog (or the named mountains); never raises for Flickr being ill.
 
     Raises ConfigError (missing or rejected Flickr key) and UnknownMountain, which no retry fixes.
@@ -419,10 +422,12 @@ def handle_tick(cloud_event: CloudEvent, settings: Settings, store: BlobStore, c
 def configure(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mountain", action="append", dest="mountains", metavar="NAME",
                         help="only this mountain (name or slug; repeat for more); default: the whole catalog")
-    parser.add_argument("--photos-per-run", type=int, help="per-mountain budget (default MOUNTAINID_PHOTOS_PER_RUN)")
+    parser.add_argument("--photos-per-run", type=int,
+                        help="per-mountain budget (default: MOUNTAINID_PHOTOS_PER_RUN)")
     parser.add_argument("--fake-flickr", type=Path, metavar="DIR",
                         help="serve DIR (one subfolder per mountain) as a fake Flickr for this run, offline")
-    parser.add_argument("--noise", type=Path, metavar="DIR", help="with --fake-flickr: noise photos to mix in")
+    parser.add_argument("--noise", type=Path, metavar="DIR",
+                        help="with --fake-flickr: non-mountain photos to mix into the results")
     parser.set_defaults(func=_command)
 
 

@@ -46,7 +46,8 @@ TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 # 106 "Write operation failed", 0 is what Flickr answers when overloaded.
 AUTH_CODES = frozenset({96, 97, 98, 99, 100})
 TRANSIENT_CODES = frozenset({0, 105, 106, 429})
-_TRANSIENT_MESSAGE = re.compile(r"rate limit|too many requests|temporarily|try again|unavailable", re.IGNORECASE)
+_TRANSIENT_MESSAGE = re.compile(r"rate limit|too many requests|temporarily|try again|unavailable",
+                                re.IGNORECASE)
 _STATUS_IN_MESSAGE = re.compile(r"Status code (\d+)")  # how flickrapi reports a non-200 answer
 
 
@@ -184,7 +185,7 @@ class FlickrClient:
             raise _Transient(f"{type(error).__name__}: {error}") from error
 
     def download(self, url: str) -> bytes:
-        """The photo's bytes; PhotoUnavailable if it is gone or too big, FlickrUnavailable if Flickr is ill."""
+        """The photo's bytes. PhotoUnavailable: gone or too big; FlickrUnavailable: Flickr is ill."""
         return self._with_retries(lambda: self._fetch(url), "download", url=url)
 
     def _fetch(self, url: str) -> bytes:
@@ -213,7 +214,8 @@ class FlickrClient:
                 return attempt()
             except _Transient as error:
                 if number == self.retries:
-                    raise FlickrUnavailable(f"Flickr {what} failed {number + 1} times, last: {error}") from None
+                    raise FlickrUnavailable(f"Flickr {what} failed {number + 1} times, "
+                                            f"last: {error}") from None
                 delay = self._backoff(number)
                 event(log, "flickr retry", level=logging.WARNING, call=what, attempt=number + 1,
                       delay_s=round(delay, 3), error=str(error), **fields)

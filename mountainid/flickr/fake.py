@@ -163,6 +163,7 @@ class FakeFlickr:
         if len(self._by_id) != sum(len(m.photos) for m in self._mountains.values()):
             raise ValueError("photo ids collide; rename a file")
         self._server: ThreadingHTTPServer | None = None
+        self._base_url = ""
         self._thread: threading.Thread | None = None
 
     # Building the collection.
@@ -179,11 +180,12 @@ class FakeFlickr:
                 continue
             mountain = self.catalog.find(folder.name) if self.catalog else None
             home = (mountain.latitude, mountain.longitude) if mountain else None
-            picked = sorted(noise, key=lambda p: _digest(slug, p.name))[:round(len(files) * self.noise_fraction)]
+            share = round(len(files) * self.noise_fraction)
+            picked = sorted(noise, key=lambda p: _digest(slug, p.name))[:share]
             entries = [(path, False) for path in files] + [(path, True) for path in picked]
             entries.sort(key=lambda entry: _digest(slug, entry[0].name, "order"))
-            photos = [self._photo(folder.name, slug, path, is_noise, index, home)
-                      for index, (path, is_noise) in enumerate(entries)]
+            photos = sorted((self._photo(folder.name, slug, path, is_noise, index, home)
+                             for index, (path, is_noise) in enumerate(entries)), key=_posted)
             mountains[slug] = _Mountain(slug, photos, len(photos) if self.visible is None else self.visible)
         if not mountains:
             raise ValueError(f"{self.photos_dir} has no subfolders with photos")
@@ -257,10 +259,9 @@ class FakeFlickr:
 
     @property
     def base_url(self) -> str:
-        if self._server is None:
+        if not self._base_url:
             raise RuntimeError("the fake Flickr server is not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._base_url
 
     @property
     def rest_url(self) -> str:
@@ -268,7 +269,10 @@ class FakeFlickr:
 
     def start(self) -> FakeFlickr:
         self._server = _Server(("127.0.0.1", self.port), _handler_for(self))
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-flickr", daemon=True)
+        host, port = self._server.server_address[:2]
+        self._base_url = f"http://{host}:{port}"  # kept after stop(): a late request still gets an answer
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fake-flickr",
+                                        daemon=True)
         self._thread.start()
         return self
 
@@ -295,21 +299,23 @@ class FakeFlickr:
             return _fail(112, f'Method "{method}" not found')
         text = params.get("text", "").strip()
         if not text and not params.get("tags"):
-            return _fail(3, "Parameterless searches have been disabled. Please use flickr.photos.getRecent instead.")
+            return _fail(3, "Parameterless searches have been disabled. "
+                            "Please use flickr.photos.getRecent instead.")
         try:
             page = max(1, int(params.get("page") or 1))
             per_page = min(500, max(1, int(params.get("per_page") or 100)))
             min_date = int(params.get("min_upload_date") or 0)
             max_date = int(params.get("max_upload_date") or 2**62)
-            licenses = {int(code) for code in params["license"].split(",")} if params.get("license") else None
+            licenses = tuple(int(code) for code in params["license"].split(",")) \
+                if params.get("license") else None
         except ValueError as error:
             return _fail(3, f"Bad parameter: {error}")
         try:
             wanted = slugify(text)
         except ValueError:
             wanted = ""
-        found = [photo for photo in (self.photos(wanted) if wanted in self._mountains else [])
-                 if min_date <= photo.uploaded <= max_date and (licenses is None or photo.license in licenses)]
+        candidates = self.photos(wanted, licenses=licenses) if wanted in self._mountains else []
+        found = [photo for photo in candidates if min_date <= photo.uploaded <= max_date]
         found = _sorted(found, params.get("sort", "relevance"))
         total = len(found)
         pages = math.ceil(total / per_page)
@@ -321,11 +327,16 @@ class FakeFlickr:
                 "stat": "ok"}
 
 
+def _posted(photo: FakePhoto) -> tuple[int, str]:
+    """Flickr's date-posted order (ties by id): the order photos were uploaded in."""
+    return photo.uploaded, photo.id
+
+
 def _sorted(photos: list[FakePhoto], sort: str) -> list[FakePhoto]:
     if sort == "date-posted-asc":
-        return sorted(photos, key=lambda p: (p.uploaded, p.id))
+        return sorted(photos, key=_posted)
     if sort == "date-posted-desc":
-        return sorted(photos, key=lambda p: (p.uploaded, p.id), reverse=True)
+        return sorted(photos, key=_posted, reverse=True)
     return sorted(photos, key=lambda p: _digest(p.id, "relevance"))
 
 
