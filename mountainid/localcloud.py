@@ -26,8 +26,20 @@ object resource) to topic ``raw-photos`` on the emulator; a push subscription
 (``<topic>-<target>``) POSTs it to ``http://127.0.0.1:PORT/projects/P/topics/raw-photos``;
 functions-framework turns the raw push body into a ``google.cloud.pubsub.topic.v1.messagePublished``
 CloudEvent, which :func:`mountainid.events.cloudevents.finalized_object` parses into the object's
-bucket, name and generation. The topic must exist before fake-gcs-server publishes to it, so
-``LocalCloud`` starts the emulator first and creates the topic before starting fake-gcs-server.
+bucket, name and generation (``event["id"]`` is the Pub/Sub message id). A handler that raises
+answers 500 and the emulator redelivers the message about a second later (at-least-once), so
+handlers must be idempotent. Notes:
+
+- The topic must exist before fake-gcs-server publishes to it: ``LocalCloud`` starts the emulator,
+  creates the topic, then starts fake-gcs-server (whose Go client reads ``PUBSUB_EMULATOR_HOST``).
+- ``notify_prefix="raw/"`` matters: the filter writes ``accepted/`` and ``rejected/``, which must
+  not trigger it again (on GCP the notification has the same prefix).
+- Name the topic as the settings do (``MOUNTAINID_TOPIC_RAW_PHOTOS``, default ``raw-photos``);
+  topic names need 3+ characters on the emulator.
+- In tests, the session fixtures ``pubsub_emulator`` and ``fake_gcs_events`` (tests/emulators.py)
+  give the same chain for project ``mountainid-test`` and topic ``raw-photos``; add a
+  :class:`FunctionsFrameworkServer` and :func:`~mountainid.events.pubsub.ensure_push_subscription`
+  with ``server.push_endpoint(project, topic)``.
 """
 
 from __future__ import annotations
@@ -140,11 +152,17 @@ class ManagedProcess:
         if not port_is_free(self.port):
             raise LocalCloudError(f"{self.name}: port {self.port} on 127.0.0.1 is already in use")
         started = time.monotonic()
+        command = self.command()
         with open(self.log_path, "wb") as log:
-            # The child inherits this environment (PATH, the venv) plus the server's own variables.
-            self._process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, env={**os.environ, **self.process_env()},
-                                             start_new_session=True)
+            try:
+                # The child inherits this environment (PATH, the venv) plus the server's own variables.
+                self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                                 stdin=subprocess.DEVNULL,
+                                                 env={**os.environ, **self.process_env()},
+                                                 start_new_session=True)
+            except OSError as exc:
+                self.stop()
+                raise LocalCloudError(f"{self.name}: cannot run {command[0]}: {exc}") from exc
         deadline = started + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -152,7 +170,7 @@ class ManagedProcess:
                 tail = self.log_tail()
                 self.stop()
                 raise LocalCloudError(f"{self.name} exited with code {code} while starting "
-                                      f"({' '.join(self.command())}); its log ends with:\n{tail}")
+                                      f"({' '.join(command)}); its log ends with:\n{tail}")
             if self.is_ready():
                 self.startup_s = time.monotonic() - started
                 return

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from mountainid.config import load_settings
-from mountainid.localcloud import FakeGcsServer, FunctionsFrameworkServer, LocalCloud, LocalCloudError
+from mountainid.localcloud import (
+    FakeGcsServer,
+    FunctionsFrameworkServer,
+    LocalCloud,
+    LocalCloudError,
+    PubSubEmulator,
+)
 from mountainid.store import open_store
 from mountainid.store.gcs import GcsBlobStore
 from tests.emulators import unique_name
@@ -62,3 +68,8 @@ def test_a_busy_port_is_a_clear_error(fake_gcs: FakeGcsServer) -> None:
 def test_notifications_need_an_emulator() -> None:
     with pytest.raises(ValueError, match="PubSubEmulator"):
         FakeGcsServer(notify_topic=unique_name("topic"))
+
+
+def test_a_missing_executable_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(LocalCloudError, match="not found"):
+        PubSubEmulator(binary=tmp_path / "cloud-pubsub-emulator").start()
