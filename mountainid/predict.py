@@ -1,0 +1,174 @@
+"""Naming the mountain in one photo with one model version from the registry.
+
+A :class:`Predictor` is built once per model version and never changes afterwards, so the web
+service hot-swaps models by replacing one reference while requests keep using the old one.
+One upload costs one pass of the shared 224 px backbone (ImageNet mountain score and the
+gallery embedding) plus, only when the model was trained on richer features, one pass of its
+feature extractor; then the small head and a dot product over the gallery.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mountainid.config import Settings
+from mountainid.filter import mountain_score
+from mountainid.logs import event
+from mountainid.registry import ModelLoadError, Registry
+from mountainid.store import BlobStore
+from mountainid.training.features import FeatureExtractor, FeatureSpec
+from mountainid.vision.backbone import INPUT_SIZE, get_backbone
+from mountainid.vision.image import decode_for_model
+
+log = logging.getLogger(__name__)
+
+TOP_K = 3
+SIMILAR = 4
+
+
+@dataclass(frozen=True)
+class Guess:
+    slug: str
+    name: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class SimilarPhoto:
+    photo_id: str
+    slug: str
+    object_name: str  # accepted/<slug>/<id>.jpg, readable through the store
+    owner: str
+    license: str
+    title: str
+    page_url: str
+    similarity: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    model_version: str
+    is_mountain: bool
+    mountain_score: float
+    guesses: list[Guess]
+    sure: bool
+    similar: list[SimilarPhoto]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Predictor:
+    """One loaded model version; immutable after load, so hot-swap = replacing a reference."""
+
+    def __init__(self, version: str, labels: list[str], names: dict[str, str], info: dict, head,
+                 extractor: FeatureExtractor, gallery: np.ndarray, gallery_rows: list[dict],
+                 settings: Settings) -> None:
+        import tensorflow as tf
+
+        self.version = version
+        self.labels = labels
+        self.names = names
+        self.info = info
+        self.unknown_threshold = float(info["unknown_threshold"])
+        self.extractor = extractor
+        self.backbone = get_backbone(settings.weights)
+        self.settings = settings
+        self._gallery = gallery
+        self._gallery_rows = gallery_rows
+        self._gallery_by_slug = {slug: np.array([i for i, row in enumerate(gallery_rows) if row["slug"] == slug],
+                                                np.intp) for slug in labels}
+        spec = tf.TensorSpec([None, extractor.dim], tf.float32)
+        self._head = tf.function(lambda x: head(x, training=False), input_signature=[spec])
+
+    @classmethod
+    def load(cls, store: BlobStore, version: str, settings: Settings) -> Predictor:
+        """Load and check models/<version>/; raises ModelLoadError on any failure."""
+        started = time.perf_counter()
+        registry = Registry(store)
+        if not registry.is_complete(version):
+            raise ModelLoadError(version, "not a complete model version (COMPLETE marker missing)")
+        try:
+            info = registry.info(version)
+            config = json.loads(registry.read(version, "config.json"))
+            labels_doc = json.loads(registry.read(version, "labels.json"))
+            gallery = np.load(io.BytesIO(registry.read(version, "gallery.npz")), allow_pickle=False)["embeddings"]
+            gallery_rows = json.loads(registry.read(version, "gallery.json"))
+            head = _load_keras(registry.read(version, "model.keras"))
+            extractor = FeatureExtractor(settings.weights, FeatureSpec.from_dict(config["features"]))
+        except ModelLoadError:
+            raise
+        except Exception as error:  # keras, json, numpy and the store raise many kinds
+            raise ModelLoadError(version, f"cannot load ({type(error).__name__}: {error})") from error
+        if extractor.feature_id != config["feature_id"]:
+            raise ModelLoadError(version, f"trained on features {config['feature_id']} but these weights give "
+                                          f"{extractor.feature_id} (check MOUNTAINID_WEIGHTS)")
+        predictor = cls(version, list(labels_doc["labels"]), dict(labels_doc["names"]), info, head, extractor,
+                        gallery.astype(np.float32), gallery_rows, settings)
+        predictor._probe()
+        event(log, "model loaded", version=version, classes=len(predictor.labels),
+              seconds=round(time.perf_counter() - started, 2))
+        return predictor
+
+    def _probe(self) -> None:
+        """One prediction on a blank image, so a broken model fails at load, not on a user."""
+        try:
+            blank = np.full((1, self.extractor.input_size, self.extractor.input_size, 3), 127.0, np.float32)
+            probs = self.probabilities(self.extractor.features(blank))
+        except Exception as error:
+            raise ModelLoadError(self.version, f"probe prediction failed ({error})") from error
+        if probs.shape != (1, len(self.labels)) or not np.isfinite(probs).all():
+            raise ModelLoadError(self.version, f"probe prediction gave shape {probs.shape} for "
+                                               f"{len(self.labels)} labels")
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, labels) from the model's features (N, dim)."""
+        return self._head(np.asarray(features, np.float32)).numpy()
+
+    def predict(self, image_bytes: bytes) -> Prediction:
+        """Everything the site shows for one upload. Raises BadImage for unusable bytes."""
+        limits = (self.settings.max_image_pixels, self.settings.max_image_bytes)
+        image = decode_for_model(image_bytes, INPUT_SIZE, *limits)
+        imagenet, embedding = self.backbone.analyze(image)
+        score = float(mountain_score(imagenet)[0])
+        if self.extractor.spec.is_filter_embedding:
+            features = embedding
+        else:
+            size = self.extractor.input_size
+            features = self.extractor.features(decode_for_model(image_bytes, size, *limits)
+                                               if size != INPUT_SIZE else image)
+        probs = self.probabilities(features)[0]
+        order = np.argsort(-probs)[:TOP_K]
+        guesses = [Guess(self.labels[i], self.names.get(self.labels[i], self.labels[i]), float(probs[i]))
+                   for i in order]
+        return Prediction(self.version, score >= self.settings.filter_threshold, score, guesses,
+                          bool(probs[order[0]] >= self.unknown_threshold),
+                          self._similar(embedding[0], guesses[0].slug))
+
+    def _similar(self, embedding: np.ndarray, slug: str) -> list[SimilarPhoto]:
+        """Training photos of this mountain nearest the upload (cosine similarity)."""
+        rows = self._gallery_by_slug.get(slug)
+        if rows is None or not len(rows):
+            return []
+        query = embedding / max(float(np.linalg.norm(embedding)), 1e-6)
+        similarity = self._gallery[rows] @ query
+        best = np.argsort(-similarity)[:SIMILAR]
+        return [SimilarPhoto(**self._gallery_rows[rows[i]], similarity=float(similarity[i])) for i in best]
+
+
+def _load_keras(data: bytes):
+    """Keras loads from a path only: go through a private temporary file."""
+    import keras
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.keras"
+        path.write_bytes(data)
+        return keras.models.load_model(path, compile=False)

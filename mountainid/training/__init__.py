@@ -1,0 +1,1 @@
+"""Training: dataset from accepted/, features, head, evaluation, registry writes and promotion."""

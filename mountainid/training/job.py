@@ -1,0 +1,237 @@
+"""One training run: dataset, features, head, evaluation, registry, gated promotion.
+
+Called by the Cloud Run Job (``training_job/main.py``), by ``mountainid train`` and by the
+embedded ``mountainid run`` (:func:`maybe_train`). The run holds the training lease from start
+to finish, writes a complete version folder, and moves ``models/LATEST`` only when the new
+model's test top-1 is at least the live model's on the *same* test photos (the live model is
+re-evaluated on today's test split, which grows with the bucket).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+
+from mountainid.catalog import load_catalog
+from mountainid.config import Settings
+from mountainid.events import EventBus
+from mountainid.logs import event
+from mountainid.registry import Lease, LeaseHeld, ModelLoadError, Registry, new_version
+from mountainid.store import BlobStore, PreconditionFailed
+from mountainid.training import evaluate, plots
+from mountainid.training.dataset import Dataset, Example, build_dataset, list_accepted
+from mountainid.training.features import FeatureExtractor, FeatureSpec, load_features
+from mountainid.training.train import HeadConfig, train_head
+
+log = logging.getLogger(__name__)
+
+# The features and head measured best on peaks14 (benchmarks/train.py); every field is a CLI flag.
+DEFAULT_FEATURES = FeatureSpec()
+DEFAULT_HEAD = HeadConfig()
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    features: FeatureSpec = DEFAULT_FEATURES
+    head: HeadConfig = DEFAULT_HEAD
+    lease_s: float = 3600.0  # a crashed run blocks others at most this long
+
+
+@dataclass
+class TrainingResult:
+    """What a run did. status: promoted | kept | lost-race | lease-held | not-enough-data."""
+
+    status: str
+    version: str | None = None
+    test: dict = field(default_factory=dict)
+    live_version: str | None = None
+    live_top1: float | None = None
+    seconds: float = 0.0
+
+    @property
+    def promoted(self) -> bool:
+        return self.status == "promoted"
+
+
+def train_and_register(settings: Settings, store: BlobStore, bus: EventBus,
+                       config: JobConfig = JobConfig()) -> TrainingResult:
+    """Train on everything accepted so far; register the model; promote it if it is not worse."""
+    started = time.perf_counter()
+    lease = Lease(store, config.lease_s)
+    try:
+        lease.acquire()
+    except LeaseHeld as held:
+        event(log, "training skipped: another run holds the lease", holder=held.owner)
+        return TrainingResult("lease-held")
+    try:
+        result = _run(settings, store, bus, config, lease)
+    finally:
+        lease.release()
+    result.seconds = round(time.perf_counter() - started, 1)
+    return result
+
+
+def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig, lease: Lease) -> TrainingResult:
+    registry = Registry(store)
+    examples = list_accepted(store)
+    dataset = build_dataset(examples, settings.min_photos_per_class)
+    extractor = FeatureExtractor(settings.weights, config.features)
+    features, usable = load_features(store, [(e.photo_id, e.object_name) for e in dataset.examples],
+                                     extractor, settings)
+    kept = [e for e, ok in zip(dataset.examples, usable, strict=True) if ok]
+    by_id = {e.object_name: row for row, e in enumerate(kept)}
+    parts = {split: [e for e in kept if e.split == split] for split in ("train", "val", "test")}
+    if len(dataset.labels) < 2 or not parts["train"]:
+        event(log, "training skipped: not enough data", classes=len(dataset.labels), photos=len(kept),
+              minimum_per_class=settings.min_photos_per_class, level=logging.WARNING)
+        return TrainingResult("not-enough-data")
+
+    def arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
+        rows = [by_id[e.object_name] for e in parts[split]]
+        return features[rows], np.asarray(dataset.targets(parts[split]), np.int64)
+
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = arrays("train"), arrays("val"), arrays("test")
+    head, history = train_head(x_train, y_train, x_val, y_val, len(dataset.labels), config.head)
+    lease.renew()
+    labels = list(dataset.labels)
+    val_probs = _probs(head, x_val, len(labels))
+    val = evaluate.metrics(val_probs, y_val, labels)
+    test = evaluate.metrics(_probs(head, x_test, len(labels)), y_test, labels)
+    threshold = evaluate.choose_unknown_threshold(val_probs, y_val)
+
+    version = new_version()
+    live = registry.live()
+    live_top1 = _live_top1(registry, live[0], parts["test"], store, settings) if live else None
+    names = _names(settings, labels)
+    metrics = {
+        "version": version, "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "labels": labels, "names": names, "unknown_threshold": threshold,
+        "test": {k: test[k] for k in ("top1", "top3", "macro_f1", "n")}, "test_detail": test,
+        "val": {k: val[k] for k in ("top1", "top3", "macro_f1", "n")},
+        "train": {"n": len(x_train)}, "accepted_photos": len(examples), "excluded_classes": dataset.excluded,
+        "dataset_fingerprint": dataset.fingerprint(), "feature_id": extractor.feature_id,
+        "live_at_training": {"version": live[0], "test_top1_same_split": live_top1} if live else None,
+    }
+    lease.renew()
+    registry.write_version(version, {
+        "model.keras": _keras_bytes(head),
+        "labels.json": _json({"labels": labels, "names": names}),
+        "config.json": _json({"features": config.features.to_dict(), "feature_id": extractor.feature_id,
+                              "head": config.head.to_dict(), "min_photos_per_class": settings.min_photos_per_class}),
+        "dataset.json": _json(dataset.manifest()),
+        "metrics.json": _json(metrics),
+        "confusion.png": plots.confusion_png(test["confusion"], labels,
+                                             f"test split: top-1 {test['top1']:.1%}, n={test['n']}"),
+        "curves.png": plots.curves_png(history),
+        **_gallery_files(store, settings, dataset, parts["train"], extractor),
+    })
+    figures = {"version": version, "test_top1": round(test["top1"], 4), "test_top3": round(test["top3"], 4),
+               "test_n": test["n"], "live_version": live[0] if live else None,
+               "live_test_top1": None if live_top1 is None else round(live_top1, 4)}
+    result = TrainingResult("kept", version, metrics["test"], live[0] if live else None, live_top1)
+    if live_top1 is not None and test["top1"] < live_top1:
+        event(log, "model kept: new model is worse than the live one on the same test split", **figures)
+        return result
+    try:
+        lease.renew()  # still ours: nobody else can be promoting
+        registry.promote(version, live[1] if live else 0, test_top1=test["top1"])
+    except (PreconditionFailed, LeaseHeld) as error:
+        event(log, "model not promoted: another run moved models/LATEST", error=str(error), **figures,
+              level=logging.WARNING)
+        result.status = "lost-race"
+        return result
+    result.status = "promoted"
+    event(log, "model promoted", **figures)
+    bus.publish_json(settings.topic_model_published, {"version": version, "test": metrics["test"],
+                                                      "labels": labels})
+    return result
+
+
+def _probs(head, features: np.ndarray, classes: int) -> np.ndarray:
+    if not len(features):
+        return np.zeros((0, classes), np.float32)
+    return head.predict(features, verbose=0, batch_size=256)
+
+
+def _live_top1(registry: Registry, version: str, test: list[Example], store: BlobStore,
+               settings: Settings) -> float | None:
+    """The live model's top-1 on today's test photos; None if it cannot be loaded (then it is replaced)."""
+    from mountainid.predict import Predictor  # the live model is evaluated exactly as it is served
+
+    try:
+        live = Predictor.load(store, version, settings)
+    except ModelLoadError as error:
+        event(log, "live model unusable: it will be replaced", version=version, error=str(error),
+              level=logging.WARNING)
+        return None
+    if not test:
+        return 0.0
+    features, usable = load_features(store, [(e.photo_id, e.object_name) for e in test], live.extractor, settings)
+    probs = live.probabilities(features) if len(features) else np.zeros((0, len(live.labels)))
+    index = {slug: i for i, slug in enumerate(live.labels)}
+    predicted = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
+    targets = [index.get(e.slug, -1) for e, ok in zip(test, usable, strict=True) if ok]
+    return float(np.sum(predicted == np.asarray(targets)) / len(test))
+
+
+def _gallery_files(store: BlobStore, settings: Settings, dataset: Dataset, train: list[Example],
+                   extractor: FeatureExtractor) -> dict[str, bytes]:
+    """gallery.npz (unit-length 224 px embeddings of the training photos) + gallery.json (their credits)."""
+    gallery_extractor = extractor if extractor.spec.is_filter_embedding else FeatureExtractor(settings.weights)
+    vectors, usable = load_features(store, [(e.photo_id, e.object_name) for e in train], gallery_extractor,
+                                    settings)
+    vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-6)
+    rows = [{"photo_id": e.photo_id, "slug": e.slug, "object_name": e.object_name,
+             "owner": e.metadata.get("owner_name") or e.metadata.get("owner", ""),
+             "license": e.metadata.get("license", ""), "title": e.metadata.get("title", ""),
+             "page_url": e.metadata.get("url", "")}
+            for e, ok in zip(train, usable, strict=True) if ok]
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, embeddings=vectors.astype(np.float16))
+    return {"gallery.npz": buffer.getvalue(), "gallery.json": _json(rows)}
+
+
+def _names(settings: Settings, labels: list[str]) -> dict[str, str]:
+    """Display names from the catalog; a slug the catalog does not know keeps its slug."""
+    catalog = load_catalog(settings.catalog)
+    found = {m.slug: m.name for m in catalog.mountains}
+    return {slug: found.get(slug, slug) for slug in labels}
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, indent=1, sort_keys=True).encode("utf-8")
+
+
+def _keras_bytes(model) -> bytes:
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.keras"
+        model.save(path)
+        return path.read_bytes()
+
+
+def maybe_train(settings: Settings, store: BlobStore, bus: EventBus,
+                config: JobConfig = JobConfig()) -> TrainingResult | None:
+    """Train when there is no model yet, or when enough new photos were accepted since the last one.
+
+    "Last" is the newest complete version, promoted or not, so a model that was kept out does not
+    make every later call retrain on the same photos.
+    """
+    registry = Registry(store)
+    versions = registry.versions()
+    accepted = sum(1 for _ in list_accepted(store))
+    if versions and registry.live() is not None:
+        seen = int(registry.info(versions[-1]).get("accepted_photos", 0))
+        if accepted - seen < settings.retrain_min_new_photos:
+            event(log, "retraining not due", accepted=accepted, at_last_model=seen,
+                  threshold=settings.retrain_min_new_photos)
+            return None
+    return train_and_register(settings, store, bus, config)

@@ -1,0 +1,1 @@
+"""Cloud Run Job entrypoint for periodic retraining (``python -m training_job.main``)."""
