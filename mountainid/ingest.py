@@ -254,8 +254,9 @@ class _Run:
         started = time.perf_counter()
         outcome, reason, size = self._store_photo(slug, photo)
         level = logging.WARNING if outcome is Outcome.FAILED else logging.INFO
-        event(log, f"photo {outcome.value}", level=level, photo_id=photo.id, slug=slug, reason=reason,
-              bytes=size, ms=round((time.perf_counter() - started) * 1000, 1))
+        why = {"reason": reason} if reason else {}
+        event(log, f"photo {outcome.value}", level=level, photo_id=photo.id, slug=slug, **why, bytes=size,
+              ms=round((time.perf_counter() - started) * 1000, 1))
         return outcome
 
     def _store_photo(self, slug: str, photo: FlickrPhoto) -> tuple[Outcome, str, int]:

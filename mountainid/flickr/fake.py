@@ -360,6 +360,7 @@ class _Server(ThreadingHTTPServer):
 def _handler_for(fake: FakeFlickr) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the real service; every answer has a length
+        disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
 
         def log_message(self, format: str, *args: Any) -> None:
             """Quiet: tests and the benchmark make thousands of requests."""
