@@ -34,6 +34,10 @@ run: setup
 test: setup system-deps
 	$(PY) -m pytest -q -rs --durations=15
 
+# The whole pipeline on the local cloud: emulators, functions-framework, web; one scenario end to end.
+local-cloud: setup
+	$(PY) -m mountainid.cli local-cloud
+
 lint: setup
 	$(VENV)/bin/ruff check mountainid functions training_job web tests benchmarks
 
