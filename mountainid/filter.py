@@ -1,13 +1,38 @@
-"""The mountain filter: decides from ImageNet scores whether a photo shows a mountain.
+"""The mountain filter: keeps photos of mountains, caches their embeddings, and explains rejections.
 
-The score is the summed probability of the ImageNet classes that show mountain terrain; the
-classes and the threshold (``Settings.filter_threshold``) were chosen on labelled photos
+Every photo written to ``raw/<slug>/<id>.jpg`` gets exactly one result: a copy under
+``accepted/<slug>/<id>.jpg`` (the Flickr metadata plus the filter's scores) with its 1280-d
+embedding under ``embeddings/<backbone-id>/<id>.npy``, or a copy under ``rejected/<slug>/<id>.jpg``
+with the reason. Results are written only if absent (``if_generation_match=0``), so an event
+delivered twice or out of order, or two instances racing, still leave one result; the embedding
+is written before the accepted copy, so an accepted photo always has one.
+
+The score is the summed probability of the ImageNet classes in ``TERRAIN_CLASSES``; the classes
+and the threshold (``Settings.filter_threshold``) were chosen on labelled photos
 (``benchmarks/filter.py --threshold``), not guessed.
 """
 
 from __future__ import annotations
 
+import argparse
+import io
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
+
+from mountainid.config import Settings
+from mountainid.logs import event
+from mountainid.store import BlobStore, NotFound, PreconditionFailed
+from mountainid.vision.backbone import Backbone
+from mountainid.vision.image import BadImage, decode_for_model
+
+log = logging.getLogger(__name__)
 
 # ImageNet-1k classes (0-based Keras indices) whose probability adds up to the mountain score.
 # Chosen on data (benchmarks/filter.py --threshold): "promontory" is left out because it is mostly
@@ -23,6 +48,11 @@ TERRAIN_CLASSES: dict[int, str] = {
 }
 _TERRAIN_INDEX = np.array(sorted(TERRAIN_CLASSES), dtype=np.intp)
 
+RAW, ACCEPTED, REJECTED, EMBEDDINGS = "raw/", "accepted/", "rejected/", "embeddings/"
+TOP_K = 5
+# raw/<slug>/<photo id>.jpg as the ingest writes it (slugify() output, Flickr ids); nothing else is judged.
+_RAW_NAME = re.compile(r"^raw/(?P<slug>[a-z0-9]+(?:-[a-z0-9]+)*)/(?P<photo_id>[0-9A-Za-z_-]{1,64})\.jpg$")
+
 
 def mountain_score(probs: np.ndarray) -> np.ndarray:
     """Mountain score in [0, 1] per photo from ImageNet probabilities (N, 1000) -> (N,).
@@ -34,3 +64,318 @@ def mountain_score(probs: np.ndarray) -> np.ndarray:
     if probs.ndim == 1:
         probs = probs[None]
     return np.clip(probs[:, _TERRAIN_INDEX].sum(axis=1), 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The filter's decision on one photo, and the metadata that explains it."""
+
+    accepted: bool
+    reason: str  # "" when accepted; "not-a-mountain score=0.12" or a BadImage reason code
+    score: float | None  # None when the photo could not be decoded
+    metadata: dict[str, str]
+
+
+def judge(probs: np.ndarray, threshold: float) -> Verdict:
+    """Accept when the mountain score reaches the threshold; the metadata records why."""
+    score = float(mountain_score(probs)[0])
+    top = np.argsort(probs)[::-1][:TOP_K]
+    metadata = {
+        "mountain_score": f"{score:.3f}",
+        "filter_threshold": f"{threshold:g}",
+        # Keras ImageNet indices (0-based) with their probability; 970 is "alp".
+        "imagenet_top5": " ".join(f"{i}:{probs[i]:.3f}" for i in top),
+    }
+    terrain = sorted((i for i in TERRAIN_CLASSES if probs[i] >= 0.005), key=lambda i: -probs[i])
+    if terrain:  # the classes the score is made of, by name
+        metadata["terrain"] = " ".join(f"{TERRAIN_CLASSES[i].replace(' ', '_')}={probs[i]:.3f}" for i in terrain)
+    if score >= threshold:
+        return Verdict(True, "", score, metadata)
+    reason = f"not-a-mountain score={score:.2f}"
+    return Verdict(False, reason, score, {**metadata, "reason": reason})
+
+
+def bad_image_verdict(error: BadImage) -> Verdict:
+    return Verdict(False, error.reason, None, {"reason": error.reason, "reason_detail": str(error)})
+
+
+@dataclass(frozen=True)
+class RawPhoto:
+    """A photo under raw/, and where its results go."""
+
+    name: str
+    slug: str
+    photo_id: str
+
+    @classmethod
+    def parse(cls, name: str) -> RawPhoto | None:
+        """The photo an object name denotes, or None for anything that is not a raw/ photo."""
+        match = _RAW_NAME.match(name)
+        return cls(name, match["slug"], match["photo_id"]) if match else None
+
+    @property
+    def accepted_name(self) -> str:
+        return f"{ACCEPTED}{self.slug}/{self.photo_id}.jpg"
+
+    @property
+    def rejected_name(self) -> str:
+        return f"{REJECTED}{self.slug}/{self.photo_id}.jpg"
+
+
+def embedding_name(backbone_id: str, photo_id: str) -> str:
+    return f"{EMBEDDINGS}{backbone_id}/{photo_id}.npy"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What handling one object did: accepted, rejected, duplicate, missing or ignored."""
+
+    status: str
+    name: str
+    photo_id: str = ""
+    slug: str = ""
+    reason: str = ""
+    score: float | None = None
+
+    def log(self, **extra: object) -> None:
+        """The one structured line per event handled."""
+        messages = {"accepted": "photo accepted", "rejected": "photo rejected",
+                    "duplicate": "photo already judged", "missing": "photo gone before it was judged",
+                    "ignored": "object ignored"}
+        values = {"photo_id": self.photo_id, "slug": self.slug, "outcome": self.status, "object": self.name,
+                  "score": None if self.score is None else round(self.score, 3), "reason": self.reason,
+                  **extra}
+        level = logging.WARNING if self.status in ("missing", "ignored") and self.photo_id else logging.INFO
+        event(log, messages[self.status], level=level, **{k: v for k, v in values.items() if v not in (None, "")})
+
+
+def _judged(store: BlobStore, photo: RawPhoto) -> bool:
+    return store.exists(photo.accepted_name) or store.exists(photo.rejected_name)
+
+
+def handle_raw_object(store: BlobStore, name: str, generation: int, settings: Settings,
+                      backbone: Backbone) -> Outcome:
+    """Judge the photo an OBJECT_FINALIZE event names; never raises for what is in the photo.
+
+    Our own outputs and anything else outside raw/ are ignored (the function never triggers
+    itself); a photo that already has a result is left alone; a photo deleted before it could be
+    read is logged and acknowledged. Store and model failures do raise, so the event is retried.
+    """
+    started = time.perf_counter()
+    photo = RawPhoto.parse(name)
+    if photo is None:
+        outcome = Outcome("ignored", name, reason="not a raw/<slug>/<id>.jpg photo")
+    elif _judged(store, photo):
+        outcome = Outcome("duplicate", name, photo.photo_id, photo.slug)
+    else:
+        outcome = judge_photos(store, [photo], settings, backbone)[0]
+    outcome.log(generation=generation, ms=round((time.perf_counter() - started) * 1000, 1))
+    return outcome
+
+
+def judge_photos(store: BlobStore, photos: list[RawPhoto], settings: Settings, backbone: Backbone) -> list[Outcome]:
+    """Read, decode, score (one backbone call for the whole batch) and record each photo."""
+    outcomes: dict[int, Outcome] = {}
+    verdicts: dict[int, Verdict] = {}
+    sources: dict[int, Mapping[str, str]] = {}
+    decoded: dict[int, np.ndarray] = {}
+    for index, photo in enumerate(photos):
+        info = store.info(photo.name)
+        try:
+            if info is None:
+                raise NotFound(store.uri(photo.name))
+            sources[index] = info.metadata
+            if info.size > settings.max_image_bytes:  # do not even download it
+                raise BadImage("too-large", f"the file is {info.size / 1e6:.1f} MB; the limit is "
+                                            f"{settings.max_image_bytes / 1e6:.0f} MB")
+            data = store.get(photo.name)
+            decoded[index] = decode_for_model(data, backbone.input_size, settings.max_image_pixels,
+                                              settings.max_image_bytes)
+        except NotFound:
+            outcomes[index] = Outcome("missing", photo.name, photo.photo_id, photo.slug,
+                                      reason="deleted before it was read")
+        except BadImage as error:
+            verdicts[index] = bad_image_verdict(error)
+    embeddings: dict[int, np.ndarray] = {}
+    if decoded:
+        order = list(decoded)
+        probs, vectors = backbone.analyze_batches(np.stack([decoded[i] for i in order]))
+        for row, index in enumerate(order):
+            verdicts[index] = judge(probs[row], settings.filter_threshold)
+            embeddings[index] = vectors[row]
+    for index, verdict in verdicts.items():
+        outcomes[index] = _record(store, photos[index], verdict, embeddings.get(index), sources[index],
+                                  backbone.backbone_id)
+    return [outcomes[index] for index in range(len(photos))]
+
+
+def _record(store: BlobStore, photo: RawPhoto, verdict: Verdict, embedding: np.ndarray | None,
+            source_metadata: Mapping[str, str], backbone_id: str) -> Outcome:
+    """Write the one result of a photo (embedding first); losing a race means it is already judged."""
+    status = "accepted" if verdict.accepted else "rejected"
+    try:
+        if verdict.accepted:
+            buffer = io.BytesIO()
+            np.save(buffer, np.asarray(embedding, np.float32))
+            try:
+                store.put(embedding_name(backbone_id, photo.photo_id), buffer.getvalue(),
+                          content_type="application/octet-stream", if_generation_match=0)
+            except PreconditionFailed:
+                pass  # written by an earlier attempt that stopped before the copy: same photo, same weights
+        target = photo.accepted_name if verdict.accepted else photo.rejected_name
+        metadata = {**source_metadata, **verdict.metadata, "backbone": backbone_id}
+        store.copy(photo.name, target, metadata=metadata, if_generation_match=0)
+    except PreconditionFailed:
+        return Outcome("duplicate", photo.name, photo.photo_id, photo.slug, verdict.reason, verdict.score)
+    except NotFound:
+        return Outcome("missing", photo.name, photo.photo_id, photo.slug, "deleted before it was copied")
+    return Outcome(status, photo.name, photo.photo_id, photo.slug, verdict.reason, verdict.score)
+
+
+def filter_pending(store: BlobStore, settings: Settings, backbone: Backbone, batch_size: int = 32) -> dict[str, int]:
+    """Judge every raw/ photo that has no result yet (catch-up after downtime); counts by outcome."""
+    judged = {RawPhoto.parse(RAW + name.split("/", 1)[1]) for prefix in (ACCEPTED, REJECTED)
+              for name in store.list_names(prefix)}
+    pending = [photo for photo in map(RawPhoto.parse, store.list_names(RAW))
+               if photo is not None and photo not in judged]
+    counts: Counter[str] = Counter()
+    for start in range(0, len(pending), batch_size):
+        for outcome in judge_photos(store, pending[start:start + batch_size], settings, backbone):
+            outcome.log(catch_up=True)
+            counts[outcome.status] += 1
+    event(log, "filter caught up", pending=len(pending), **counts)
+    return dict(counts)
+
+
+# Evaluation on labelled folders (filter-eval, benchmarks).
+
+@dataclass(frozen=True)
+class LabelledPhotos:
+    """Photos from a folder with one subfolder per class, and their ImageNet probabilities."""
+
+    paths: list[Path]
+    classes: list[str]
+    probs: np.ndarray  # (N, 1000); all zeros for a photo that could not be decoded
+    unreadable: dict[Path, str]  # path -> BadImage reason
+
+
+def _photo_files(root: Path) -> list[tuple[str, Path]]:
+    return [(folder.name, path) for folder in sorted(p for p in root.iterdir() if p.is_dir())
+            for path in sorted(folder.iterdir()) if path.is_file() and not path.name.startswith(".")]
+
+
+def analyze_folder(root: Path, settings: Settings, backbone: Backbone, batch_size: int = 32) -> LabelledPhotos:
+    """Decode and score every photo under ``root/<class>/``, batch by batch."""
+    files = _photo_files(root)
+    probs = np.zeros((len(files), 1000), np.float32)
+    unreadable: dict[Path, str] = {}
+    for start in range(0, len(files), batch_size):
+        rows, images = [], []
+        for row, (_, path) in enumerate(files[start:start + batch_size], start):
+            try:
+                images.append(decode_for_model(path.read_bytes(), backbone.input_size,
+                                               settings.max_image_pixels, settings.max_image_bytes))
+                rows.append(row)
+            except BadImage as error:
+                unreadable[path] = error.reason
+        if images:
+            probs[rows] = backbone.analyze(np.stack(images))[0]
+    return LabelledPhotos([p for _, p in files], [c for c, _ in files], probs, unreadable)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    threshold: float
+    per_class: dict[str, tuple[int, int]]  # class -> (photos, judged mountain)
+    true_positives: int
+    false_positives: int
+    false_negatives: int
+    n: int
+
+    @property
+    def precision(self) -> float:
+        """0 when nothing was judged a mountain (no claim made, none right)."""
+        predicted = self.true_positives + self.false_positives
+        return self.true_positives / predicted if predicted else 0.0
+
+    @property
+    def recall(self) -> float:
+        positives = self.true_positives + self.false_negatives
+        return self.true_positives / positives if positives else 0.0
+
+    @property
+    def f1(self) -> float:
+        total = self.precision + self.recall
+        return 2 * self.precision * self.recall / total if total else 0.0
+
+
+def evaluate(classes: Iterable[str], scores: np.ndarray, threshold: float,
+             positive: set[str] | None = None) -> Evaluation:
+    """Precision/recall of "score >= threshold" with ``positive`` classes as truth (None: all positive)."""
+    classes = list(classes)
+    predicted = np.asarray(scores) >= threshold
+    truth = np.array([positive is None or c in positive for c in classes], dtype=bool)
+    per_class = {c: (0, 0) for c in sorted(set(classes))}
+    for c, p in zip(classes, predicted):
+        total, hits = per_class[c]
+        per_class[c] = (total + 1, hits + int(p))
+    return Evaluation(threshold, per_class, int((predicted & truth).sum()), int((predicted & ~truth).sum()),
+                      int((~predicted & truth).sum()), len(classes))
+
+
+def evaluate_folder(root: Path, settings: Settings, backbone: Backbone, all_mountains: bool = False) -> Evaluation:
+    """filter-eval: subfolder ``mountain`` is positive, every other negative (or all positive)."""
+    photos = analyze_folder(root, settings, backbone)
+    return evaluate(photos.classes, mountain_score(photos.probs), settings.filter_threshold,
+                    None if all_mountains else {"mountain"})
+
+
+# The CLI: `mountainid filter` and `mountainid filter-eval`.
+
+def configure(name: str, parser: argparse.ArgumentParser) -> None:
+    if name == "filter":
+        parser.add_argument("--batch-size", type=int, default=32, help="photos per backbone call (default 32)")
+        parser.set_defaults(func=_filter_command)
+    else:
+        parser.add_argument("photos_dir", type=Path, metavar="PHOTOS_DIR",
+                            help="one subfolder per class; the subfolder 'mountain' is the positive class")
+        parser.add_argument("--all-mountains", action="store_true",
+                            help="every photo is a mountain (measures recall, e.g. on peaks14)")
+        parser.set_defaults(func=_eval_command)
+
+
+def _filter_command(args: argparse.Namespace, settings: Settings) -> int:
+    from mountainid.store import open_store
+    from mountainid.vision.backbone import get_backbone
+
+    store = open_store(settings)
+    counts = filter_pending(store, settings, get_backbone(settings.weights), args.batch_size)
+    total = sum(counts.values())
+    print(f"{store.uri(RAW)}: judged {total} pending photo(s): "
+          + (", ".join(f"{status}={n}" for status, n in sorted(counts.items())) or "nothing to do"))
+    return 0
+
+
+def _eval_command(args: argparse.Namespace, settings: Settings) -> int:
+    from mountainid.vision.backbone import get_backbone
+
+    root: Path = args.photos_dir
+    if not root.is_dir() or not _photo_files(root):
+        print(f"mountainid filter-eval: {root} has no photos in subfolders "
+              "(expected PHOTOS_DIR/<class>/<photo>, e.g. PHOTOS_DIR/mountain/1.jpg)")
+        return 2
+    if not args.all_mountains and not (root / "mountain").is_dir():
+        print(f"mountainid filter-eval: {root} has no 'mountain' subfolder (the positive class); "
+              "pass --all-mountains if every photo is a mountain")
+        return 2
+    result = evaluate_folder(root, settings, get_backbone(settings.weights), args.all_mountains)
+    print(f"{'class':<24} {'photos':>6} {'judged mountain':>16}")
+    for name, (total, hits) in result.per_class.items():
+        truth = "+" if args.all_mountains or name == "mountain" else "-"
+        print(f"{truth} {name:<22} {total:>6} {hits:>9} ({hits / total:6.1%})")
+    print(f"threshold={result.threshold:g} true_pos={result.true_positives} false_pos={result.false_positives} "
+          f"false_neg={result.false_negatives} f1={result.f1:.3f}")
+    if args.all_mountains:
+        print("every photo is a mountain here: precision is 1 unless nothing was judged a mountain")
+    print(f"precision={result.precision:.3f} recall={result.recall:.3f} n={result.n}")
+    return 0

@@ -40,13 +40,41 @@ def weights_fingerprint(weights: str) -> str:
     return digest.hexdigest()[:10]
 
 
+def _require_file(weights: str) -> None:
+    if weights != "imagenet" and not Path(weights).is_file():
+        raise BackboneError(f"ImageNet weights file not found: {weights} (set MOUNTAINID_WEIGHTS "
+                            "to a MobileNetV2 .weights.h5 file, or to 'imagenet' to download them)")
+
+
+def check_weights(weights: str) -> None:
+    """Fail now, naming the path, if the weights file is missing or damaged; no TensorFlow needed.
+
+    For processes that must not load TensorFlow before forking (functions-framework imports the
+    function in gunicorn's master, then forks the worker; TensorFlow's thread pools do not survive
+    a fork): they check here at start-up and load the model in the worker, on first use. Reading
+    every dataset (~35 ms) catches truncated or overwritten files, not just a missing one.
+    """
+    _require_file(weights)
+    if weights == "imagenet":
+        return
+    import h5py
+
+    def read(_: str, item: object) -> None:
+        if isinstance(item, h5py.Dataset):
+            item[()]
+
+    try:
+        with h5py.File(weights, "r") as handle:
+            handle.visititems(read)
+    except Exception as error:  # h5py raises OSError, KeyError, ValueError... for a damaged file
+        raise BackboneError(f"cannot load ImageNet weights from {weights}: {error}") from error
+
+
 class Backbone:
     """MobileNetV2 with its ImageNet head; ``analyze`` returns (probabilities, embeddings)."""
 
     def __init__(self, weights: str, input_size: int = INPUT_SIZE) -> None:
-        if weights != "imagenet" and not Path(weights).is_file():
-            raise BackboneError(f"ImageNet weights file not found: {weights} (set MOUNTAINID_WEIGHTS "
-                                "to a MobileNetV2 .weights.h5 file, or to 'imagenet' to download them)")
+        _require_file(weights)
         started = time.perf_counter()
         import keras
         import tensorflow as tf
