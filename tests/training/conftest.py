@@ -1,0 +1,108 @@
+"""Training test fixtures: a small real photo set, imported once through the filter, copied per test.
+
+The set is three peaks14 mountains; from each, 8 training-split photos plus every validation-
+and test-split photo (the split comes from the photo's content hash), so the test split is big
+enough (about 20 photos) for two models to differ on it, while a head trains in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mountainid.catalog import load_catalog
+from mountainid.config import Settings, load_settings
+from mountainid.store import BlobStore, LocalBlobStore
+from mountainid.training.dataset import split_of
+from mountainid.training.features import FeatureSpec
+from mountainid.training.folders import import_folder, photo_id_of
+from mountainid.training.job import JobConfig
+from mountainid.training.train import HeadConfig
+
+MOUNTAINS = ("Broad Peak", "Lhotse", "Nanga Parbat")
+TRAIN_PER_CLASS = 8
+# A quick head: enough to learn the three peaks, a few seconds on two cores.
+FAST = JobConfig(FeatureSpec(), HeadConfig(epochs=60, patience=15), lease_s=600)
+
+
+def training_env(weights_path: Path, bucket: str) -> dict[str, str]:
+    return {"MOUNTAINID_BUCKET": bucket, "MOUNTAINID_WEIGHTS": str(weights_path),
+            "MOUNTAINID_CATALOG": "peaks14", "MOUNTAINID_MIN_PHOTOS_PER_CLASS": "5",
+            "MOUNTAINID_RETRAIN_MIN_NEW_PHOTOS": "10"}
+
+
+@pytest.fixture(scope="session")
+def photo_dir(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """mountain subfolders of real photos, chosen by split as described above (copied to tmp)."""
+    root = tmp_path_factory.mktemp("photos")
+    for mountain in MOUNTAINS:
+        (root / mountain).mkdir()
+        train = 0
+        for path in sorted((shared_dir / "data" / "peaks14" / mountain).iterdir()):
+            split = split_of(photo_id_of(path.read_bytes()))
+            if split == "train":
+                if train == TRAIN_PER_CLASS:
+                    continue
+                train += 1
+            shutil.copy(path, root / mountain / path.name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def extra_dir(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """More training-split photos of the same mountains: the bucket growing between runs."""
+    root = tmp_path_factory.mktemp("extra")
+    for mountain in MOUNTAINS:
+        (root / mountain).mkdir()
+        train = [p for p in sorted((shared_dir / "data" / "peaks14" / mountain).iterdir())
+                 if split_of(photo_id_of(p.read_bytes())) == "train"]
+        for path in train[TRAIN_PER_CLASS:TRAIN_PER_CLASS + 5]:
+            shutil.copy(path, root / mountain / path.name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def session_settings(weights_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return load_settings(training_env(weights_path, str(tmp_path_factory.mktemp("unused-bucket"))))
+
+
+@pytest.fixture(scope="session")
+def template(photo_dir: Path, session_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> LocalBlobStore:
+    """A bucket after the filter judged the photo set: accepted/ photos and their cached embeddings."""
+    store = LocalBlobStore(tmp_path_factory.mktemp("template"))
+    counts = import_folder(store, session_settings, photo_dir, load_catalog("peaks14"))
+    assert counts["accepted"] >= 50, counts
+    return store
+
+
+def copy_objects(source: BlobStore, target: BlobStore, prefixes: tuple[str, ...] = ("accepted/", "embeddings/")) -> int:
+    copied = 0
+    for prefix in prefixes:
+        for blob in source.list(prefix):
+            target.put(blob.name, source.get(blob.name), metadata=blob.metadata, content_type=blob.content_type)
+            copied += 1
+    return copied
+
+
+@pytest.fixture()
+def seeded(store: BlobStore, template: LocalBlobStore) -> BlobStore:
+    """The parametrized store (local folder / fake-gcs-server bucket) holding the judged photo set."""
+    copy_objects(template, store)
+    return store
+
+
+@pytest.fixture()
+def settings(session_settings: Settings) -> Settings:
+    return session_settings
+
+
+def cli_args(name: str, argv: list[str]) -> argparse.Namespace:
+    """Parse a `mountainid train|evaluate` command line with the real subcommand parser."""
+    from mountainid.training.cli import configure
+
+    parser = argparse.ArgumentParser()
+    configure(name, parser)
+    return parser.parse_args(argv)

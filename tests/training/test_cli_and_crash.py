@@ -1,0 +1,90 @@
+"""The console commands and a training job killed with SIGKILL (local store, real processes)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mountainid.config import load_settings
+from mountainid.events import InProcessBus
+from mountainid.registry import LEASE, Registry
+from mountainid.store import LocalBlobStore
+from mountainid.training.job import train_and_register
+from tests.training.conftest import FAST, cli_args, copy_objects, training_env
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_train_photos_imports_through_the_filter_then_trains(tmp_path, photo_dir, weights_path, capsys) -> None:
+    settings = load_settings(training_env(weights_path, str(tmp_path / "bucket")))
+    args = cli_args("train", ["--photos", str(photo_dir), "--epochs", "40"])
+    assert args.func(args, settings) == 0
+    store = LocalBlobStore(tmp_path / "bucket")
+    photos = sum(1 for p in photo_dir.rglob("*.jpg"))
+    assert len(store.list_names("raw/")) == photos
+    accepted = store.list_names("accepted/")
+    backbone_id = Registry(store).info(Registry(store).live()[0])["feature_id"]
+    assert len(store.list_names(f"embeddings/{backbone_id}/")) == len(accepted) >= photos - 3
+    assert capsys.readouterr().out.startswith("promoted version=")
+    assert args.func(args, settings) == 0  # importing the same folder again adds no photo
+    assert len(store.list_names("raw/")) == photos
+
+
+def test_folder_naming_no_known_mountain_is_refused_before_writing(tmp_path, photo_dir, weights_path,
+                                                                   capsys) -> None:
+    (tmp_path / "photos" / "Mont Blanc").mkdir(parents=True)
+    (tmp_path / "photos" / "Mont Blanc" / "a.jpg").write_bytes(next(photo_dir.rglob("*.jpg")).read_bytes())
+    settings = load_settings(training_env(weights_path, str(tmp_path / "bucket")))
+    args = cli_args("train", ["--photos", str(tmp_path / "photos")])
+    assert args.func(args, settings) == 2
+    assert "Mont Blanc" in capsys.readouterr().out
+    assert LocalBlobStore(tmp_path / "bucket").list_names() == []
+
+
+def test_evaluate_prints_the_summary_line_last(tmp_path, template, photo_dir, weights_path, capsys) -> None:
+    settings = load_settings(training_env(weights_path, str(tmp_path / "bucket")))
+    store = LocalBlobStore(tmp_path / "bucket")
+    copy_objects(template, store)
+    version = train_and_register(settings, store, InProcessBus(), FAST).version
+    args = cli_args("evaluate", [str(photo_dir)])
+    assert args.func(args, settings) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    match = re.fullmatch(r"top1=(\d\.\d{3}) top3=(\d\.\d{3}) n=(\d+)", lines[-1])
+    assert match, lines[-1]
+    assert int(match[3]) == sum(1 for _ in photo_dir.rglob("*.jpg"))
+    assert 0.5 < float(match[1]) <= float(match[2]) <= 1.0  # mostly photos it trained on: well above chance
+    assert lines[0].startswith(f"model {version}:")
+    named = cli_args("evaluate", [str(photo_dir), "--model", "20200101-000000-dead"])
+    assert named.func(named, settings) == 2
+    assert "20200101-000000-dead" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_job_killed_during_training_leaves_the_live_model_alone(tmp_path, template, weights_path) -> None:
+    env = training_env(weights_path, str(tmp_path / "bucket"))
+    settings = load_settings(env)
+    store = LocalBlobStore(tmp_path / "bucket")
+    copy_objects(template, store)
+    old = train_and_register(settings, store, InProcessBus(), FAST).version
+    job = subprocess.Popen([sys.executable, "-m", "training_job.main", "--lease-s", "3", "--epochs", "2000",
+                            "--patience", "2000"], cwd=REPO, env={**os.environ, **env},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not store.exists(LEASE):  # the job is past start-up and working towards a new version
+        assert job.poll() is None and time.monotonic() < deadline, job.stderr.read().decode()[-2000:]
+        time.sleep(0.2)
+    time.sleep(2)  # mid-training (2000 epochs take far longer than this)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    registry = Registry(store)
+    assert registry.live()[0] == old and registry.versions() == [old]
+    assert store.exists(LEASE)  # a killed run cannot release its lease ...
+    time.sleep(3.1)
+    assert train_and_register(settings, store, InProcessBus(), FAST).status == "promoted"  # ... it expires

@@ -1,0 +1,160 @@
+"""A training run end to end on both backends: promotion, the gate, crash safety, the lease, the cache."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from mountainid.catalog import load_catalog
+from mountainid.events import InProcessBus
+from mountainid.filter import embedding_name
+from mountainid.predict import Predictor
+from mountainid.registry import COMPLETE, LEASE, ModelLoadError, Registry
+from mountainid.store import BlobStore
+from mountainid.training.dataset import build_dataset, list_accepted
+from mountainid.training.features import FeatureExtractor, load_features
+from mountainid.training.folders import import_folder
+from mountainid.training.job import maybe_train, train_and_register
+from mountainid.training.train import HeadConfig
+from tests.training.conftest import FAST
+
+# Untrained in effect: one epoch at a tiny learning rate leaves the head near its random start.
+WORSE = replace(FAST, head=HeadConfig(epochs=1, learning_rate=1e-7, seed=7))
+VERSION_FILES = {"model.keras", "labels.json", "metrics.json", "confusion.png", "curves.png", "config.json",
+                 "dataset.json", "gallery.npz", "gallery.json", COMPLETE}
+
+
+def published(bus: InProcessBus, topic: str) -> list[dict]:
+    received: list[dict] = []
+    bus.subscribe(topic, lambda event: received.append(json.loads(
+        __import__("base64").b64decode(event.data["message"]["data"]))))
+    return received
+
+
+def test_first_model_is_promoted_complete_and_published(seeded: BlobStore, settings) -> None:
+    bus = InProcessBus()
+    messages = published(bus, settings.topic_model_published)
+    result = train_and_register(settings, seeded, bus, FAST)
+    bus.drain()
+    assert result.status == "promoted"
+    registry = Registry(seeded)
+    assert registry.live()[0] == result.version
+    names = {name.rsplit("/", 1)[1] for name in seeded.list_names(f"models/{result.version}/")}
+    assert names == VERSION_FILES
+    info = registry.info(result.version)
+    assert info["labels"] == ["broad-peak", "lhotse", "nanga-parbat"]
+    assert info["test"]["n"] >= 15 and info["test"]["top1"] > 0.5  # three peaks, real photos: clearly learnt
+    assert 0.0 <= info["unknown_threshold"] <= 1.0
+    assert seeded.get(f"models/{result.version}/confusion.png").startswith(b"\x89PNG")
+    assert [m["version"] for m in messages] == [result.version]
+    assert not seeded.exists(LEASE)  # released
+    predictor = Predictor.load(seeded, result.version, settings)
+    photo = seeded.get(next(n for n in seeded.list_names("accepted/lhotse/")))
+    prediction = predictor.predict(photo).to_dict()
+    assert prediction["model_version"] == result.version and len(prediction["guesses"]) == 3
+    assert all(p["slug"] == prediction["guesses"][0]["slug"] for p in prediction["similar"])
+
+
+def test_gate_promotes_an_equal_model_and_keeps_a_worse_one(seeded: BlobStore, settings, extra_dir,
+                                                            caplog) -> None:
+    caplog.set_level(logging.INFO)
+    bus = InProcessBus()
+    first = train_and_register(settings, seeded, bus, FAST)
+    assert first.status == "promoted"
+    again = train_and_register(settings, seeded, bus, FAST)  # same photos, same seed: the same figures
+    assert again.test["top1"] == pytest.approx(first.test["top1"])
+    assert again.live_top1 == pytest.approx(first.test["top1"])
+    assert again.status == "promoted" and Registry(seeded).live()[0] == again.version
+    # The bucket grows; the live model is re-evaluated on today's test split before the comparison.
+    import_folder(seeded, settings, extra_dir, load_catalog(settings.catalog))
+    worse = train_and_register(settings, seeded, bus, WORSE)
+    assert worse.test["top1"] < again.test["top1"]
+    assert worse.status == "kept"
+    assert worse.live_version == again.version and worse.live_top1 == pytest.approx(again.test["top1"])
+    assert Registry(seeded).live()[0] == again.version
+    assert worse.version in Registry(seeded).versions()  # kept for inspection, never served
+    decision = next(r for r in caplog.records if r.getMessage().startswith("model kept"))
+    assert decision.mountainid_fields["live_test_top1"] == round(again.test["top1"], 4)
+    assert decision.mountainid_fields["test_top1"] == round(worse.test["top1"], 4)
+
+
+def test_upload_failure_leaves_the_old_model_live_and_no_loadable_half_version(seeded: BlobStore, settings,
+                                                                               monkeypatch) -> None:
+    bus = InProcessBus()
+    old = train_and_register(settings, seeded, bus, FAST)
+    real_put = seeded.put
+
+    def dies_mid_upload(name: str, data: bytes, **kwargs):
+        if name.endswith("/gallery.npz"):  # the store connection drops half-way through the folder
+            raise ConnectionError("injected: connection reset during upload")
+        return real_put(name, data, **kwargs)
+
+    monkeypatch.setattr(seeded, "put", dies_mid_upload)
+    with pytest.raises(ConnectionError):
+        train_and_register(settings, seeded, bus, FAST)
+    monkeypatch.undo()
+    registry = Registry(seeded)
+    assert registry.live()[0] == old.version
+    assert registry.versions() == [old.version]
+    half = {name.split("/")[1] for name in seeded.list_names("models/")} - {old.version, "LATEST"}
+    assert len(half) == 1  # the half-written folder exists ...
+    with pytest.raises(ModelLoadError, match="COMPLETE"):
+        Predictor.load(seeded, half.pop(), settings)  # ... but can never be served
+    assert not seeded.exists(LEASE)  # the failed run let go of the lease
+    assert train_and_register(settings, seeded, bus, FAST).status == "promoted"
+
+
+def test_two_runs_at_once_only_one_promotes(seeded: BlobStore, settings) -> None:
+    bus = InProcessBus()
+    results = []
+    start = threading.Barrier(2)
+
+    def run() -> None:
+        start.wait()
+        results.append(train_and_register(settings, seeded, bus, FAST))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(r.status for r in results) == ["lease-held", "promoted"]
+    winner = next(r for r in results if r.promoted)
+    assert Registry(seeded).live()[0] == winner.version
+    assert Registry(seeded).versions() == [winner.version]
+
+
+def test_corrupt_embeddings_are_recomputed_not_trusted(seeded: BlobStore, settings, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    extractor = FeatureExtractor(settings.weights)
+    photos = [(e.photo_id, e.object_name) for e in list_accepted(seeded)[:3]]
+    good, _ = load_features(seeded, photos, extractor, settings)
+    names = [embedding_name(extractor.feature_id, pid) for pid, _ in photos]
+    seeded.put(names[0], b"\x93NUMPY garbage")                       # unreadable
+    seeded.put(names[1], seeded.get(names[1])[:-400])                 # truncated
+    buffer = __import__("io").BytesIO()
+    np.save(buffer, np.full(1280, np.nan, np.float32))
+    seeded.put(names[2], buffer.getvalue())                            # readable but not finite
+    again, usable = load_features(seeded, photos, extractor, settings)
+    assert usable == [True, True, True]
+    np.testing.assert_allclose(again, good, rtol=1e-4, atol=1e-4)
+    recomputed = [r for r in caplog.records if r.getMessage() == "corrupt embedding recomputed"]
+    assert {r.mountainid_fields["photo_id"] for r in recomputed} == {pid for pid, _ in photos}
+    for name, vector in zip(names, good, strict=True):  # the cache is repaired
+        np.testing.assert_allclose(np.load(__import__("io").BytesIO(seeded.get(name))), vector, atol=1e-4)
+
+
+def test_maybe_train_at_start_then_only_after_enough_new_photos(seeded: BlobStore, settings, extra_dir) -> None:
+    bus = InProcessBus()
+    first = maybe_train(settings, seeded, bus, FAST)
+    assert first is not None and first.promoted
+    assert maybe_train(settings, seeded, bus, FAST) is None  # nothing new
+    counts = import_folder(seeded, settings, extra_dir, load_catalog(settings.catalog))
+    assert counts["accepted"] >= settings.retrain_min_new_photos
+    assert maybe_train(settings, seeded, bus, FAST) is not None
+    assert len(build_dataset(list_accepted(seeded), 5).examples) > first.test["n"]
