@@ -1,0 +1,181 @@
+"""Serving the live model: follow ``models/LATEST`` and swap new versions in without dropping a request.
+
+:class:`ModelHolder` owns one reference to the live :class:`~mountainid.predict.Predictor`. A
+Predictor is immutable once loaded, so a swap is a single reference assignment: a request reads
+``holder.predictor`` once and finishes on that object even if a newer one is swapped in meanwhile.
+New versions are loaded (and validated by ``Predictor.load``'s probe prediction) in a background
+thread while the old one keeps serving. A version that fails to load is remembered and skipped, so
+a broken upload costs one log line, not a retry loop; ``check_now(force=True)`` (the admin reload)
+tries it again.
+
+The holder learns about new versions by polling the generation of ``models/LATEST`` every
+``settings.model_poll_s`` (cheap: one metadata read) and, where an event arrives in the same process
+(the embedded pipeline's ``model-published``), immediately through :meth:`ModelHolder.notify`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from cloudevents.http import CloudEvent
+
+from mountainid.config import Settings
+from mountainid.logs import event
+from mountainid.predict import Prediction, Predictor
+from mountainid.registry import ModelLoadError, Registry
+from mountainid.store import BlobStore
+from mountainid.vision.image import load_image
+
+log = logging.getLogger(__name__)
+
+UPLOADS_PREFIX = "uploads"
+
+
+class ModelHolder:
+    """The live Predictor of one process, kept in step with ``models/LATEST``."""
+
+    def __init__(self, store: BlobStore, settings: Settings, registry: Registry | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.registry = registry or Registry(store)
+        self._predictor: Predictor | None = None
+        self._loaded_at: float | None = None
+        self._seen_generation: int | None = None
+        self._failed: dict[str, str] = {}  # version -> why it could not be loaded
+        self._last_error: str | None = None
+        self._check_lock = threading.Lock()  # one check (and so one load) at a time
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def predictor(self) -> Predictor | None:
+        """The live Predictor, or None before the first model exists. Read it once per request."""
+        return self._predictor
+
+    def check_now(self, *, force: bool = False) -> Predictor | None:
+        """Look at models/LATEST and load it if it is new; returns the (possibly new) live Predictor.
+
+        Without ``force`` an unchanged LATEST generation costs one metadata read, and a version that
+        already failed is skipped. ``force`` reloads the live version even if it is the one serving
+        or failed before (the admin reload, e.g. after fixing a broken upload in place).
+        """
+        with self._check_lock:
+            live = self.registry.live()
+            current = self._predictor
+            if live is None:
+                return current
+            version, generation = live
+            if not force and generation == self._seen_generation:
+                return current
+            self._seen_generation = generation
+            if not force and current is not None and current.version == version:
+                return current
+            if not force and version in self._failed:
+                event(log, "model version skipped: it failed to load before", level=logging.WARNING,
+                      version=version, reason=self._failed[version],
+                      serving=current.version if current else None)
+                return current
+            return self._load(version, current)
+
+    def _load(self, version: str, current: Predictor | None) -> Predictor | None:
+        started = time.perf_counter()
+        try:
+            predictor = Predictor.load(self.store, version, self.settings)
+        except ModelLoadError as error:  # Predictor.load reports every failure of a version this way
+            self._failed[version] = str(error)
+            self._last_error = f"{version}: {error}"
+            event(log, "model load failed, keeping the old model", level=logging.ERROR, version=version,
+                  reason=str(error), serving=current.version if current else None)
+            return current
+        self._predictor = predictor  # the swap: one reference assignment
+        self._loaded_at = time.time()
+        self._failed.pop(version, None)
+        event(log, "model swapped in", version=version, previous=current.version if current else None,
+              seconds=round(time.perf_counter() - started, 2))
+        return predictor
+
+    def notify(self) -> None:
+        """Wake the watcher now (a model was published in this process) instead of at the next poll."""
+        self._wake.set()
+
+    def on_model_published(self, cloud_event: CloudEvent) -> None:
+        """Handler for the ``model-published`` topic on the in-process bus."""
+        event(log, "model-published event received", message_id=cloud_event["id"])
+        self.notify()
+
+    def start(self) -> None:
+        """Start the background watcher: a first check at once, then one every model_poll_s."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                self.check_now()
+            except Exception as error:  # noqa: BLE001 - nothing may kill the watcher; the next poll retries
+                self._last_error = f"checking models/LATEST: {error}"
+                event(log, "model check failed, will retry", level=logging.WARNING, error=str(error))
+            self._wake.wait(self.settings.model_poll_s)
+
+    def status(self) -> dict[str, Any]:
+        """What the admin endpoint and the model API report about serving."""
+        predictor = self._predictor
+        return {
+            "version": predictor.version if predictor else None,
+            "loaded_at": _iso(self._loaded_at) if self._loaded_at else None,
+            "latest_generation": self._seen_generation,
+            "failed_versions": dict(self._failed),
+            "last_error": self._last_error,
+        }
+
+
+def store_upload(store: BlobStore, upload_id: str, image_bytes: bytes, prediction: Prediction,
+                 settings: Settings) -> str:
+    """Keep an upload for later labelling (only when settings.store_uploads; the caller checks).
+
+    The photo is re-encoded, which drops EXIF (camera serial numbers, GPS position), and named by
+    date and ``upload_id`` (a random id from :func:`new_upload_id`): nothing the client sent (its
+    file name) reaches the store.
+    """
+    image = load_image(image_bytes, settings.max_image_pixels, settings.max_image_bytes)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    now = dt.datetime.now(dt.UTC)
+    name = f"{UPLOADS_PREFIX}/{now:%Y-%m-%d}/{upload_id}.jpg"
+    best = prediction.guesses[0] if prediction.guesses else None
+    store.put(name, buffer.getvalue(), content_type="image/jpeg", metadata={
+        "model_version": prediction.model_version,
+        "guess": best.slug if best else "",
+        "probability": f"{best.probability:.4f}" if best else "",
+        "sure": str(prediction.sure).lower(),
+        "is_mountain": str(prediction.is_mountain).lower(),
+        "uploaded": now.isoformat(timespec="seconds"),
+    })
+    return name
+
+
+def new_upload_id() -> str:
+    """A random id for one upload: names it in the logs and, when kept, in the store."""
+    return uuid.uuid4().hex
+
+
+def _iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")

@@ -1,0 +1,292 @@
+"""The site and API through Flask's test client, on a real trained model and real photos."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mountainid.predict import Predictor
+from mountainid.store import LocalBlobStore
+from tests.web.conftest import web_settings
+from web import create_app
+from web.answer import license_label
+
+
+def post_photo(client, data: bytes, path: str = "/api/v1/predict", filename: str = "photo.jpg"):
+    return client.post(path, data={"photo": (io.BytesIO(data), filename)}, content_type="multipart/form-data")
+
+
+def test_home_page_has_picker_camera_dropzone_and_no_inline_code(client, predictor: Predictor) -> None:
+    page = client.get("/")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert re.search(r'<input id="photo"[^>]*type="file"[^>]*name="photo"[^>]*accept="image/\*"', html)
+    assert re.search(r'<input id="camera"[^>]*accept="image/\*"[^>]*capture="environment"', html)
+    assert 'id="dropzone"' in html and 'enctype="multipart/form-data"' in html
+    assert predictor.version in html
+    # The CSP forbids inline code, so the page must have none: every script is a file, no style attributes.
+    assert re.findall(r"<script(?![^>]*\bsrc=)", html) == []
+    assert " style=" not in html and "<style" not in html
+    assert "never stored" in html
+
+
+def test_api_answers_what_the_model_answers(client, predictor: Predictor, k2_heldout: Path) -> None:
+    data = k2_heldout.read_bytes()
+    expected = predictor.predict(data)
+    response = post_photo(client, data)
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["model_version"] == predictor.version
+    assert [g["slug"] for g in body["guesses"]] == [g.slug for g in expected.guesses]
+    assert [g["probability"] for g in body["guesses"]] == pytest.approx([g.probability for g in expected.guesses])
+    assert "k2" in [g["slug"] for g in body["guesses"]]
+    assert body["is_mountain"] is True and body["is_mountain"] == expected.is_mountain
+    assert body["verdict"] == ("mountain" if expected.sure else "not-sure")
+    best = expected.guesses[0]
+    assert body["location"]["slug"] == best.slug
+    assert body["location"]["map_url"].startswith("https://www.openstreetmap.org/?mlat=")
+    assert len(body["credited_photos"]) == len(expected.similar) > 0
+    assert response.headers["Cache-Control"] == "no-store"
+    # The similar training photos are served from the store, as JPEGs.
+    image = client.get(body["credited_photos"][0]["image_url"])
+    assert image.status_code == 200 and image.mimetype == "image/jpeg"
+    assert Image.open(io.BytesIO(image.data)).size[0] > 0
+
+
+def test_raw_body_gives_the_same_answer_as_multipart(client, k2_heldout: Path) -> None:
+    data = k2_heldout.read_bytes()
+    raw = client.post("/api/v1/predict", data=data, content_type="image/jpeg").get_json()
+    form = post_photo(client, data).get_json()
+    assert raw["guesses"] == form["guesses"] and raw["verdict"] == form["verdict"]
+
+
+def test_street_photo_is_not_a_mountain_in_api_and_page(client, predictor: Predictor, street_photo: Path) -> None:
+    data = street_photo.read_bytes()
+    assert predictor.predict(data).is_mountain is False
+    body = post_photo(client, data).get_json()
+    assert body["verdict"] == "not-a-mountain" and body["location"] is None and body["credited_photos"] == []
+    page = post_photo(client, data, path="/").get_data(as_text=True)
+    assert "This does not look like a mountain." in page and 'data-verdict="not-a-mountain"' in page
+
+
+def test_page_renders_answer_with_location_bars_and_credits(client, predictor: Predictor,
+                                                            k2_heldout: Path) -> None:
+    data = k2_heldout.read_bytes()
+    expected = predictor.predict(data)
+    fragment = client.post("/?fragment=1", data={"photo": (io.BytesIO(data), "x.jpg")},
+                           content_type="multipart/form-data")
+    html = fragment.get_data(as_text=True)
+    assert fragment.status_code == 200 and not html.lstrip().startswith("<!doctype")
+    names = re.findall(r'<span class="guess-name">([^<]+)</span>', html)
+    assert names == [g.name for g in expected.guesses]
+    assert html.count("<progress") == 3
+    assert "Open in OpenStreetMap" in html and "openstreetmap.org" in html
+    assert html.count('<img src="/photos/accepted/') == len(expected.similar)
+    full = post_photo(client, data, path="/")
+    assert full.status_code == 200 and "<!doctype html>" in full.get_data(as_text=True)
+
+
+def test_not_sure_below_the_unknown_threshold(app, predictor: Predictor, k2_heldout: Path) -> None:
+    """An answer below the model's unknown threshold reads "not sure", never a confident name."""
+    from dataclasses import replace
+
+    from web.answer import build_answer
+
+    prediction = predictor.predict(k2_heldout.read_bytes())
+    with app.test_request_context():
+        unsure = build_answer(replace(prediction, sure=False), app.extensions["mountainid"].catalog, "id")
+    assert unsure.verdict == "not-sure" and unsure.headline.startswith("Not sure")
+
+
+@pytest.mark.parametrize("case", ["not-an-image", "empty", "empty-part", "corrupt", "truncated", "bomb"])
+def test_bad_input_gets_a_clear_4xx_in_api_and_page(client, k2_heldout: Path, bomb: bytes, case: str) -> None:
+    good = k2_heldout.read_bytes()
+    data, reasons = {
+        "not-an-image": (b"hello, this is a text file\n" * 40, {"not-an-image"}),
+        "empty": (b"", {"empty"}),
+        "empty-part": (b"", {"empty"}),
+        "corrupt": (good[:4] + b"\x00garbage" * 200, {"corrupt", "not-an-image"}),
+        "truncated": (good[: len(good) // 2], {"truncated", "corrupt"}),
+        "bomb": (bomb, {"too-many-pixels"}),
+    }[case]
+    if case == "empty":
+        api = client.post("/api/v1/predict", data=b"", content_type="image/jpeg")
+    else:
+        api = post_photo(client, data)
+    assert api.status_code == 400
+    body = api.get_json()
+    assert body["error"] in reasons and len(body["message"]) > 10
+    page = post_photo(client, data, path="/")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 400
+    assert "We could not use that file" in html and body["message"][1:] in html
+    # The service is still up and answering.
+    assert post_photo(client, good).status_code == 200
+
+
+def test_upload_over_the_size_limit_is_413(client, k2_heldout: Path) -> None:
+    oversize = k2_heldout.read_bytes() + b"\x00" * (10 * 1024 * 1024)
+    api = post_photo(client, oversize)
+    assert api.status_code == 413
+    assert api.get_json()["error"] == "too-large" and "10 MB" in api.get_json()["message"]
+    raw = client.post("/api/v1/predict", data=oversize, content_type="image/jpeg")
+    assert raw.status_code == 413 and raw.get_json()["error"] == "too-large"
+    page = post_photo(client, oversize, path="/")
+    assert page.status_code == 413 and "That photo is too big" in page.get_data(as_text=True)
+    assert post_photo(client, k2_heldout.read_bytes()).status_code == 200
+
+
+def test_model_page_and_api(client, predictor: Predictor) -> None:
+    page = client.get("/model").get_data(as_text=True)
+    assert predictor.version in page
+    for name in predictor.names.values():
+        assert name in page
+    test = predictor.info["test"]
+    assert f"{test['top1'] * 100:.1f}%" in page
+    body = client.get("/api/v1/model").get_json()
+    assert body["version"] == predictor.version and body["labels"] == predictor.labels
+    assert body["test"] == test and body["created"] == predictor.info["created"]
+    for url in body["plots"].values():
+        plot = client.get(url)
+        assert plot.status_code == 200 and plot.mimetype == "image/png" and plot.data[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f'src="{url}"' in page
+
+
+def test_healthz_ready_with_a_model(client, predictor: Predictor) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.get_json()["model_version"] == predictor.version
+
+
+def test_no_model_yet(weights_path: Path, empty_bucket: Path, k2_heldout: Path) -> None:
+    settings = web_settings(weights_path, empty_bucket)
+    app = create_app(settings, LocalBlobStore(empty_bucket), watch=False)
+    app.extensions["mountainid"].holder.check_now()
+    client = app.test_client()
+    home = client.get("/")
+    assert home.status_code == 200 and "No model yet" in home.get_data(as_text=True)
+    assert "No model yet" in client.get("/model").get_data(as_text=True)
+    assert client.get("/healthz").status_code == 503
+    for response in (post_photo(client, k2_heldout.read_bytes()), client.get("/api/v1/model")):
+        assert response.status_code == 503 and response.get_json()["error"] == "no-model"
+        assert response.headers["Retry-After"].isdigit()
+    page = post_photo(client, k2_heldout.read_bytes(), path="/")
+    assert page.status_code == 503 and "Not ready yet" in page.get_data(as_text=True)
+
+
+def test_security_headers_everywhere(client, k2_heldout: Path) -> None:
+    responses = [client.get("/"), client.get("/model"), client.get("/static/app.js"), client.get("/nope"),
+                 post_photo(client, k2_heldout.read_bytes()), post_photo(client, b"junk" * 100)]
+    for response in responses:
+        csp = response.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "style-src 'self'" in csp and "unsafe" not in csp
+        assert "frame-ancestors 'none'" in csp and "default-src 'self'" in csp
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert client.get("/static/app.js").mimetype == "text/javascript"
+
+
+def test_not_found_and_debug_off(app, client) -> None:
+    assert app.debug is False
+    api = client.get("/api/v1/nothing")
+    assert api.status_code == 404 and api.get_json()["error"] == "not-found"
+    wrong_method = client.get("/api/v1/predict")
+    assert wrong_method.status_code == 405 and wrong_method.is_json
+    page = client.get("/nothing")
+    assert page.status_code == 404 and "Traceback" not in page.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("url", [
+    "/photos/../../etc/passwd", "/photos/accepted/k2/..%2F..%2Fmodels%2FLATEST", "/photos/models/LATEST",
+    "/photos/accepted/k2/x.png", "/photos/raw/k2/x.jpg", "/photos/accepted/K2!/x.jpg",
+    "/models/..%2F..%2Fetc/confusion.png", "/models/LATEST/confusion.png", "/models/x/model.keras",
+])
+def test_only_safe_names_reach_the_store(client, url: str) -> None:
+    assert client.get(url).status_code == 404
+
+
+def test_model_files_other_than_plots_are_not_served(client, predictor: Predictor) -> None:
+    for name in ("model.keras", "metrics.json", "gallery.npz", "COMPLETE"):
+        assert client.get(f"/models/{predictor.version}/{name}").status_code == 404
+    assert client.get(f"/models/{predictor.version}/curves.png").status_code == 200
+
+
+def test_admin_reload_needs_the_token(session_settings, trained_bucket: Path, live_holder, weights_path) -> None:
+    store = LocalBlobStore(trained_bucket)
+    disabled = create_app(session_settings, store, live_holder, watch=False).test_client()
+    refused = disabled.post("/admin/reload", headers={"Authorization": "Bearer anything"})
+    assert refused.status_code == 403 and "disabled" in refused.get_json()["message"]
+
+    settings = web_settings(weights_path, trained_bucket, MOUNTAINID_ADMIN_TOKEN="s3cret-token")
+    client = create_app(settings, store, live_holder, watch=False).test_client()
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret-token"},
+                    {"Authorization": "Bearer s3cret-toke"}):
+        response = client.post("/admin/reload", headers=headers)
+        assert response.status_code == 401 and response.headers["WWW-Authenticate"].startswith("Bearer")
+    ok = client.post("/admin/reload", headers={"Authorization": "Bearer s3cret-token"})
+    assert ok.status_code == 200 and ok.get_json()["version"] == live_holder.predictor.version
+    assert client.get("/admin/reload").status_code == 405
+
+
+def test_uploads_are_not_stored_by_default(client, trained_bucket: Path, k2_heldout: Path) -> None:
+    assert post_photo(client, k2_heldout.read_bytes()).status_code == 200
+    assert LocalBlobStore(trained_bucket).list_names("uploads/") == []
+
+
+def test_uploads_opt_in_keeps_a_clean_copy_under_a_random_name(weights_path: Path, bucket_copy: Path,
+                                                               live_holder, k2_heldout: Path) -> None:
+    settings = web_settings(weights_path, bucket_copy, MOUNTAINID_STORE_UPLOADS="true")
+    store = LocalBlobStore(bucket_copy)
+    client = create_app(settings, store, live_holder, watch=False).test_client()
+    # A photo carrying EXIF (camera, GPS-like data) under a revealing file name.
+    image = Image.open(k2_heldout)
+    exif = Image.Exif()
+    exif[0x010F] = "SecretCam"  # Make
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif)
+    body = post_photo(client, buffer.getvalue(), filename="../../jane-doe-home.jpg").get_json()
+    assert post_photo(client, b"not an image" * 10).status_code == 400  # refused photos are never kept
+    names = store.list_names("uploads/")
+    assert len(names) == 1
+    assert re.fullmatch(r"uploads/\d{4}-\d{2}-\d{2}/[0-9a-f]{32}\.jpg", names[0])
+    assert names[0].endswith(f"/{body['upload_id']}.jpg") and "jane" not in names[0]
+    kept = Image.open(io.BytesIO(store.get(names[0])))
+    assert kept.format == "JPEG" and kept.size == image.size and len(kept.getexif()) == 0
+    info = store.info(names[0])
+    assert info.metadata["model_version"] == body["model_version"]
+    assert info.metadata["guess"] == body["guesses"][0]["slug"]
+    assert not any("jane" in str(path) for path in bucket_copy.rglob("*"))
+
+
+def test_license_labels() -> None:
+    assert license_label("4") == ("CC BY 2.0", "https://creativecommons.org/licenses/by/2.0/")
+    assert license_label("9")[0].startswith("CC0")
+    assert license_label("0") == ("All Rights Reserved", "")
+    assert license_label("") == ("", "")
+    assert license_label("CC BY-SA 4.0") == ("CC BY-SA 4.0", "")
+
+
+def test_flickr_credit_is_rendered_with_owner_licence_and_links(app, predictor: Predictor,
+                                                               k2_heldout: Path) -> None:
+    """Photos from the Flickr ingest carry owner, licence id and page: all three reach the page."""
+    from dataclasses import replace
+
+    from flask import render_template
+
+    from mountainid.predict import SimilarPhoto
+    from web.answer import build_answer
+
+    flickr = SimilarPhoto(photo_id="5312", slug="k2", object_name="accepted/k2/5312.jpg", owner="Ada Climber",
+                          license="4", title="K2 at dawn", page_url="https://www.flickr.com/photos/ada/5312/",
+                          similarity=0.9)
+    prediction = replace(predictor.predict(k2_heldout.read_bytes()), similar=[flickr], is_mountain=True)
+    with app.test_request_context():
+        html = render_template("_result.html", answer=build_answer(prediction, app.extensions["mountainid"].catalog,
+                                                                   "id"))
+    assert '<img src="/photos/accepted/k2/5312.jpg"' in html
+    assert '<a href="https://www.flickr.com/photos/ada/5312/"' in html and "K2 at dawn" in html
+    assert "by Ada Climber" in html
+    assert '<a href="https://creativecommons.org/licenses/by/2.0/"' in html and "CC BY 2.0" in html

@@ -1,0 +1,97 @@
+"""A real headless Chromium (Debian's) on the page served over loopback: upload, see the answer."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mountainid.predict import Predictor
+from mountainid.store import LocalBlobStore
+from web import create_app
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} not found: run `make system-deps` (apt-get install chromium chromium-driver)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture()
+def page(browser, serve, session_settings, trained_bucket: Path, live_holder):
+    server = serve(create_app(session_settings, LocalBlobStore(trained_bucket), live_holder, watch=False))
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    problems: list[str] = []  # CSP violations, script errors, failed loads
+    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto(server.url + "/")
+    yield page, problems
+    context.close()
+
+
+def test_upload_k2_then_a_street_photo(page, predictor: Predictor, k2_heldout: Path, street_photo: Path,
+                                       tmp_path: Path) -> None:
+    page, problems = page
+    expected = predictor.predict(k2_heldout.read_bytes())
+    page.set_input_files("#photo", str(k2_heldout))
+    answer = page.locator("#answer")
+    answer.wait_for()
+    assert page.locator("#preview").is_visible()  # the chosen photo is previewed
+    names = page.locator(".guess-name").all_inner_texts()
+    assert names == [g.name for g in expected.guesses] and "K2" in names
+    verdict = "mountain" if expected.sure else "not-sure"
+    assert answer.get_attribute("data-verdict") == verdict
+    best = expected.guesses[0].name
+    assert page.locator(".location").inner_text().count(best) >= 1
+    assert page.locator(".map-link").get_attribute("href").startswith("https://www.openstreetmap.org/")
+    gallery = page.locator(".gallery img")
+    assert gallery.count() == len(expected.similar) > 0
+    page.wait_for_function("() => [...document.querySelectorAll('.gallery img')]"
+                           ".every(img => img.complete && img.naturalWidth > 0)")
+    page.screenshot(path=str(tmp_path / "k2.png"), full_page=True)
+    assert (tmp_path / "k2.png").stat().st_size > 10_000
+
+    page.set_input_files("#photo", str(street_photo))
+    page.locator('#answer[data-verdict="not-a-mountain"]').wait_for()
+    assert "This does not look like a mountain." in page.locator("#answer h2").inner_text()
+    assert page.locator(".location").count() == 0
+    page.screenshot(path=str(tmp_path / "street.png"), full_page=True)
+    assert problems == []
+
+
+def test_drag_and_drop_and_a_bad_file(page, street_photo: Path) -> None:
+    page, problems = page
+    payload = base64.b64encode(street_photo.read_bytes()).decode()
+    transfer = page.evaluate_handle("""(b64) => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "street.jpg", {type: "image/jpeg"}));
+        return transfer;
+    }""", payload)
+    page.dispatch_event("#dropzone", "drop", {"dataTransfer": transfer})
+    page.locator('#answer[data-verdict="not-a-mountain"]').wait_for()
+
+    page.set_input_files("#photo", files=[{"name": "notes.jpg", "mimeType": "image/jpeg",
+                                           "buffer": b"these are my notes, not a photo\n" * 20}])
+    error = page.locator("#error")
+    error.wait_for()
+    assert error.get_attribute("data-reason") == "not-an-image"
+    assert "We could not use that file" in error.inner_text()
+    # The 400 itself is logged by Chromium as a failed resource; nothing else may be.
+    assert [p for p in problems if "400" not in p] == []

@@ -1,0 +1,152 @@
+"""One identification, shared by the page and the API so both always give the same answer.
+
+:func:`identify` reads the uploaded photo from the request, runs the live model on it, keeps the
+photo only if the operator opted in, and returns an :class:`Answer`: the prediction plus what
+people need to read it (a verdict, where the best guess is, credited training photos).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from flask import request, url_for
+
+from mountainid.catalog import Catalog, Mountain
+from mountainid.logs import event
+from mountainid.predict import Prediction, SimilarPhoto
+from mountainid.serving import new_upload_id, store_upload
+from web.context import services
+
+log = logging.getLogger(__name__)
+
+# Flickr's licence ids (flickr.photos.licenses.getInfo) -> short name and deed.
+FLICKR_LICENSES: dict[str, tuple[str, str]] = {
+    "0": ("All Rights Reserved", ""),
+    "1": ("CC BY-NC-SA 2.0", "https://creativecommons.org/licenses/by-nc-sa/2.0/"),
+    "2": ("CC BY-NC 2.0", "https://creativecommons.org/licenses/by-nc/2.0/"),
+    "3": ("CC BY-NC-ND 2.0", "https://creativecommons.org/licenses/by-nc-nd/2.0/"),
+    "4": ("CC BY 2.0", "https://creativecommons.org/licenses/by/2.0/"),
+    "5": ("CC BY-SA 2.0", "https://creativecommons.org/licenses/by-sa/2.0/"),
+    "6": ("CC BY-ND 2.0", "https://creativecommons.org/licenses/by-nd/2.0/"),
+    "7": ("No known copyright restrictions", "https://www.flickr.com/commons/usage/"),
+    "8": ("United States Government Work", "https://www.usa.gov/government-copyright"),
+    "9": ("CC0 1.0 (public domain dedication)", "https://creativecommons.org/publicdomain/zero/1.0/"),
+    "10": ("Public Domain Mark 1.0", "https://creativecommons.org/publicdomain/mark/1.0/"),
+    "11": ("CC BY 4.0", "https://creativecommons.org/licenses/by/4.0/"),
+    "12": ("CC BY-SA 4.0", "https://creativecommons.org/licenses/by-sa/4.0/"),
+    "13": ("CC BY-ND 4.0", "https://creativecommons.org/licenses/by-nd/4.0/"),
+    "14": ("CC BY-NC 4.0", "https://creativecommons.org/licenses/by-nc/4.0/"),
+    "15": ("CC BY-NC-SA 4.0", "https://creativecommons.org/licenses/by-nc-sa/4.0/"),
+    "16": ("CC BY-NC-ND 4.0", "https://creativecommons.org/licenses/by-nc-nd/4.0/"),
+}
+
+
+class NoModel(RuntimeError):
+    """No model has been published yet (or none could be loaded): the service cannot answer."""
+
+    def __init__(self) -> None:
+        super().__init__("no model is loaded yet: the pipeline has not published its first model; "
+                         "try again in a few minutes")
+
+
+def license_label(license_value: str) -> tuple[str, str]:
+    """A Flickr licence id (or an already readable name) -> (name, deed URL or ""); ("", "") if unknown."""
+    value = str(license_value).strip()
+    return FLICKR_LICENSES.get(value, (value, ""))
+
+
+@dataclass(frozen=True)
+class CreditedPhoto:
+    """A training photo of the best guess, with the credit its licence asks for."""
+
+    image_url: str
+    title: str
+    owner: str
+    license_name: str
+    license_url: str
+    page_url: str
+    similarity: float
+
+    @classmethod
+    def of(cls, photo: SimilarPhoto) -> CreditedPhoto:
+        name, deed = license_label(photo.license)
+        return cls(image_url=url_for("pages.training_photo", name=photo.object_name), title=photo.title,
+                   owner=photo.owner, license_name=name, license_url=deed, page_url=photo.page_url,
+                   similarity=photo.similarity)
+
+
+@dataclass(frozen=True)
+class Answer:
+    prediction: Prediction
+    verdict: str  # "mountain", "not-sure" or "not-a-mountain"
+    headline: str
+    location: Mountain | None  # the best guess in the catalog (None if not a mountain or unknown)
+    photos: list[CreditedPhoto]
+    upload_id: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The API body: the prediction as the library gives it, plus the reading of it."""
+        location = None
+        if self.location is not None:
+            m = self.location
+            location = {"name": m.name, "slug": m.slug, "elevation_m": m.elevation_m,
+                        "latitude": m.latitude, "longitude": m.longitude, "map_url": m.map_url}
+        return {
+            **self.prediction.to_dict(),
+            "verdict": self.verdict,
+            "headline": self.headline,
+            "location": location,
+            "credited_photos": [vars(photo) for photo in self.photos],
+            "upload_id": self.upload_id,
+        }
+
+
+def build_answer(prediction: Prediction, catalog: Catalog, upload_id: str) -> Answer:
+    best = prediction.guesses[0] if prediction.guesses else None
+    if not prediction.is_mountain:
+        verdict, headline = "not-a-mountain", "This does not look like a mountain."
+    elif not prediction.sure or best is None:
+        verdict, headline = "not-sure", "Not sure: it might be one of these."
+    else:
+        verdict, headline = "mountain", f"This looks like {best.name}."
+    location = catalog.find(best.slug) if best and verdict != "not-a-mountain" else None
+    photos = [CreditedPhoto.of(p) for p in prediction.similar] if verdict != "not-a-mountain" else []
+    return Answer(prediction=prediction, verdict=verdict, headline=headline, location=location,
+                  photos=photos, upload_id=upload_id)
+
+
+def read_photo() -> bytes:
+    """The uploaded bytes: the multipart field ``photo`` (first non-empty one) or the raw body.
+
+    The client's file name is never read: only the bytes travel further.
+    """
+    if request.mimetype == "multipart/form-data":
+        for part in request.files.getlist("photo"):
+            data = part.read()
+            if data:
+                return data
+        return b""
+    return request.get_data(cache=False)
+
+
+def identify() -> Answer:
+    """Predict on the request's photo with the live model. Raises NoModel or BadImage."""
+    svc = services()
+    predictor = svc.holder.predictor  # read once: this request finishes on this model
+    if predictor is None:
+        raise NoModel()
+    data = read_photo()
+    upload_id = new_upload_id()
+    started = time.perf_counter()
+    prediction = predictor.predict(data)
+    stored = store_upload(svc.store, upload_id, data, prediction, svc.settings) if svc.settings.store_uploads else None
+    answer = build_answer(prediction, svc.catalog, upload_id)
+    best = prediction.guesses[0] if prediction.guesses else None
+    event(log, "photo identified", photo_id=upload_id, model_version=prediction.model_version,
+          verdict=answer.verdict, guess=best.slug if best else None,
+          probability=round(best.probability, 3) if best else None, bytes=len(data), stored=stored,
+          ms=round((time.perf_counter() - started) * 1000, 1))
+    return answer

@@ -1,0 +1,93 @@
+"""The pages people see: the upload form and its answer, the model page, and the images they show."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint, Response, abort, render_template, request
+
+from mountainid.store import NotFound
+from web.answer import identify
+from web.context import services
+
+bp = Blueprint("pages", __name__)
+
+# Only these names are ever read from the store by a public route: a training photo, or a model plot.
+TRAINING_PHOTO = re.compile(r"^accepted/[a-z0-9]+(?:-[a-z0-9]+)*/[A-Za-z0-9_-]{1,80}\.jpg$")
+MODEL_VERSION = re.compile(r"^[0-9a-z][0-9a-z-]{0,63}$")
+MODEL_PLOTS = ("confusion.png", "curves.png")
+DAY = 86400
+
+
+@bp.app_context_processor
+def page_globals() -> dict[str, object]:
+    svc = services()
+    return {"model": svc.holder.predictor, "store_uploads": svc.settings.store_uploads,
+            "max_upload_bytes": svc.settings.max_image_bytes}
+
+
+@bp.get("/")
+def home() -> str:
+    return render_template("index.html", answer=None)
+
+
+@bp.post("/")
+def identify_page() -> str:
+    """The form's target. ``?fragment=1`` (the page's script) returns only the answer block."""
+    answer = identify()
+    if request.args.get("fragment") == "1":
+        return render_template("_result.html", answer=answer)
+    return render_template("index.html", answer=answer)
+
+
+@bp.get("/model")
+def model_page() -> str:
+    predictor = services().holder.predictor
+    mountains = mountain_list(predictor.labels) if predictor else []
+    return render_template("model.html", predictor=predictor, info=predictor.info if predictor else {},
+                           mountains=mountains)
+
+
+@bp.get("/api")
+def api_page() -> str:
+    return render_template("api.html")
+
+
+@bp.get("/photos/<path:name>")
+def training_photo(name: str) -> Response:
+    """A training photo shown next to an answer. The name must look like accepted/<slug>/<id>.jpg."""
+    if not TRAINING_PHOTO.match(name):
+        abort(404)
+    return _from_store(name, "image/jpeg", max_age=DAY)
+
+
+@bp.get("/models/<version>/<filename>")
+def model_plot(version: str, filename: str) -> Response:
+    """A model version's confusion matrix or training curves (versions never change once written)."""
+    if not MODEL_VERSION.match(version) or filename not in MODEL_PLOTS:
+        abort(404)
+    return _from_store(f"models/{version}/{filename}", "image/png", max_age=30 * DAY)
+
+
+def _from_store(name: str, mimetype: str, max_age: int) -> Response:
+    try:
+        data = services().store.get(name)
+    except NotFound:
+        abort(404)
+    response = Response(data, mimetype=mimetype)
+    response.headers["Cache-Control"] = f"public, max-age={max_age}"
+    return response
+
+
+def mountain_list(labels: list[str]) -> list[dict[str, object]]:
+    """The model's classes with what the catalog knows about each (a class may be missing from it)."""
+    catalog = services().catalog
+    mountains = []
+    for slug in labels:
+        found = catalog.find(slug)
+        mountains.append({"slug": slug, "name": found.name if found else slug.replace("-", " ").title(),
+                          "elevation_m": found.elevation_m if found else None,
+                          "latitude": found.latitude if found else None,
+                          "longitude": found.longitude if found else None,
+                          "map_url": found.map_url if found else None})
+    return mountains

@@ -1,0 +1,96 @@
+// MountainID page script: preview, drag-and-drop, phone camera, and answers without a page reload.
+// Progressive enhancement: without this script the form posts and the server renders the answer.
+(function () {
+  "use strict";
+  const form = document.getElementById("upload-form");
+  if (!form) return;
+  const picker = document.getElementById("photo");
+  const camera = document.getElementById("camera");
+  const dropzone = document.getElementById("dropzone");
+  const preview = document.getElementById("preview");
+  const result = document.getElementById("result");
+  const maxBytes = Number(form.dataset.maxBytes || 0);
+  let previewUrl = null;
+
+  function showMessage(title, text) {
+    const box = document.createElement("div");
+    box.className = "card error";
+    box.id = "error";
+    box.setAttribute("role", "alert");
+    const heading = document.createElement("h2");
+    heading.textContent = title;
+    const para = document.createElement("p");
+    para.textContent = text;
+    box.append(heading, para);
+    result.replaceChildren(box);
+  }
+
+  function showPreview(file) {
+    if (previewUrl) URL.revokeObjectURL(previewUrl);
+    previewUrl = URL.createObjectURL(file);
+    preview.src = previewUrl;
+    preview.hidden = false;
+    dropzone.classList.add("has-preview");
+  }
+
+  async function identify(file) {
+    if (!file) return;
+    if (picker.disabled) return;
+    showPreview(file);
+    if (maxBytes && file.size > maxBytes) {
+      showMessage("That photo is too big",
+        "The file is " + (file.size / 1e6).toFixed(1) + " MB; the limit is " + Math.round(maxBytes / 1e6) + " MB.");
+      return;
+    }
+    const body = new FormData();
+    body.append("photo", file, "upload");
+    form.classList.add("busy");
+    form.setAttribute("aria-busy", "true");
+    try {
+      const response = await fetch(form.action + "?fragment=1", { method: "POST", body: body });
+      const type = response.headers.get("Content-Type") || "";
+      if (type.startsWith("text/html")) {
+        result.innerHTML = await response.text();  // server-rendered, autoescaped by Jinja
+      } else {
+        showMessage("Something went wrong", "The server answered " + response.status + ". Please try again.");
+      }
+    } catch (err) {
+      showMessage("No connection", "The photo could not be sent. Check your connection and try again.");
+    } finally {
+      form.classList.remove("busy");
+      form.removeAttribute("aria-busy");
+      result.scrollIntoView({ behavior: "smooth", block: "nearest" });
+    }
+  }
+
+  function chosen(input) {
+    return function () {
+      if (input.files && input.files[0]) identify(input.files[0]);
+    };
+  }
+  picker.addEventListener("change", chosen(picker));
+  camera.addEventListener("change", chosen(camera));
+
+  form.addEventListener("submit", function (event) {
+    event.preventDefault();
+    const file = (picker.files && picker.files[0]) || (camera.files && camera.files[0]);
+    if (file) identify(file);
+    else picker.click();
+  });
+
+  ["dragenter", "dragover"].forEach(function (name) {
+    dropzone.addEventListener(name, function (event) {
+      event.preventDefault();
+      dropzone.classList.add("dragging");
+    });
+  });
+  ["dragleave", "dragend"].forEach(function (name) {
+    dropzone.addEventListener(name, function () { dropzone.classList.remove("dragging"); });
+  });
+  dropzone.addEventListener("drop", function (event) {
+    event.preventDefault();
+    dropzone.classList.remove("dragging");
+    const file = event.dataTransfer && event.dataTransfer.files[0];
+    if (file) identify(file);
+  });
+})();
