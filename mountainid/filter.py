@@ -15,6 +15,7 @@ and the threshold (``Settings.filter_threshold``) were chosen on labelled photos
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import logging
 import re
@@ -259,14 +260,16 @@ class LabelledPhotos:
     unreadable: dict[Path, str]  # path -> BadImage reason
 
 
-def _photo_files(root: Path) -> list[tuple[str, Path]]:
-    return [(folder.name, path) for folder in sorted(p for p in root.iterdir() if p.is_dir())
+def _photo_files(root: Path, exclude: Iterable[str] = ()) -> list[tuple[str, Path]]:
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name not in set(exclude))
+    return [(folder.name, path) for folder in folders
             for path in sorted(folder.iterdir()) if path.is_file() and not path.name.startswith(".")]
 
 
-def analyze_folder(root: Path, settings: Settings, backbone: Backbone, batch_size: int = 32) -> LabelledPhotos:
-    """Decode and score every photo under ``root/<class>/``, batch by batch."""
-    files = _photo_files(root)
+def analyze_folder(root: Path, settings: Settings, backbone: Backbone, batch_size: int = 32,
+                   exclude: Iterable[str] = ()) -> LabelledPhotos:
+    """Decode and score every photo under ``root/<class>/`` (but the excluded classes), batch by batch."""
+    files = _photo_files(root, exclude)
     probs = np.zeros((len(files), 1000), np.float32)
     unreadable: dict[Path, str] = {}
     for start in range(0, len(files), batch_size):
@@ -291,6 +294,7 @@ class Evaluation:
     false_positives: int
     false_negatives: int
     n: int
+    unreadable: int = 0  # photos that could not be decoded: judged not a mountain, as the filter does
 
     @property
     def precision(self) -> float:
@@ -323,11 +327,13 @@ def evaluate(classes: Iterable[str], scores: np.ndarray, threshold: float,
                       int((~predicted & truth).sum()), len(classes))
 
 
-def evaluate_folder(root: Path, settings: Settings, backbone: Backbone, all_mountains: bool = False) -> Evaluation:
+def evaluate_folder(root: Path, settings: Settings, backbone: Backbone, all_mountains: bool = False,
+                    exclude: Iterable[str] = ()) -> Evaluation:
     """filter-eval: subfolder ``mountain`` is positive, every other negative (or all positive)."""
-    photos = analyze_folder(root, settings, backbone)
-    return evaluate(photos.classes, mountain_score(photos.probs), settings.filter_threshold,
-                    None if all_mountains else {"mountain"})
+    photos = analyze_folder(root, settings, backbone, exclude=exclude)
+    result = evaluate(photos.classes, mountain_score(photos.probs), settings.filter_threshold,
+                      None if all_mountains else {"mountain"})
+    return dataclasses.replace(result, unreadable=len(photos.unreadable))
 
 
 # The CLI: `mountainid filter` and `mountainid filter-eval`.
@@ -341,6 +347,8 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
                             help="one subfolder per class; the subfolder 'mountain' is the positive class")
         parser.add_argument("--all-mountains", action="store_true",
                             help="every photo is a mountain (measures recall, e.g. on peaks14)")
+        parser.add_argument("--exclude", action="append", default=[], metavar="CLASS",
+                            help="leave out a subfolder whose label is ambiguous (e.g. glacier); repeatable")
         parser.set_defaults(func=_eval_command)
 
 
@@ -360,7 +368,7 @@ def _eval_command(args: argparse.Namespace, settings: Settings) -> int:
     from mountainid.vision.backbone import get_backbone
 
     root: Path = args.photos_dir
-    if not root.is_dir() or not _photo_files(root):
+    if not root.is_dir() or not _photo_files(root, args.exclude):
         print(f"mountainid filter-eval: {root} has no photos in subfolders "
               "(expected PHOTOS_DIR/<class>/<photo>, e.g. PHOTOS_DIR/mountain/1.jpg)")
         return 2
@@ -368,13 +376,13 @@ def _eval_command(args: argparse.Namespace, settings: Settings) -> int:
         print(f"mountainid filter-eval: {root} has no 'mountain' subfolder (the positive class); "
               "pass --all-mountains if every photo is a mountain")
         return 2
-    result = evaluate_folder(root, settings, get_backbone(settings.weights), args.all_mountains)
+    result = evaluate_folder(root, settings, get_backbone(settings.weights), args.all_mountains, args.exclude)
     print(f"{'class':<24} {'photos':>6} {'judged mountain':>16}")
     for name, (total, hits) in result.per_class.items():
         truth = "+" if args.all_mountains or name == "mountain" else "-"
         print(f"{truth} {name:<22} {total:>6} {hits:>9} ({hits / total:6.1%})")
     print(f"threshold={result.threshold:g} true_pos={result.true_positives} false_pos={result.false_positives} "
-          f"false_neg={result.false_negatives} f1={result.f1:.3f}")
+          f"false_neg={result.false_negatives} f1={result.f1:.3f} unreadable={result.unreadable}")
     if args.all_mountains:
         print("every photo is a mountain here: precision is 1 unless nothing was judged a mountain")
     print(f"precision={result.precision:.3f} recall={result.recall:.3f} n={result.n}")

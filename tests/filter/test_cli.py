@@ -55,7 +55,10 @@ def test_filter_eval_prints_per_class_counts_and_the_summary_line(run_cli, tmp_p
     assert float(precision) >= 0.75 and float(recall) >= 0.5  # real photos: plausible, not perfect
     assert any(re.match(r"^- street\s+4\s+0 \(", line) for line in lines), lines
     assert any(re.match(r"^\+ mountain\s+4\s+\d", line) for line in lines), lines
-    assert "threshold=0.4 " in "\n".join(lines)
+    assert "threshold=0.4 " in "\n".join(lines) and "unreadable=1" in "\n".join(lines)
+    code, lines = run_cli("filter-eval", str(photos), "--exclude", "street")
+    assert code == 0 and LAST_LINE.match(lines[-1]).group(3) == "6"
+    assert not any("street" in line for line in lines)
 
 
 def test_filter_eval_all_mountains_measures_recall(run_cli, tmp_path: Path, shared_dir: Path) -> None:
