@@ -1,0 +1,33 @@
+# MountainID web service (Cloud Run). Build from the repository root:
+#   docker build -f infra/docker/web.Dockerfile -t web .
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    MOUNTAINID_WEIGHTS=imagenet \
+    PORT=8080
+
+RUN useradd --create-home --uid 10001 app
+WORKDIR /app
+
+# Dependencies first: this layer is reused until requirements.lock changes.
+COPY requirements.lock ./
+RUN pip install -r requirements.lock
+
+COPY pyproject.toml ./
+COPY mountainid ./mountainid
+# Install the library into site-packages (with its catalogs), then drop the source copy.
+RUN pip install --no-deps . && rm -rf build ./*.egg-info mountainid pyproject.toml
+COPY web ./web
+
+USER app
+# Bake Keras' ImageNet MobileNetV2 weights into the image (~14 MB): no download at each cold start.
+RUN python -c "import keras; keras.applications.MobileNetV2(weights='imagenet', include_top=True)"
+
+EXPOSE 8080
+# web/gunicorn_conf.py: bind 0.0.0.0:$PORT, one worker with 8 threads (the model is loaded once and
+# shared; Cloud Run's --concurrency=8 matches), the same choices as `mountainid serve`.
+CMD ["gunicorn", "--config", "python:web.gunicorn_conf", "web:create_app()"]
