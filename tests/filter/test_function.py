@@ -16,7 +16,7 @@ from mountainid.events.cloudevents import pubsub_event, storage_finalized_event
 from mountainid.events.pubsub import ensure_push_subscription, subscriber_client
 from mountainid.filter import embedding_name
 from mountainid.localcloud import FakeGcsServer, FunctionsFrameworkServer, LocalCloudError, PubSubEmulator
-from mountainid.store import BlobStore
+from mountainid.store import BlobStore, LocalBlobStore
 from mountainid.store.gcs import GcsBlobStore, storage_client
 from tests.emulators import PROJECT, RAW_TOPIC, unique_name
 
@@ -120,3 +120,23 @@ def test_broken_weights_fail_the_start_naming_the_path(problem: str, tmp_path: P
         server.start()
     message = str(failure.value)
     assert "exited with code" in message and str(weights) in message and "BackboneError" in message
+
+
+def test_weights_that_pass_the_start_check_but_do_not_fit_fail_each_event_loudly(
+        tmp_path: Path, k2_photos: list[bytes]) -> None:
+    """A whole HDF5 file of the wrong model passes the fork-safe start check; the first event then
+    answers 500 (so the event is retried, not lost) and the log names the path."""
+    import h5py
+
+    weights = tmp_path / "other_model.weights.h5"
+    with h5py.File(weights, "w") as handle:
+        handle.create_dataset("layers/dense/vars/0", data=[[1.0, 2.0]])
+    bucket = tmp_path / "bucket"
+    LocalBlobStore(bucket).put("raw/k2/1.jpg", k2_photos[0])
+    with FunctionsFrameworkServer(MAIN, "filter_photo", env={
+            "MOUNTAINID_WEIGHTS": str(weights), "MOUNTAINID_BUCKET": str(bucket)}) as server:
+        headers, body = to_binary(storage_finalized_event("bucket", "raw/k2/1.jpg", 1))
+        response = requests.post(server.url, headers=headers, data=body, timeout=120)
+        assert response.status_code == 500
+        assert f"cannot load ImageNet weights from {weights}" in server.log_tail(80)
+    assert not LocalBlobStore(bucket).list_names("accepted/") and not LocalBlobStore(bucket).list_names("rejected/")
