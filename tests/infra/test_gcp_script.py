@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -130,7 +131,7 @@ def test_grant_skips_a_binding_the_policy_already_has() -> None:
         grant "storage buckets" gs://b {member} {READS} 'resource.name.startsWith("x")' same
         grant "storage buckets" gs://b {member} {READS} 'resource.name.startsWith("y")' other
     """
-    result = subprocess.run(["bash", "-c", script], env={"PATH": "/usr/bin:/bin", **BASE_ENV, "DRY_RUN": "1"},
+    result = subprocess.run(["bash", "-c", script], env={"PATH": os.environ["PATH"], **BASE_ENV, "DRY_RUN": "1"},
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert "already granted" in result.stderr
@@ -306,7 +307,7 @@ esac
 exit 0
 """)
     stub.chmod(0o755)
-    env = {"PATH": f"{stub.parent}:/usr/bin:/bin", "HOME": str(tmp_path), "TMPDIR": str(tmp_path), **BASE_ENV}
+    env = {"PATH": f"{stub.parent}:{os.environ['PATH']}", "HOME": str(tmp_path), "TMPDIR": str(tmp_path), **BASE_ENV}
     secret = subprocess.run(["bash", str(GCP_SCRIPT), "set-secret", "flickr-api-key"], input="s3cr3t-value",
                             env=env, capture_output=True, text=True, check=False)
     assert secret.returncode == 0, secret.stderr
