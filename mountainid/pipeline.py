@@ -81,7 +81,7 @@ class EmbeddedPipeline:
     def cycle(self, photos_per_run: int | None = None) -> dict[str, object]:
         """One scheduler period: tick -> ingest -> filter (every photo), then train if it is time."""
         from mountainid.filter import filter_pending
-        from mountainid.training import maybe_train
+        from mountainid.training.job import maybe_train
         from mountainid.vision.backbone import get_backbone
 
         with self._cycle_lock:
@@ -91,7 +91,8 @@ class EmbeddedPipeline:
             delivered = self.bus.drain()
             # Catch up on photos a previous, interrupted run stored but never judged.
             caught_up = filter_pending(self.store, self.settings, get_backbone(self.settings.weights))
-            trained = maybe_train(self.settings, self.store, self.bus)
+            result = maybe_train(self.settings, self.store, self.bus)
+            trained = "not due" if result is None else result.status
             self.bus.drain()  # model-published reaches its subscribers (the web service)
             summary = {"events": delivered, "caught_up": caught_up, "trained": trained,
                        "raw": len(self.store.list_names("raw/")), "accepted": len(self.store.list_names("accepted/")),
@@ -132,17 +133,19 @@ def _command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(pipeline: EmbeddedPipeline, settings: Settings, args: argparse.Namespace) -> int:
+    """Serve the site in this process, so the in-process model-published event reaches it."""
     from web import create_app
-    from web.cli import serve_app
+    from web.server import ServerThread
 
     app = create_app(settings, store=pipeline.store)
-    holder = app.extensions["mountainid.holder"]
-    pipeline.bus.subscribe(settings.topic_model_published, lambda _event: holder.check_now())
-    if args.every > 0:
-        def repeat() -> None:
-            while True:
-                time.sleep(args.every * 60)
+    pipeline.bus.subscribe(settings.topic_model_published, app.extensions["mountainid"].holder.on_model_published)
+    server = ServerThread(app, "127.0.0.1", args.port or settings.port).start()
+    print(f"MountainID is serving at {server.url}  (Ctrl-C to stop)", flush=True)
+    try:
+        while True:
+            time.sleep(args.every * 60 if args.every > 0 else 3600)
+            if args.every > 0:
                 pipeline.cycle(args.photos_per_run)
-
-        threading.Thread(target=repeat, name="pipeline-cycle", daemon=True).start()
-    return serve_app(app, port=args.port or settings.port)
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
