@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import requests
 
@@ -60,6 +60,7 @@ from mountainid.registry import Registry
 from mountainid.store.gcs import GcsBlobStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[1]
 CATALOG = "peaks14"
@@ -75,7 +76,7 @@ PHOTOS_PER_PEAK = 18
 # most often (33: 88 %, 37: 88 %, 50: 93 % top-1; all 100 % top-3), not as the only ones it gets right.
 HELD_BACK = ("K2/K2_33.jpg", "K2/K2_37.jpg", "K2/K2_50.jpg")
 # The head alone on the filter's cached 224 px embeddings: no photo is read again, so training is fast.
-TRAINING_FLAGS = ("--input-size", "224", "--no-flip", "--layers", "", "--grid", "1")
+TRAINING_FLAGS = ("--input-size", "224", "--no-flip", "--cut", "")
 TOPICS = ("ingest-tick", "raw-photos", "model-published")
 
 
@@ -275,6 +276,22 @@ def judged_ids(events: Sequence[Mapping[str, Any]]) -> list[str]:
             if e.get("message") in ("photo accepted", "photo rejected") and e.get("photo_id")]
 
 
+def _on_a_free_port(start: Callable[[], T], attempts: int = 3) -> T:
+    """Start a server, again on another port if its port was taken first.
+
+    localcloud picks a port by binding and releasing it; until the server binds it, another server
+    starting at the same moment (ours, or a test's elsewhere on the machine) can be given it too.
+    """
+    for _ in range(attempts - 1):
+        try:
+            return start()
+        except LocalCloudError as error:
+            if "in use" not in str(error):
+                raise
+            event(log, "port taken while starting: trying another", error=str(error).splitlines()[0])
+    return start()
+
+
 def wait_for(what: str, check: Callable[[], bool], timeout_s: float, diagnostics: Callable[[], str],
           interval_s: float = 0.5) -> float:
     """Poll ``check`` until true; returns the seconds waited or raises ScenarioError with the logs."""
@@ -341,14 +358,18 @@ class LocalPipeline:
             raise
 
     def _serve(self, source: str, target: str, topic: str) -> FunctionsFrameworkServer:
-        server = self.cloud.serve_function(REPO / source, target, topic=topic, env=self.env,
-                                           subscription=self._subscription(topic, target))
+        server = _on_a_free_port(lambda: self.cloud.serve_function(
+            REPO / source, target, topic=topic, env=self.env, subscription=self._subscription(topic, target)))
         self._remember(server)
         return server
 
     def _start_web(self) -> WebService:
-        web = WebService(self.env)
-        web.start()
+        def start() -> WebService:
+            web = WebService(self.env)
+            web.start()
+            return web
+
+        web = _on_a_free_port(start)
         self._remember(web)
         return web
 
@@ -438,6 +459,19 @@ class LocalPipeline:
             return not pending
         return wait_for("the filter to judge every raw photo", done, timeout_s or self.config.stage_timeout_s,
                      self.diagnostics, interval_s=1.0)
+
+    def wait_settled(self, quiet_s: float = 5.0, timeout_s: float = 120.0) -> frozenset[str]:
+        """Wait until the unjudged photos stay the same for ``quiet_s``; returns them (nothing is coming for them)."""
+        seen: list[tuple[float, frozenset[str]]] = [(time.monotonic(), self.bucket().unjudged)]
+
+        def quiet() -> bool:
+            now, unjudged = time.monotonic(), self.bucket().unjudged
+            if unjudged != seen[-1][1]:
+                seen.append((now, unjudged))
+            return now - seen[-1][0] >= quiet_s
+
+        wait_for(f"the filter to stay idle for {quiet_s:.0f}s", quiet, timeout_s, self.diagnostics)
+        return seen[-1][1]
 
     # Jobs: the training job and the filter's catch-up, run to completion with the deployables' env.
 
