@@ -28,8 +28,11 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; \
 	fi
 
+# Offline by default: a fake Flickr serves ../shared/data/peaks14 (+ street photos as noise) into the
+# local bucket var/bucket. For real Flickr: FLICKR_API_KEY=... FLICKR_API_SECRET=... .venv/bin/mountainid run
 run: setup
-	$(PY) -m mountainid.cli run
+	MOUNTAINID_CATALOG=$${MOUNTAINID_CATALOG:-peaks14} $(PY) -m mountainid.cli run \
+		--fake-flickr $(SHARED)/data/peaks14 --noise $(SHARED)/data/scenes/street $(RUN_ARGS)
 
 test: setup system-deps
 	$(PY) -m pytest -q -rs --durations=15

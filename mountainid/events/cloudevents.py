@@ -13,7 +13,7 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from cloudevents.http import CloudEvent
@@ -23,7 +23,7 @@ STORAGE_FINALIZED = "google.cloud.storage.object.v1.finalized"
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def pubsub_event(project: str, topic: str, data: bytes, attributes: Mapping[str, str] | None = None,

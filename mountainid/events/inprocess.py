@@ -59,7 +59,7 @@ class InProcessBus(EventBus):
             try:
                 handler(cloud_event)
                 delivered += 1
-            except Exception:
+            except Exception:  # noqa: BLE001 - any handler failure means redeliver, as Pub/Sub does
                 if attempt < self.max_attempts:
                     log_event(log, "handler failed, will redeliver", level=logging.WARNING, exc_info=True,
                               topic=topic, message_id=cloud_event["id"], attempt=attempt)
