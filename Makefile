@@ -39,7 +39,7 @@ test: setup system-deps
 
 # The whole pipeline on the local cloud: emulators, functions-framework, web; one scenario end to end.
 local-cloud: setup
-	$(PY) -m mountainid.cli local-cloud
+	$(PY) -m mountainid.cli local-cloud --shared $(SHARED)
 
 lint: setup
 	$(VENV)/bin/ruff check mountainid functions training_job web tests benchmarks
