@@ -31,11 +31,10 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--input-size", type=int, default=DEFAULT_FEATURES.input_size,
                        help="backbone input size in px for the classifier features (%(default)s)")
     group.add_argument("--flip", action=argparse.BooleanOptionalAction, default=DEFAULT_FEATURES.flip,
-                       help="average features of the photo and its mirror image (%(default)s)")
-    group.add_argument("--layers", default=",".join(DEFAULT_FEATURES.layers),
-                       help="extra MobileNetV2 layers whose pooled outputs are appended, comma-separated")
-    group.add_argument("--grid", type=int, default=DEFAULT_FEATURES.grid,
-                       help="also pool the last feature map over a GRIDxGRID layout (%(default)s; 1 = off)")
+                       help="average the pooled embedding of the photo and its mirror image (%(default)s)")
+    group.add_argument("--cut", default=DEFAULT_FEATURES.cut,
+                       help="fine-tune every MobileNetV2 block after this layer ('%(default)s'; '' = head only "
+                            "on the filter's cached embedding)")
     group = parser.add_argument_group("classification head")
     for item in fields(HeadConfig):
         default = getattr(DEFAULT_HEAD, item.name)
@@ -53,7 +52,7 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
 def job_config(args: argparse.Namespace):
     from mountainid.training.job import JobConfig
 
-    features = FeatureSpec(args.input_size, args.flip, tuple(n for n in args.layers.split(",") if n), args.grid)
+    features = FeatureSpec(args.input_size, args.flip, args.cut)
     head = HeadConfig(**{item.name: getattr(args, f"head_{item.name}") for item in fields(HeadConfig)})
     return JobConfig(features, head, args.lease_s)
 

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from PIL import Image
 
 from mountainid.config import Settings
 from mountainid.filter import embedding_name
@@ -29,30 +30,49 @@ from mountainid.vision.image import BadImage, decode_for_model
 log = logging.getLogger(__name__)
 
 IO_WORKERS = 16  # blob reads are latency-bound on GCS
+AUGMENT_MARGIN = 1.15  # augmented views are cropped from a photo decoded this much larger
 
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """How a photo becomes a feature vector. The default is the filter's cached embedding."""
+    """How a photo becomes a feature vector. The default is the filter's cached embedding.
+
+    With ``cut`` set, the features are the activation map of that MobileNetV2 layer (flattened)
+    and the classifier holds the rest of the network, so its top blocks are fine-tuned.
+    """
 
     input_size: int = INPUT_SIZE
-    flip: bool = False  # average the features of the photo and its mirror image
-    layers: tuple[str, ...] = ()  # extra MobileNetV2 layers whose pooled outputs are appended
-    grid: int = 1  # >1: also pool the last feature map over a grid x grid layout (keeps where things are)
+    flip: bool = False  # average the pooled embedding of the photo and its mirror image
+    cut: str = ""  # e.g. "block_15_add": fine-tune every block after this layer
+
+    def __post_init__(self) -> None:
+        if self.cut and self.flip:
+            raise ValueError("--flip averages pooled embeddings; it does not apply with --cut")
 
     @property
     def is_filter_embedding(self) -> bool:
         return self == FeatureSpec()
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"layers": list(self.layers)}
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> FeatureSpec:
-        return cls(int(data["input_size"]), bool(data["flip"]), tuple(data["layers"]), int(data["grid"]))
+        return cls(int(data["input_size"]), bool(data["flip"]), str(data.get("cut", "")))
 
     def tag(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+
+
+def mobilenet(weights: str, input_size: int):
+    """A fresh headless MobileNetV2 with the shared weights (the file holds the full model)."""
+    import keras
+
+    base = keras.applications.MobileNetV2(input_shape=(input_size, input_size, 3), include_top=False,
+                                          weights="imagenet" if weights == "imagenet" else None)
+    if weights != "imagenet":
+        base.load_weights(weights, skip_mismatch=True)  # only the 1000-class top is skipped
+    return base
 
 
 @dataclass
@@ -74,31 +94,24 @@ class FeatureExtractor:
 
         size = self.spec.input_size
         self.feature_id = f"mobilenet_v2_{size}_{self.backbone.fingerprint}-{self.spec.tag()}"
-        base = keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False,
-                                              weights="imagenet" if self.weights == "imagenet" else None)
-        if self.weights != "imagenet":
-            base.load_weights(self.weights, skip_mismatch=True)  # the full model's file; the top is unused
-        pooled = [keras.ops.mean(base.get_layer(name).output, axis=(1, 2)) for name in self.spec.layers]
-        last = base.get_layer("out_relu").output
-        pooled.append(keras.ops.mean(last, axis=(1, 2)))  # the 1280-d embedding
-        if self.spec.grid > 1:
-            cells = keras.layers.AveragePooling2D(last.shape[1] // self.spec.grid)(last)
-            pooled.append(keras.layers.Flatten()(cells))
-        model = keras.Model(base.input, pooled)
+        base = mobilenet(self.weights, size)
+        if self.spec.cut:
+            output = keras.layers.Flatten()(base.get_layer(self.spec.cut).output)
+            self.cut_shape = tuple(base.get_layer(self.spec.cut).output.shape[1:])
+        else:
+            output = keras.layers.GlobalAveragePooling2D()(base.output)
+        model = keras.Model(base.input, output)
         spec = tf.TensorSpec([None, size, size, 3], tf.float32)
 
         def forward(images: tf.Tensor) -> tf.Tensor:
-            views = [images, tf.reverse(images, axis=[2])] if self.spec.flip else [images]
-            outs = []
-            for view in views:
-                parts = model(view / 127.5 - 1.0, training=False)
-                parts = parts if isinstance(parts, list | tuple) else [parts]
-                outs.append(tf.concat([tf.math.l2_normalize(p, axis=1) for p in parts], axis=1))
-            return tf.add_n(outs) / len(outs)
+            outputs = model(images / 127.5 - 1.0, training=False)
+            if self.spec.flip:
+                outputs = (outputs + model(tf.reverse(images, axis=[2]) / 127.5 - 1.0, training=False)) / 2
+            return outputs
 
         compiled = tf.function(forward, input_signature=[spec])
         self._forward = lambda images: compiled(np.asarray(images, np.float32)).numpy()
-        self.dim = int(self._forward(np.zeros((1, size, size, 3), np.float32)).shape[1])
+        self.dim = int(np.prod(model.output.shape[1:]))
 
     @property
     def input_size(self) -> int:
@@ -114,9 +127,30 @@ class FeatureExtractor:
                                for start in range(0, len(images), batch_size)]).astype(np.float32)
 
 
-def encode_vector(vector: np.ndarray) -> bytes:
+def augmented_view(data: bytes, size: int, seed: str, settings: Settings) -> np.ndarray:
+    """A random crop (75-100 % of the side), mirror image and colour jitter of a photo.
+
+    Deterministic in ``seed`` (photo id and view number), so augmented views can be cached like
+    any other features and a retrain sees exactly the same views.
+    """
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(seed.encode()).digest()[:8], "big"))
+    big = decode_for_model(data, round(size * AUGMENT_MARGIN), settings.max_image_pixels, settings.max_image_bytes)
+    side = big.shape[0]
+    crop = int(side * rng.uniform(0.75, 1.0))
+    left, top = rng.integers(0, side - crop + 1, size=2)
+    patch = Image.fromarray(big[top:top + crop, left:left + crop].astype(np.uint8))
+    view = np.asarray(patch.resize((size, size), Image.Resampling.BILINEAR), np.float32)
+    if rng.random() < 0.5:
+        view = view[:, ::-1]
+    view = view * rng.uniform(0.8, 1.2) + rng.uniform(-20, 20)  # contrast and brightness
+    grey = view.mean(axis=2, keepdims=True)
+    view = grey + (view - grey) * rng.uniform(0.7, 1.3)  # saturation
+    return np.clip(view, 0, 255).astype(np.float32)
+
+
+def encode_vector(vector: np.ndarray, dtype: type = np.float32) -> bytes:
     buffer = io.BytesIO()
-    np.save(buffer, np.asarray(vector, np.float32), allow_pickle=False)
+    np.save(buffer, np.asarray(vector, dtype), allow_pickle=False)
     return buffer.getvalue()
 
 
@@ -132,16 +166,22 @@ def decode_vector(data: bytes, dim: int) -> np.ndarray | None:
 
 
 def load_features(store: BlobStore, photos: list[tuple[str, str]], extractor: FeatureExtractor,
-                  settings: Settings) -> tuple[np.ndarray, list[bool]]:
+                  settings: Settings, view: int = 0) -> tuple[np.ndarray, list[bool]]:
     """Features of (photo_id, object_name) pairs, from the cache where it holds a valid vector.
+
+    ``view`` 0 is the photo as the predictor sees it; ``view`` n > 0 is augmented view n
+    (:func:`augmented_view`), cached as ``<photo_id>-v<n>``.
 
     Missing or corrupt cache entries are recomputed from the photo and written back. Returns the
     features of the usable photos and, per input photo, whether it was usable (a photo that no
     longer decodes is logged and left out rather than failing the whole run).
     """
+    def cache_name(photo_id: str) -> str:
+        return embedding_name(extractor.feature_id, f"{photo_id}-v{view}" if view else photo_id)
+
     def read_cached(photo: tuple[str, str]) -> tuple[np.ndarray | None, bool]:
         try:
-            data = store.get(embedding_name(extractor.feature_id, photo[0]))
+            data = store.get(cache_name(photo[0]))
         except NotFound:
             return None, False
         vector = decode_vector(data, extractor.dim)
@@ -158,13 +198,16 @@ def load_features(store: BlobStore, photos: list[tuple[str, str]], extractor: Fe
     def decode(index: int) -> np.ndarray | None:
         photo_id, object_name = photos[index]
         try:
-            return decode_for_model(store.get(object_name), extractor.input_size, settings.max_image_pixels,
-                                    settings.max_image_bytes)
+            data = store.get(object_name)
+            if view:
+                return augmented_view(data, extractor.input_size, f"{photo_id}/{view}", settings)
+            return decode_for_model(data, extractor.input_size, settings.max_image_pixels, settings.max_image_bytes)
         except (BadImage, NotFound) as error:
             event(log, "photo left out of training", photo_id=photo_id, object_name=object_name,
                   reason=getattr(error, "reason", "missing"), level=logging.WARNING)
             return None
 
+    dtype = np.float16 if extractor.spec.cut else np.float32  # activation maps are big: half precision
     vectors: list[np.ndarray | None] = [vector for vector, _ in cached]
     chunk = 64  # bounded memory: decode and embed a chunk at a time
     with ThreadPoolExecutor(IO_WORKERS) as pool:
@@ -174,14 +217,15 @@ def load_features(store: BlobStore, photos: list[tuple[str, str]], extractor: Fe
             good = [(i, image) for i, image in zip(indices, images, strict=True) if image is not None]
             if not good:
                 continue
-            computed = extractor.features(np.stack([image for _, image in good]))
+            # Rounded to the cache's precision, so a retrain from the cache sees the very same numbers.
+            computed = extractor.features(np.stack([image for _, image in good])).astype(dtype).astype(np.float32)
             for (i, _), vector in zip(good, computed, strict=True):
                 vectors[i] = vector
-            list(pool.map(lambda item: store.put(embedding_name(extractor.feature_id, photos[item[0]][0]),
-                                                 encode_vector(item[1]), content_type="application/x-npy"),
+            list(pool.map(lambda item: store.put(cache_name(photos[item[0]][0]), encode_vector(item[1], dtype),
+                                                 content_type="application/x-npy"),
                           zip([i for i, _ in good], computed, strict=True)))
     usable = [vector is not None for vector in vectors]
-    event(log, "features ready", feature_id=extractor.feature_id, photos=len(photos),
+    event(log, "features ready", feature_id=extractor.feature_id, view=view, photos=len(photos),
           cached=len(photos) - len(missing), computed=sum(usable[i] for i in missing),
           unusable=usable.count(False))
     matrix = np.stack([v for v in vectors if v is not None]) if any(usable) else np.zeros((0, extractor.dim),

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from mountainid.logs import event
+from mountainid.training.features import FeatureSpec, mobilenet
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class HeadConfig:
     epochs: int = 150
     patience: int = 30  # stop when validation loss has not improved for this many epochs
     batch_size: int = 32
+    augment_views: int = 0  # train on this many augmented views per photo instead of the photo itself
     balance: bool = True  # weight classes inversely to their photo counts
     seed: int = 0
 
@@ -43,13 +45,23 @@ def class_weights(targets: np.ndarray, classes: int) -> dict[int, float]:
     return {i: float(len(targets) / (classes * c)) if c else 0.0 for i, c in enumerate(counts)}
 
 
-def build_head(dim: int, classes: int, config: HeadConfig):
-    """features (N, dim) -> class probabilities (N, classes)."""
+def build_head(dim: int, classes: int, config: HeadConfig, spec: FeatureSpec, weights: str):
+    """features (N, dim) -> class probabilities (N, classes).
+
+    For pooled embeddings: L2 normalisation, dropout, softmax (plus an optional hidden layer).
+    For an activation map (``spec.cut``): the rest of MobileNetV2 after the cut, initialised with
+    the shared weights and trained, then global pooling, dropout, softmax. Its batch
+    normalisation layers stay frozen in inference mode: the shared weights have them folded in
+    (identity statistics), and batch statistics of a few photos would wreck the features.
+    """
     import keras
 
     regularizer = keras.regularizers.l2(config.weight_decay)
     inputs = keras.Input((dim,), name="features")
-    x = keras.layers.UnitNormalization(name="l2_normalize")(inputs)
+    if spec.cut:
+        x = keras.layers.GlobalAveragePooling2D()(_top_blocks(inputs, spec, weights))
+    else:
+        x = keras.layers.UnitNormalization(name="l2_normalize")(inputs)
     x = keras.layers.Dropout(config.dropout, seed=config.seed)(x)
     if config.hidden:
         x = keras.layers.Dense(config.hidden, activation="relu", kernel_regularizer=regularizer)(x)
@@ -59,13 +71,36 @@ def build_head(dim: int, classes: int, config: HeadConfig):
     return keras.Model(inputs, outputs, name="mountain_head")
 
 
+def _top_blocks(inputs, spec: FeatureSpec, weights: str):
+    """MobileNetV2 from just after ``spec.cut`` to its last feature map, applied to flat inputs."""
+    import keras
+
+    base = mobilenet(weights, spec.input_size)  # fresh, so every run starts from the shared weights
+    names = [layer.name for layer in base.layers]
+    following = base.layers[names.index(spec.cut) + 1].name
+    if not (following.endswith("_expand") or following == "Conv_1"):
+        raise ValueError(f"--cut {spec.cut}: cut after a whole block (e.g. block_15_add, block_13_project_BN)")
+    x = keras.layers.Reshape(tuple(base.get_layer(spec.cut).output.shape[1:]))(inputs)
+    block_input = x
+    for layer in base.layers[names.index(spec.cut) + 1:]:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False  # inference mode even while training
+        if isinstance(layer, keras.layers.Add):  # residual connection around an inverted-residual block
+            x = layer([block_input, x])
+        else:
+            if layer.name.endswith("_expand"):
+                block_input = x
+            x = layer(x)
+    return x
+
+
 def train_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-               classes: int, config: HeadConfig):
+               classes: int, config: HeadConfig, spec: FeatureSpec, weights: str):
     """Fit a head; returns (model with the best-validation-loss weights, history dict)."""
     import keras
 
     keras.utils.set_random_seed(config.seed)
-    model = build_head(x_train.shape[1], classes, config)
+    model = build_head(x_train.shape[1], classes, config, spec, weights)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])

@@ -1,0 +1,91 @@
+"""Training benchmark on ../shared/data/peaks14 (537 photos, 14 mountains).
+
+Prints: wall time from raw photos (folder import through the filter, features, training,
+evaluation, plots, registry), wall time of a retrain from cached embeddings (median of
+--repeats), test top-1/top-3 on the hash split, and the predictor's latency per photo (p50).
+Takes the same accuracy flags as ``mountainid train``.
+
+    .venv/bin/python benchmarks/train.py [--photos DIR] [--confusion-out docs/confusion.png] [flags]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("MOUNTAINID_SHARED", REPO.parent / "shared"))
+
+
+def main() -> None:
+    from mountainid.training.cli import add_training_flags, job_config
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--photos", type=Path, default=SHARED / "data" / "peaks14")
+    parser.add_argument("--repeats", type=int, default=3, help="retrains from cached embeddings")
+    parser.add_argument("--confusion-out", type=Path, help="copy the model's confusion matrix PNG here")
+    add_training_flags(parser)
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+    from mountainid import logs
+    from mountainid.catalog import load_catalog
+    from mountainid.config import load_settings
+    from mountainid.events import InProcessBus
+    from mountainid.predict import Predictor
+    from mountainid.store import LocalBlobStore
+    from mountainid.training.folders import import_folder, labelled_files
+    from mountainid.training.job import train_and_register
+
+    bucket = Path(tempfile.mkdtemp(prefix="mountainid-bench-"))
+    settings = load_settings({
+        "MOUNTAINID_BUCKET": str(bucket), "MOUNTAINID_CATALOG": "peaks14", "MOUNTAINID_LOG_LEVEL": "WARNING",
+        "MOUNTAINID_WEIGHTS": os.environ.get("MOUNTAINID_WEIGHTS", str(
+            SHARED / "models" / "imagenet" / "mobilenet_v2_1.0_224_imagenet.weights.h5"))})
+    logs.configure(settings)
+    store, bus, config = LocalBlobStore(bucket), InProcessBus(), job_config(args)
+    try:
+        started = import_started = time.perf_counter()
+        counts = import_folder(store, settings, args.photos, load_catalog(settings.catalog))
+        imported = time.perf_counter()
+        first = train_and_register(settings, store, bus, config)
+        from_raw = time.perf_counter() - started
+        cached = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            result = train_and_register(settings, store, bus, config)
+            cached.append(time.perf_counter() - started)
+        predictor = Predictor.load(store, first.version, settings)
+        photos = [item.path.read_bytes() for item in labelled_files(args.photos, load_catalog("peaks14"))[::18]]
+        predictor.predict(photos[0])
+        latencies = []
+        for photo in photos:
+            started = time.perf_counter()
+            predictor.predict(photo)
+            latencies.append((time.perf_counter() - started) * 1000)
+        if args.confusion_out:
+            args.confusion_out.parent.mkdir(parents=True, exist_ok=True)
+            args.confusion_out.write_bytes(store.get(f"models/{first.version}/confusion.png"))
+        print(f"photos: {sum(counts.values())} imported, {counts['accepted']} accepted by the filter, "
+              f"{counts['rejected']} rejected")
+        print(f"features: {config.features}")
+        print(f"head: {config.head}")
+        print(f"from raw photos: {from_raw:.1f} s wall (of which import through the filter "
+              f"{imported - import_started:.1f} s)")
+        print(f"retrain from cached embeddings: median {statistics.median(cached):.1f} s "
+              f"(runs: {', '.join(f'{c:.1f}' for c in cached)}; evaluation, plots, registry included)")
+        print(f"test split: n={first.test['n']} top1={first.test['top1']:.3f} top3={first.test['top3']:.3f} "
+              f"macro_f1={first.test['macro_f1']:.3f}; retrain status: {result.status}")
+        print(f"predict latency: p50 {statistics.median(latencies):.0f} ms, "
+              f"max {max(latencies):.0f} ms over {len(latencies)} photos (one request at a time)")
+    finally:
+        shutil.rmtree(bucket, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
