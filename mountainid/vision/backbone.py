@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 
 INPUT_SIZE = 224
 EMBEDDING_DIM = 1280
-EMBEDDING_LAYER = "global_average_pooling2d"
 
 
 class BackboneError(RuntimeError):
@@ -85,7 +84,9 @@ class Backbone:
             self.fingerprint = weights_fingerprint(weights)
         except Exception as error:  # h5py/keras raise many types for a bad file
             raise BackboneError(f"cannot load ImageNet weights from {weights}: {error}") from error
-        self.keras_model = keras.Model(full.input, [full.output, full.get_layer(EMBEDDING_LAYER).output],
+        # Found by type, not name: Keras numbers layer names per process ("…_1" for a second model).
+        pooled = next(layer for layer in full.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D))
+        self.keras_model = keras.Model(full.input, [full.output, pooled.output],
                                        name="mobilenet_v2_scores_and_embedding")
         self.input_size = input_size
         self.backbone_id = f"mobilenet_v2_{input_size}_{self.fingerprint}"
@@ -114,7 +115,11 @@ class Backbone:
         return np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])
 
 
-@lru_cache(maxsize=4)
 def get_backbone(weights: str, input_size: int = INPUT_SIZE) -> Backbone:
     """The process-wide backbone for these weights (loaded on first use, then shared)."""
+    return _shared_backbone(weights, int(input_size))
+
+
+@lru_cache(maxsize=4)
+def _shared_backbone(weights: str, input_size: int) -> Backbone:
     return Backbone(weights, input_size)
