@@ -10,7 +10,8 @@ What runs, all on 127.0.0.1 and each as its own process, wired as ``infra/`` wir
   some K2 photos held back: they are never served, so the model cannot have trained on them;
 * the web service as Cloud Run runs it: ``gunicorn -c python:web.gunicorn_conf 'web:create_app()'``
   (bound to loopback), polling ``models/LATEST`` every second;
-* the training job as Cloud Run Job runs it: ``python -m training_job.main``, to completion.
+* the training job as the Cloud Run Job runs it: ``python -m training_job.main`` with its default
+  flags (fine-tuning as deployed), to completion.
 
 :func:`run_scenario` publishes the scheduler's tick, waits until every photo Flickr offers is in
 ``raw/`` and every raw photo has its one result, trains, waits until the web service serves the new
@@ -27,6 +28,7 @@ import dataclasses
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -68,15 +70,14 @@ CATALOG = "peaks14"
 # Measured beforehand (a softmax head on the cached embeddings, trained on the served photos): it
 # names the K2 photos that are not served first 68 % of the time and within its top 3 95 % of the
 # time; averaged over every choice of four companions for K2 the top-1 is 46 %, so these five are
-# an easier set than most, and the held-back bar below is set for it.
+# an easier set than most, and the held-back bar in _scenario is set for it. (The deployed job
+# fine-tunes the top blocks instead; on this scenario it gives K2 0.57-0.71 on the three below.)
 PEAKS = ("K2", "Mount Everest", "Annapurna", "Kangchenjunga", "Nanga Parbat")
 PHOTOS_PER_PEAK = 18
 # Never served by the fake Flickr, so never trained on. Chosen from the K2 photos outside the
 # served subset as the ones a head trained on random 70 % subsets of the served photos named K2
 # most often (33: 88 %, 37: 88 %, 50: 93 % top-1; all 100 % top-3), not as the only ones it gets right.
 HELD_BACK = ("K2/K2_33.jpg", "K2/K2_37.jpg", "K2/K2_50.jpg")
-# The head alone on the filter's cached 224 px embeddings: no photo is read again, so training is fast.
-TRAINING_FLAGS = ("--input-size", "224", "--no-flip", "--cut", "")
 TOPICS = ("ingest-tick", "raw-photos", "model-published")
 
 
@@ -95,6 +96,7 @@ class PipelineConfig:
     noise_fraction: float = 0.15
     model_poll_s: float = 1.0
     min_photos_per_class: int = 5
+    training_args: tuple[str, ...] = ()  # flags of training_job.main; none: the job as deployed
     # Per-stage limits: generous (a busy 2-core machine) but bounded, so a hang fails with logs.
     stage_timeout_s: float = 240.0
 
@@ -147,7 +149,7 @@ class Timings:
 
 @dataclass(frozen=True)
 class BucketState:
-    """Which photos are where: ``<slug>/<id>`` for raw/, accepted/, rejected/; photo ids for embeddings/."""
+    """Which photos are where: ``<slug>/<id>`` for raw/, accepted/, rejected/; photo ids for the filter's embeddings."""
 
     raw: frozenset[str]
     accepted: frozenset[str]
@@ -156,13 +158,19 @@ class BucketState:
 
     @classmethod
     def read(cls, store: GcsBlobStore) -> BucketState:
-        def keys(prefix: str) -> frozenset[str]:
-            return frozenset(name[len(prefix):].removesuffix(".jpg") for name in store.list_names(prefix)
-                             if name.endswith(".jpg"))
+        def key(name: str, prefix: str) -> str:
+            return name[len(prefix):].removesuffix(".jpg")
 
-        embeddings = frozenset(name.rsplit("/", 1)[-1].removesuffix(".npy")
-                               for name in store.list_names(EMBEDDINGS))
-        return cls(keys(RAW), keys(ACCEPTED), keys(REJECTED), embeddings)
+        accepted = [info for info in store.list(ACCEPTED) if info.name.endswith(".jpg")]
+        # The filter's embeddings only: the folder its accepted copies name (training caches other
+        # features, e.g. augmented views, beside it under their own feature ids).
+        backbones = {info.metadata.get("backbone", "") for info in accepted} - {""}
+        embeddings = frozenset(name.rsplit("/", 1)[-1].removesuffix(".npy") for backbone in backbones
+                               for name in store.list_names(f"{EMBEDDINGS}{backbone}/"))
+        return cls(frozenset(key(n, RAW) for n in store.list_names(RAW) if n.endswith(".jpg")),
+                   frozenset(key(info.name, ACCEPTED) for info in accepted),
+                   frozenset(key(n, REJECTED) for n in store.list_names(REJECTED) if n.endswith(".jpg")),
+                   embeddings)
 
     @property
     def unjudged(self) -> frozenset[str]:
@@ -499,7 +507,7 @@ class LocalPipeline:
 
     def train(self) -> tuple[str, dict[str, Any]]:
         """One run of the training job; returns the live version afterwards and its metrics."""
-        self.run_job("training-job", ["-m", "training_job.main", *TRAINING_FLAGS])
+        self.run_job("training-job", ["-m", "training_job.main", *self.config.training_args])
         registry = Registry(self.store)
         live = registry.live()
         if live is None:
@@ -547,7 +555,10 @@ class LocalPipeline:
         """
         assert self.filter is not None
         pgid = crash(self.filter)
-        wait_for("the killed filter to exit", lambda: not group_alive(pgid), 10, self.diagnostics, interval_s=0.05)
+        port = self.filter.port
+        # Its listening socket outlives the processes by a moment; restart_filter needs the port.
+        wait_for("the killed filter to exit and free its port", lambda: not group_alive(pgid) and port_is_free(port),
+                 30, self.diagnostics, interval_s=0.1)
         self.cloud.functions.remove(self.filter)
         self.retired.append(self.filter)
         return len(judged_ids(log_events(self.filter)))
@@ -572,6 +583,8 @@ class LocalPipeline:
         assert self.cloud.pubsub is not None
         port = self.cloud.pubsub.port
         self.cloud.pubsub.stop()
+        wait_for("the stopped emulator to free its port", lambda: port_is_free(port), 30, self.diagnostics,
+                 interval_s=0.1)
         self.cloud.pubsub = PubSubEmulator(port=port)
         self.cloud.pubsub.start()
         self._remember(self.cloud.pubsub)
@@ -680,6 +693,9 @@ def _scenario(pipeline: LocalPipeline, result: ScenarioResult) -> None:
     # (on these five peaks the same head names held-out K2 photos first about 70 % of the time).
     if top1 < 1 or top3 < len(result.answers):
         raise ScenarioError(f"the web service did not name the held-back K2 photos: {result.answers}")
+    result.bucket = pipeline.bucket()  # training wrote models/ and its own feature cache, nothing else
+    if problems := result.bucket.problems():
+        raise ScenarioError("the bucket is inconsistent after training: " + "; ".join(problems))
 
 
 # The `mountainid local-cloud` subcommand.
@@ -689,13 +705,16 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
                         help="the shared data folder with data/peaks14, data/scenes and models/ (default ../shared)")
     parser.add_argument("--photos-per-peak", type=int, default=PHOTOS_PER_PEAK,
                         help=f"photos of each of {', '.join(PEAKS)} the fake Flickr serves (default %(default)s)")
+    parser.add_argument("--training-args", default="", metavar="ARGS",
+                        help="flags for the training job, e.g. \"--cut ''\" (default: none, the job as deployed)")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="write the fake Flickr folder and the job logs here instead of a temporary folder")
     parser.set_defaults(func=_command)
 
 
 def _command(args: argparse.Namespace, settings: Settings) -> int:
-    config = PipelineConfig.from_shared(args.shared.resolve(), photos_per_peak=args.photos_per_peak)
+    config = PipelineConfig.from_shared(args.shared.resolve(), photos_per_peak=args.photos_per_peak,
+                                        training_args=tuple(shlex.split(args.training_args)))
     if settings.weights != "imagenet":  # MOUNTAINID_WEIGHTS names a file (the Makefile exports it)
         config = dataclasses.replace(config, weights=Path(settings.weights))
     if not config.weights.is_file():
