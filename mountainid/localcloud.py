@@ -54,6 +54,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -95,7 +96,25 @@ def _http_ok(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
-class ManagedProcess:
+class _Started(ABC):
+    """``with thing:`` starts it and always stops it."""
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class ManagedProcess(_Started):
     """A server process on a loopback port: start, wait until ready, stop, and report its log."""
 
     name = "process"
@@ -197,13 +216,6 @@ class ManagedProcess:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
 
 def fake_gcs_binary() -> Path:
@@ -341,7 +353,7 @@ class FunctionsFrameworkServer(ManagedProcess):
         return f"{self.url}/projects/{project}/topics/{topic}"
 
 
-class LocalCloud:
+class LocalCloud(_Started):
     """Pub/Sub emulator + fake-gcs-server (+ functions on push subscriptions), wired like GCP.
 
     Starts the emulator, creates ``topics`` and ``notify_topic``, starts fake-gcs-server
@@ -407,10 +419,3 @@ class LocalCloud:
                 server.stop()
         self.functions.clear()
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -16,6 +15,7 @@ from mountainid.filter import embedding_name, filter_pending, handle_raw_object
 from mountainid.store import BlobStore, LocalBlobStore
 from mountainid.vision.backbone import Backbone
 from mountainid.vision.image import decode_for_model
+from tests.concurrency import run_together
 from tests.filter.conftest import as_mode, encode, png_with_header_size
 
 FLICKR = {"owner": "12345@N00", "license": "4", "title": "K2 from Concordia", "url": "https://flickr.com/p/1"}
@@ -150,18 +150,8 @@ def test_concurrent_deliveries_leave_one_result(
     """Two instances judging the same photo at once: the if-absent writes let exactly one win."""
     settings = make_settings()
     local_store.put("raw/k2/9.jpg", k2_photos[2])
-    barrier = threading.Barrier(4)
-    statuses: list[str] = []
-
-    def deliver() -> None:
-        barrier.wait()
-        statuses.append(handle_raw_object(local_store, "raw/k2/9.jpg", 1, settings, backbone).status)
-
-    threads = [threading.Thread(target=deliver) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    outcomes = run_together(lambda: handle_raw_object(local_store, "raw/k2/9.jpg", 1, settings, backbone), 4)
+    statuses = [outcome.status for outcome in outcomes]
     assert sorted(statuses) == ["accepted", "duplicate", "duplicate", "duplicate"]
     assert _results(local_store) == ["accepted/k2/9.jpg", embedding_name(backbone.backbone_id, "9")]
 

@@ -20,8 +20,9 @@ from mountainid.config import ConfigError, Settings
 from mountainid.events.cloudevents import pubsub_event
 from mountainid.flickr import FlickrAuthError, FlickrPhoto
 from mountainid.flickr.fake import FakeFlickr, FakePhoto, Fault
-from mountainid.ingest import Cursor, IngestReport, cursor_name, handle_tick, raw_name, run_ingest
+from mountainid.ingest import Cursor, cursor_name, handle_tick, raw_name, run_ingest
 from mountainid.store import BlobInfo, BlobStore, LocalBlobStore
+from tests.concurrency import run_together
 
 PEAKS = load_catalog("peaks14")
 
@@ -239,18 +240,7 @@ def test_same_tick_twice_and_concurrent_runs_write_each_photo_once(
     # Slow photos so the runs overlap for certain.
     fake_flickr.inject(Fault("photo", "slow", times=None, delay_s=0.05))
 
-    reports: list[IngestReport | None] = []
-    start = threading.Barrier(3)
-
-    def deliver() -> None:
-        start.wait()
-        reports.append(handle_tick(tick, settings, counting_store, PEAKS))
-
-    threads = [threading.Thread(target=deliver) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    reports = run_together(lambda: handle_tick(tick, settings, counting_store, PEAKS), 3, timeout=60)
     assert len(reports) == 3 and all(r is not None and r.ok for r in reports)
     assert set(counting_store.photo_writes().values()) == {1}, "no object written twice"
     stored = stored_ids(counting_store, "k2")

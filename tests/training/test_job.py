@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from dataclasses import replace
 
 import numpy as np
@@ -21,6 +20,7 @@ from mountainid.training.features import FeatureExtractor, load_features
 from mountainid.training.folders import import_folder
 from mountainid.training.job import maybe_train, train_and_register
 from mountainid.training.train import HeadConfig
+from tests.concurrency import run_together
 from tests.training.conftest import FAST
 
 # Untrained in effect: one epoch at a tiny learning rate leaves the head near its random start.
@@ -111,18 +111,7 @@ def test_upload_failure_leaves_the_old_model_live_and_no_loadable_half_version(s
 
 def test_two_runs_at_once_only_one_promotes(seeded: BlobStore, settings) -> None:
     bus = InProcessBus()
-    results = []
-    start = threading.Barrier(2)
-
-    def run() -> None:
-        start.wait()
-        results.append(train_and_register(settings, seeded, bus, FAST))
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = run_together(lambda: train_and_register(settings, seeded, bus, FAST), 2)
     assert sorted(r.status for r in results) == ["lease-held", "promoted"]
     winner = next(r for r in results if r.promoted)
     assert Registry(seeded).live()[0] == winner.version

@@ -13,7 +13,7 @@ from mountainid.vision.image import decode_for_model
 
 def test_one_pass_gives_scores_and_embedding(weights_path: Path, shared_dir: Path) -> None:
     backbone = get_backbone(str(weights_path))
-    photo = sorted((shared_dir / "data" / "peaks14" / "K2").iterdir())[0].read_bytes()
+    photo = min((shared_dir / "data" / "peaks14" / "K2").iterdir()).read_bytes()
     probs, embeddings = backbone.analyze(decode_for_model(photo, backbone.input_size, 40_000_000))
     assert probs.shape == (1, 1000) and embeddings.shape == (1, EMBEDDING_DIM)
     assert probs.sum() == pytest.approx(1.0, abs=1e-3)
