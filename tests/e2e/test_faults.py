@@ -112,7 +112,7 @@ def test_pubsub_emulator_restart_mid_run_bucket_ends_complete(pipeline_config: P
         fresh = state.raw - chain_back
         assert fresh, "no photo was stored after the emulator came back"
         pipeline.wait_judged(fresh, timeout_s=180)
-        lost = pipeline.wait_settled()  # no result is coming for these: their notifications died with the emulator
+        lost = pipeline.wait_settled(quiet_s=10)  # no result is coming: the notifications died with the emulator
         assert lost, "no notification was lost: the restart did not happen mid-run, so this proves nothing"
 
         # Reconciliation: the filter's catch-up judges every raw photo without a result.
@@ -124,7 +124,9 @@ def test_pubsub_emulator_restart_mid_run_bucket_ends_complete(pipeline_config: P
         assert pipeline.filter is not None
         by_events, by_catch_up = judged(pipeline.filter), judged_ids(parse_log(output))
         assert Counter(by_events + by_catch_up) == Counter(key.split("/", 1)[1] for key in final.raw)
-        assert {key.split("/", 1)[1] for key in lost} <= set(by_catch_up)
+        # (A late redelivery may still race the catch-up for a photo: one of them judges it, the other
+        # finds it judged, so the count above holds either way.)
+        assert by_catch_up, "the catch-up judged nothing: every result came through Pub/Sub after all"
         print(f"\nemulator restarted with {len(chain_back)} photos in raw/; {len(fresh)} stored afterwards were "
-              f"judged through Pub/Sub; {len(lost)} whose notifications were lost were judged by the catch-up "
-              f"({len(by_catch_up)} in all); final: {final.summary()}")
+              f"judged through Pub/Sub; {len(lost)} had no result once the chain was idle, and the catch-up judged "
+              f"{len(by_catch_up)}; final: {final.summary()}")
