@@ -354,7 +354,7 @@ class LocalPipeline:
             self.cloud.start()
             self.flickr.start()
             self._remember(self.cloud.pubsub, self.cloud.gcs)
-            # The three Python servers import TensorFlow (filter, web) or flickrapi: start them together.
+            # Each Python server takes seconds to import its libraries: start the three together.
             with ThreadPoolExecutor(3) as pool:
                 ingest = pool.submit(self._serve, "functions/ingest/main.py", "ingest", "ingest-tick")
                 filter_ = pool.submit(self._serve, "functions/filter/main.py", "filter_photo", "raw-photos")
@@ -399,10 +399,16 @@ class LocalPipeline:
         for server in self.retired:
             server.stop()
         self.flickr.stop()
-        leftovers = [f"{name} (process group {pgid})" for pgid, name in self._groups.items() if group_alive(pgid)]
-        leftovers += [f"{name} still listening on port {port}" for name, port in ports.items()
-                      if not port_is_free(port)]
-        return leftovers
+
+        def leftovers() -> list[str]:
+            return ([f"{name} (process group {pgid})" for pgid, name in self._groups.items() if group_alive(pgid)]
+                    + [f"{name} still listening on port {port}" for name, port in ports.items()
+                       if not port_is_free(port)])
+
+        deadline = time.monotonic() + 10  # a worker or a socket may take a moment to go after its parent
+        while (found := leftovers()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return found
 
     def _servers(self) -> list[ManagedProcess | None]:
         return [self.cloud.pubsub, self.cloud.gcs, *self.cloud.functions, self.web]
