@@ -18,14 +18,14 @@ Set up a project (once, as a project owner; `bootstrap` runs them all in this or
   accounts    one service account per deployable, plus trigger, scheduler, builder and deployer
   secrets     Secret Manager secrets for the Flickr key and secret, and a generated admin token
   iam         least-privilege grants (bucket prefixes via IAM conditions, topics, secrets, deploy roles)
-  scheduler   Cloud Scheduler: hourly ingest tick, nightly training run
+  scheduler   Cloud Scheduler: hourly ingest tick, hourly filter catch-up, nightly training run
   set-secret NAME   store a secret value read from stdin (flickr-api-key, flickr-api-secret, ...)
 
 Deploy (what cloudbuild.yaml runs; `deploy` runs them all, then verify):
   deploy-ingest deploy-filter deploy-training deploy-web verify
 
 Settings (environment): PROJECT (required), REGION [us-central1], BUCKET [PROJECT-mountainid],
-AR_REPO [mountainid], TAG [latest], TRAINING_GPU [0], ALLOW_NO_MODEL [0], INGEST_SCHEDULE,
+AR_REPO [mountainid], TAG [latest], TRAINING_GPU [0], ALLOW_NO_MODEL [0], INGEST_SCHEDULE, CATCH_UP_SCHEDULE,
 TRAIN_SCHEDULE, SCHEDULE_TIME_ZONE, and any MOUNTAINID_* tuning variable (passed to the deployables).
 --dry-run (or DRY_RUN=1) prints each gcloud command instead of running it.
 EOF
@@ -226,8 +226,16 @@ create_schedules() {
   local verb=create
   exists gcloud scheduler jobs describe "$SCHED_INGEST" --location="$REGION" --project="$PROJECT" && verb=update
   run gcloud scheduler jobs "$verb" pubsub "$SCHED_INGEST" --location="$REGION" --schedule="$INGEST_SCHEDULE" \
-    --time-zone="$SCHEDULE_TIME_ZONE" --topic="$TOPIC_INGEST_TICK" --message-body='{"source": "cloud-scheduler"}' \
+    --time-zone="$SCHEDULE_TIME_ZONE" --topic="$TOPIC_INGEST_TICK" --message-body='{}' \
     --description="MountainID: poll Flickr for new photos" --project="$PROJECT"
+
+  # The filter judges raw/ photos whose notification was lost (mountainid.filter.is_catch_up_request).
+  verb=create
+  exists gcloud scheduler jobs describe "$SCHED_CATCH_UP" --location="$REGION" --project="$PROJECT" && verb=update
+  run gcloud scheduler jobs "$verb" pubsub "$SCHED_CATCH_UP" --location="$REGION" --schedule="$CATCH_UP_SCHEDULE" \
+    --time-zone="$SCHEDULE_TIME_ZONE" --topic="$TOPIC_RAW_PHOTOS" --message-body='{}' \
+    --attributes=mountainid=catch-up \
+    --description="MountainID: judge raw/ photos whose notification was lost" --project="$PROJECT"
 
   # Cloud Run Admin API v2 jobs.run, called with an OAuth token of the scheduler account.
   verb=create

@@ -26,8 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from cloudevents.http import CloudEvent
 
 from mountainid.config import Settings
+from mountainid.events.cloudevents import PUBSUB_PUBLISHED, pubsub_payload
 from mountainid.logs import event
 from mountainid.store import BlobStore, NotFound, PreconditionFailed
 from mountainid.vision.backbone import Backbone
@@ -246,6 +248,19 @@ def filter_pending(store: BlobStore, settings: Settings, backbone: Backbone, bat
             counts[outcome.status] += 1
     event(log, "filter caught up", pending=len(pending), **counts)
     return dict(counts)
+
+
+# A scheduled catch-up request: Cloud Scheduler publishes {CATCH_UP_ATTRIBUTE: "catch-up"} to the
+# raw-photos topic, so the deployed filter also judges photos whose notification never arrived.
+CATCH_UP_ATTRIBUTE = "mountainid"
+
+
+def is_catch_up_request(cloud_event: CloudEvent) -> bool:
+    """Pub/Sub may lose a notification; the bucket is the source of truth, so a periodic catch-up
+    (``filter_pending``) makes every raw/ photo end with a result whatever happened to its event."""
+    if cloud_event["type"] != PUBSUB_PUBLISHED:
+        return False
+    return pubsub_payload(cloud_event)[1].get(CATCH_UP_ATTRIBUTE) == "catch-up"
 
 
 # Evaluation on labelled folders (filter-eval, benchmarks).

@@ -24,7 +24,7 @@ from cloudevents.http import CloudEvent
 from mountainid import logs
 from mountainid.config import get_settings
 from mountainid.events.cloudevents import finalized_object
-from mountainid.filter import handle_raw_object
+from mountainid.filter import filter_pending, handle_raw_object, is_catch_up_request
 from mountainid.logs import event
 from mountainid.store import BlobStore, open_store
 from mountainid.vision.backbone import Backbone, check_weights, get_backbone
@@ -47,6 +47,9 @@ def _backbone() -> Backbone:
 @functions_framework.cloud_event
 def filter_photo(cloud_event: CloudEvent) -> None:
     settings = get_settings()
+    if is_catch_up_request(cloud_event):
+        filter_pending(_store(), settings, _backbone())
+        return
     ref = finalized_object(cloud_event)
     if ref is None or (settings.uses_gcs and ref.bucket != settings.bucket_name):
         event(log, "event ignored", type=cloud_event["type"], id=cloud_event["id"],

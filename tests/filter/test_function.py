@@ -14,7 +14,7 @@ from cloudevents.http import CloudEvent
 
 from mountainid.events.cloudevents import pubsub_event, storage_finalized_event
 from mountainid.events.pubsub import ensure_push_subscription, subscriber_client
-from mountainid.filter import embedding_name
+from mountainid.filter import CATCH_UP_ATTRIBUTE, embedding_name
 from mountainid.localcloud import FakeGcsServer, FunctionsFrameworkServer, LocalCloudError, PubSubEmulator
 from mountainid.store import BlobStore, LocalBlobStore
 from mountainid.store.gcs import GcsBlobStore, storage_client
@@ -140,3 +140,18 @@ def test_weights_that_pass_the_start_check_but_do_not_fit_fail_each_event_loudly
         assert response.status_code == 500
         assert f"cannot load ImageNet weights from {weights}" in server.log_tail(80)
     assert not LocalBlobStore(bucket).list_names("accepted/") and not LocalBlobStore(bucket).list_names("rejected/")
+
+
+def test_a_scheduled_catch_up_judges_photos_whose_notification_was_lost(
+        function: FunctionsFrameworkServer, gcs: GcsBlobStore, k2_photos: list[bytes]) -> None:
+    gcs.put("raw/k2/3001.jpg", k2_photos[2])
+    _wait_for(gcs, ["accepted/k2/3001.jpg"], function)
+    # As if the notification had never arrived: the photo is in raw/ with no result.
+    for name in gcs.list_names("accepted/k2/3001") + [n for n in gcs.list_names("embeddings/") if "/3001." in n]:
+        gcs.delete(name)
+    request = pubsub_event(PROJECT, RAW_TOPIC, b"{}", {CATCH_UP_ATTRIBUTE: "catch-up"})  # what Cloud Scheduler sends
+    headers, body = to_structured(request)
+    response = requests.post(function.url, headers=headers, data=body, timeout=60)
+    assert response.status_code == 200, response.text
+    assert gcs.exists("accepted/k2/3001.jpg")
+    assert [n for n in gcs.list_names("embeddings/") if "/3001." in n]

@@ -232,7 +232,7 @@ def test_training_job_web_and_schedules(fresh_run: subprocess.CompletedProcess) 
     assert web.flags["--image"] == f"europe-west1-docker.pkg.dev/{PROJECT}/mountainid/web:b1234"
     assert secret_refs(web) == {"MOUNTAINID_ADMIN_TOKEN": "mountainid-admin-token:latest"}
 
-    tick = one(cmds, "scheduler", "jobs", "create", "pubsub")
+    tick = one(cmds, "scheduler", "jobs", "create", "pubsub", name="mountainid-ingest-tick")
     assert tick.flags["--topic"] == "ingest-tick" and tick.flags["--schedule"] == "0 * * * *"
     train = one(cmds, "scheduler", "jobs", "create", "http")
     assert train.flags["--uri"] == (f"https://run.googleapis.com/v2/projects/{PROJECT}/locations/europe-west1/"
@@ -320,3 +320,22 @@ exit 0
     assert "s3cr3t" not in secret.stderr + deploy.stderr
     assert {"main.py", "mountainid", "requirements.txt"} <= set(calls.splitlines())  # listed during deploy
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("tmp")], "staged source left behind"
+
+
+def test_scheduled_messages_are_what_their_handlers_accept(fresh_run: subprocess.CompletedProcess) -> None:
+    """The scheduler's ingest tick must pass the ingest's own validation (a rejected tick is dropped,
+    and nothing would ever be ingested), and its catch-up request must be recognised by the filter."""
+    from mountainid.events.cloudevents import pubsub_event
+    from mountainid.filter import is_catch_up_request
+    from mountainid.ingest import tick_options
+
+    schedules = {cmd.positionals[0]: cmd for cmd in commands(fresh_run)
+                 if cmd.path == ("scheduler", "jobs", "create", "pubsub")}
+    tick = schedules["mountainid-ingest-tick"]
+    assert tick.flag("--topic") == "ingest-tick"
+    assert tick_options(json.loads(tick.flag("--message-body"))) == {}  # the whole catalog, default budget
+    catch_up = schedules["mountainid-filter-catch-up"]
+    assert catch_up.flag("--topic") == "raw-photos"
+    attributes = dict(pair.split("=", 1) for pair in catch_up.flag("--attributes").split(","))
+    message = pubsub_event(PROJECT, "raw-photos", catch_up.flag("--message-body").encode(), attributes)
+    assert is_catch_up_request(message)
