@@ -227,25 +227,6 @@ class WebService(ManagedProcess):
         return True
 
 
-# localcloud's ManagedProcess exposes neither its pid nor a crash switch (only a graceful stop()),
-# and the leftover check and the kill fault need both: these two helpers read its process.
-
-def process_group(server: ManagedProcess) -> int | None:
-    """The id of the server's process group (its pid: each server leads its own session)."""
-    process = server._process
-    return process.pid if process is not None and process.poll() is None else None
-
-
-def crash(server: ManagedProcess) -> int:
-    """SIGKILL the server's whole process group (a crash: no request finishes) and reap it; returns the group."""
-    process = server._process
-    if process is None or process.poll() is not None:
-        raise ScenarioError(f"{server.name} is not running")
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    return process.pid
-
-
 def group_alive(pgid: int) -> bool:
     """True while a process of the group runs (zombies, dead but not yet reaped, do not count)."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -387,7 +368,7 @@ class LocalPipeline:
 
     def _remember(self, *servers: ManagedProcess | None) -> None:
         for server in servers:
-            if server is not None and (pgid := process_group(server)) is not None:
+            if server is not None and (pgid := server.pid) is not None:
                 self._groups[pgid] = server.name
 
     def stop(self) -> list[str]:
@@ -560,7 +541,7 @@ class LocalPipeline:
         Returns how many of its log lines said a photo was judged before it died.
         """
         assert self.filter is not None
-        pgid = crash(self.filter)
+        pgid = self.filter.crash()
         port = self.filter.port
         # Its listening socket outlives the processes by a moment; restart_filter needs the port.
         wait_for("the killed filter to exit and free its port", lambda: not group_alive(pgid) and port_is_free(port),

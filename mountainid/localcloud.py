@@ -166,6 +166,20 @@ class ManagedProcess(_Started):
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The server's pid while it runs; also its process group id (each server leads its own session)."""
+        return self._process.pid if self._process is not None and self.running else None
+
+    def crash(self) -> int:
+        """SIGKILL the whole process group, as a machine failure would (no request finishes); returns the group."""
+        pid = self.pid
+        if pid is None or self._process is None:
+            raise LocalCloudError(f"{self.name} is not running")
+        os.killpg(pid, signal.SIGKILL)
+        self._process.wait()
+        return pid
+
     def start(self) -> None:
         # Checked first: otherwise whatever already answers on the port would pass for this server.
         if not port_is_free(self.port):
