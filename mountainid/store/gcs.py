@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache
 
+import requests
 from google.api_core import exceptions as google_exceptions
 from google.api_core.retry import Retry
 from google.auth.credentials import AnonymousCredentials
@@ -31,15 +32,24 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 
 from mountainid.store.base import BlobInfo, BlobStore, NotFound, PreconditionFailed, StoreError, check_name
 
+HTTP_POOL_SIZE = 32
+
 
 @cache
 def storage_client(project: str, emulator_host: str | None = None) -> storage.Client:
     """One client per (project, endpoint) for the whole process, made on first use (they pool
     HTTP connections). Also used by tests and the local cloud to create buckets."""
     if emulator_host:
-        return storage.Client(project=project, credentials=AnonymousCredentials(),
-                              client_options={"api_endpoint": emulator_host})
-    return storage.Client(project=project)
+        client = storage.Client(project=project, credentials=AnonymousCredentials(),
+                                client_options={"api_endpoint": emulator_host})
+    else:
+        client = storage.Client(project=project)
+    # The default pool keeps 10 connections; thread pools (ingest downloads, training feature reads)
+    # run up to 16 requests at once, and each extra one would open and drop a connection.
+    adapter = requests.adapters.HTTPAdapter(pool_connections=HTTP_POOL_SIZE, pool_maxsize=HTTP_POOL_SIZE)
+    for scheme in ("https://", "http://"):
+        client._http.mount(scheme, adapter)  # _http is the client's requests session
+    return client
 
 
 class GcsBlobStore(BlobStore):

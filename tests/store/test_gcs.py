@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -41,3 +43,14 @@ def test_unreachable_server_is_a_store_error_within_the_retry_deadline() -> None
         with pytest.raises(StoreError, match="gs://bucket/x"):
             operation()
         assert time.monotonic() - started < 10
+
+
+def test_sixteen_concurrent_readers_reuse_pooled_connections(gcs_store: GcsBlobStore, caplog) -> None:
+    """Training reads features on 16 threads: no connection may be opened and dropped per request."""
+    caplog.set_level(logging.WARNING, logger="urllib3.connectionpool")
+    for index in range(16):
+        gcs_store.put(f"embeddings/x/{index}.npy", bytes(1000))
+    with ThreadPoolExecutor(16) as pool:
+        sizes = list(pool.map(lambda i: len(gcs_store.get(f"embeddings/x/{i % 16}.npy")), range(160)))
+    assert sizes == [1000] * 160
+    assert not [r for r in caplog.records if "pool is full" in r.getMessage()]
