@@ -13,10 +13,10 @@ DEBIAN_PACKAGES := chromium chromium-driver shellcheck
 
 .PHONY: setup system-deps run test lint local-cloud bench clean
 
-$(VENV)/.installed: pyproject.toml requirements.lock
+$(VENV)/.installed: pyproject.toml requirements.lock requirements-test.lock
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip==25.3
-	$(VENV)/bin/pip install -q -r requirements.lock
+	$(VENV)/bin/pip install -q -r requirements.lock -r requirements-test.lock
 	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
