@@ -382,16 +382,12 @@ def _handler_for(fake: FakeFlickr) -> type[BaseHTTPRequestHandler]:
 
         def _rest(self, params: dict[str, str]) -> None:
             fault = fake._take_fault("search")
-            if fault is not None:
-                if fault.kind == "slow":
-                    time.sleep(fault.delay_s)
-                elif fault.kind == "http":
-                    self._send(fault.status, b"<html>Flickr is having a moment</html>", "text/html")
-                    return
-                elif fault.kind == "flickr":
-                    self._send(HTTPStatus.OK, json.dumps(_fail(fault.code, fault.message)).encode(),
-                               "application/json")
-                    return
+            if self._common_fault(fault, b"<html>Flickr is having a moment</html>", "text/html"):
+                return
+            if fault is not None and fault.kind == "flickr":
+                self._send(HTTPStatus.OK, json.dumps(_fail(fault.code, fault.message)).encode(),
+                           "application/json")
+                return
             match = _CONSUMER_KEY.search(self.headers.get("Authorization", ""))
             api_key = match.group(1) if match else params.get("api_key")
             self._send(HTTPStatus.OK, json.dumps(fake.search(params, api_key)).encode(), "application/json")
@@ -404,13 +400,10 @@ def _handler_for(fake: FakeFlickr) -> type[BaseHTTPRequestHandler]:
                 return
             fault = fake._take_fault("photo", photo.id)
             data = photo.path.read_bytes()
+            if self._common_fault(fault, b"error", "text/plain"):
+                return
             if fault is not None:
-                if fault.kind == "slow":
-                    time.sleep(fault.delay_s)
-                elif fault.kind == "http":
-                    self._send(fault.status, b"error", "text/plain")
-                    return
-                elif fault.kind == "truncate":
+                if fault.kind == "truncate":
                     data = data[: len(data) // 2]
                 elif fault.kind == "not-image":
                     self._send(HTTPStatus.OK, b"<html><body>This photo is no longer available</body></html>",
@@ -426,6 +419,16 @@ def _handler_for(fake: FakeFlickr) -> type[BaseHTTPRequestHandler]:
                     self.close_connection = True
                     return
             self._send(HTTPStatus.OK, data, "image/jpeg")
+
+        def _common_fault(self, fault: Fault | None, error_body: bytes, content_type: str) -> bool:
+            """The faults every endpoint knows: "slow" delays, "http" answers an error status.
+            True when the answer was sent."""
+            if fault is not None and fault.kind == "slow":
+                time.sleep(fault.delay_s)
+            elif fault is not None and fault.kind == "http":
+                self._send(fault.status, error_body, content_type)
+                return True
+            return False
 
         def _send(self, status: int, body: bytes, content_type: str) -> None:
             self.send_response(status)
