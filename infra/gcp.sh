@@ -341,32 +341,32 @@ deploy_web() {
     --cpu=2 --memory=2Gi --concurrency=8 --min-instances=0 --max-instances=4 --timeout=120s \
     --cpu-boost --no-cpu-throttling \
     "$(env_vars_flag MOUNTAINID_WEIGHTS=imagenet MOUNTAINID_CATALOG MOUNTAINID_MODEL_POLL_S \
-      MOUNTAINID_STORE_UPLOADS MOUNTAINID_MAX_IMAGE_PIXELS MOUNTAINID_MAX_IMAGE_BYTES MOUNTAINID_LOG_LEVEL)" \
+      MOUNTAINID_FILTER_THRESHOLD MOUNTAINID_STORE_UPLOADS MOUNTAINID_MAX_IMAGE_PIXELS MOUNTAINID_MAX_IMAGE_BYTES MOUNTAINID_LOG_LEVEL)" \
     --set-secrets="MOUNTAINID_ADMIN_TOKEN=$SECRET_ADMIN_TOKEN:latest"
 }
 
-# /healthz answers 200 once a model is loaded, 503 before. ALLOW_NO_MODEL=1 accepts a 503 (a new
+# /health answers 200 once a model is loaded, 503 before. ALLOW_NO_MODEL=1 accepts a 503 (a new
 # project has no model until the first training run).
 verify_web() {
   local url reply code="" attempt
   url=$(query "https://$WEB_SERVICE-dry-run.a.run.app" gcloud run services describe "$WEB_SERVICE" \
     --region="$REGION" --project="$PROJECT" --format='value(status.url)')
-  if dry_run; then show curl -sS --max-time 20 "$url/healthz" >&3; return 0; fi
+  if dry_run; then show curl -sS --max-time 20 "$url/health" >&3; return 0; fi
   for ((attempt = 1; attempt <= VERIFY_ATTEMPTS; attempt++)); do
-    reply=$(curl -sS --max-time 20 -w '\n%{http_code}' "$url/healthz" || true)
+    reply=$(curl -sS --max-time 20 -w '\n%{http_code}' "$url/health" || true)
     code=${reply##*$'\n'}
     if [[ $code == 200 ]]; then
-      note "$url/healthz: ready"
+      note "$url/health: ready"
       return 0
     fi
-    note "$url/healthz: HTTP $code (attempt $attempt/$VERIFY_ATTEMPTS) ${reply%$'\n'*}"
+    note "$url/health: HTTP $code (attempt $attempt/$VERIFY_ATTEMPTS) ${reply%$'\n'*}"
     sleep 6
   done
   if [[ $code == 503 ]] && truthy "$ALLOW_NO_MODEL"; then
     note "web is up but has no model yet (ALLOW_NO_MODEL=1): run the training job"
     return 0
   fi
-  die "$url/healthz did not become ready"
+  die "$url/health did not become ready"
 }
 
 main() {

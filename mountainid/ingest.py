@@ -63,7 +63,14 @@ CURSOR_WRITE_ATTEMPTS = 20
 VALIDATE_DRAFT_SIZE = 256  # decode downscaled: still reads every byte (so truncation shows), 4x faster
 _PHOTO_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 _JPEG_MAGIC = b"\xff\xd8\xff"
-_MAX_METADATA_TEXT = 1000  # Cloud Storage allows 8 KiB of custom metadata per object
+# Cloud Storage allows 8 KiB of custom metadata per object, counted in UTF-8 bytes (a CJK character is
+# 3): these caps keep the whole raw/ metadata under 3.5 KiB, leaving room for what the filter adds.
+_MAX_METADATA_BYTES = {"owner_name": 300, "title": 1000, "tags": 1500}
+
+
+def _clip(text: str, max_bytes: int) -> str:
+    """At most ``max_bytes`` of UTF-8, never cutting a character in half."""
+    return text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
 
 
 def raw_name(slug: str, photo_id: str) -> str:
@@ -323,8 +330,9 @@ def photo_metadata(slug: str, photo: FlickrPhoto) -> dict[str, str]:
     """The object metadata of ``raw/<slug>/<id>.jpg``: credit, licence, provenance, geo."""
     metadata = {
         "source": "flickr", "mountain": slug, "photo_id": photo.id, "owner": photo.owner,
-        "owner_name": photo.owner_name[:_MAX_METADATA_TEXT], "license": str(photo.license),
-        "title": photo.title[:_MAX_METADATA_TEXT], "tags": photo.tags[:_MAX_METADATA_TEXT],
+        "owner_name": _clip(photo.owner_name, _MAX_METADATA_BYTES["owner_name"]), "license": str(photo.license),
+        "title": _clip(photo.title, _MAX_METADATA_BYTES["title"]),
+        "tags": _clip(photo.tags, _MAX_METADATA_BYTES["tags"]),
         "url": photo.page_url, "image_url": photo.image_url or "", "taken": photo.taken,
         "uploaded": str(photo.uploaded),
     }

@@ -111,9 +111,15 @@ class ModelHolder:
         self.notify()
 
     def start(self) -> None:
-        """Start the background watcher: a first check at once, then one every model_poll_s."""
+        """Load the live model now, then watch in the background (a check every model_poll_s).
+
+        The first check runs in the caller's thread: the server does not accept a request before it
+        returns, so a cold instance (Cloud Run scaling from zero) never answers "no model yet" while a
+        model exists. With no model yet it returns at once.
+        """
         if self._thread is not None:
             return
+        self._check_safely()
         self._stop.clear()
         self._thread = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
         self._thread.start()
@@ -126,14 +132,19 @@ class ModelHolder:
             self._thread = None
 
     def _watch(self) -> None:
-        while not self._stop.is_set():
-            self._wake.clear()
-            try:
-                self.check_now()
-            except Exception as error:  # noqa: BLE001 - nothing may kill the watcher; the next poll retries
-                self._last_error = f"checking models/LATEST: {error}"
-                event(log, "model check failed, will retry", level=logging.WARNING, error=str(error))
+        while True:
             self._wake.wait(self.settings.model_poll_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            self._check_safely()
+
+    def _check_safely(self) -> None:
+        try:
+            self.check_now()
+        except Exception as error:  # noqa: BLE001 - nothing may kill the watcher; the next poll retries
+            self._last_error = f"checking models/LATEST: {error}"
+            event(log, "model check failed, will retry", level=logging.WARNING, error=str(error))
 
     def status(self) -> dict[str, Any]:
         """What the admin endpoint and the model API report about serving."""

@@ -41,6 +41,7 @@ def model() -> Response:
 
 
 @bp.get("/healthz")
+@bp.get("/health")  # Cloud Run's front end answers /healthz itself (paths ending in "z"): check this one there
 def healthz() -> Response:
     """Ready (200) only with a model loaded, so a load balancer never routes to a service that cannot answer."""
     predictor = services().holder.predictor

@@ -20,7 +20,7 @@ from mountainid.config import ConfigError, Settings
 from mountainid.events.cloudevents import pubsub_event
 from mountainid.flickr import FlickrAuthError, FlickrPhoto
 from mountainid.flickr.fake import FakeFlickr, FakePhoto, Fault
-from mountainid.ingest import Cursor, cursor_name, handle_tick, raw_name, run_ingest
+from mountainid.ingest import Cursor, cursor_name, handle_tick, photo_metadata, raw_name, run_ingest
 from mountainid.store import BlobInfo, BlobStore, LocalBlobStore
 from tests.concurrency import run_together
 
@@ -323,3 +323,14 @@ def test_rejected_key_stops_the_run_with_a_config_error(peaks_dir: Path, tmp_pat
 def _as_flickr(photo: FakePhoto) -> FlickrPhoto:
     return FlickrPhoto(photo.id, photo.owner, photo.owner_name, photo.title, photo.license, photo.uploaded,
                        "", photo.tags, photo.latitude, photo.longitude, None)
+
+
+def test_metadata_stays_under_the_storage_limit_in_bytes_for_any_script() -> None:
+    """Cloud Storage counts metadata in UTF-8 bytes (8 KiB): a long CJK title must not make a photo unstorable."""
+    long = "富士山の夕焼け🌄" * 400  # 3,600 characters, ~11,000 bytes
+    photo = FlickrPhoto("123", "o@N00", long, long, 4, 1_700_000_000, "2024-01-01 10:00:00", long,
+                        35.36, 138.73, "https://live.staticflickr.com/1/123_s_c.jpg")
+    metadata = photo_metadata("mount-fuji", photo)
+    size = sum(len(key.encode()) + len(value.encode()) for key, value in metadata.items())
+    assert size < 4 * 1024, size  # room left for what the filter adds when it copies to accepted/
+    assert metadata["title"].startswith("富士山の夕焼け") and "\ufffd" not in metadata["title"]  # no half character

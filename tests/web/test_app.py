@@ -156,8 +156,9 @@ def test_model_page_and_api(client, predictor: Predictor) -> None:
         assert f'src="{url}"' in page
 
 
-def test_healthz_ready_with_a_model(client, predictor: Predictor) -> None:
-    response = client.get("/healthz")
+@pytest.mark.parametrize("path", ["/healthz", "/health"])  # Cloud Run only passes /health to the app
+def test_health_ready_with_a_model(client, predictor: Predictor, path: str) -> None:
+    response = client.get(path)
     assert response.status_code == 200 and response.get_json()["model_version"] == predictor.version
 
 
@@ -170,6 +171,7 @@ def test_no_model_yet(weights_path: Path, empty_bucket: Path, k2_heldout: Path) 
     assert home.status_code == 200 and "No model yet" in home.get_data(as_text=True)
     assert "No model yet" in client.get("/model").get_data(as_text=True)
     assert client.get("/healthz").status_code == 503
+    assert client.get("/health").status_code == 503
     for response in (post_photo(client, k2_heldout.read_bytes()), client.get("/api/v1/model")):
         assert response.status_code == 503 and response.get_json()["error"] == "no-model"
         assert response.headers["Retry-After"].isdigit()

@@ -100,3 +100,19 @@ def test_model_published_event_wakes_the_watcher(holder: ModelHolder, store: Loc
     while holder.predictor.version != new_version and time.monotonic() < deadline:
         time.sleep(0.05)
     assert holder.predictor.version == new_version
+
+
+def test_start_loads_the_live_model_before_returning(holder: ModelHolder, store: LocalBlobStore) -> None:
+    """A cold instance serves the live model from its first request (no "no model yet" 503)."""
+    holder.start()
+    assert holder.predictor is not None and holder.predictor.version == Registry(store).live()[0]
+
+
+def test_start_without_any_model_returns_at_once(weights_path: Path, empty_bucket: Path) -> None:
+    holder = ModelHolder(LocalBlobStore(empty_bucket), web_settings(weights_path, empty_bucket))
+    started = time.perf_counter()
+    holder.start()
+    try:
+        assert holder.predictor is None and time.perf_counter() - started < 2.0
+    finally:
+        holder.stop()
