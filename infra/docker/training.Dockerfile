@@ -11,6 +11,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     TF_CPP_MIN_LOG_LEVEL=2 \
+    KERAS_HOME=/home/app/.keras \
     MOUNTAINID_WEIGHTS=imagenet
 
 RUN useradd --create-home --uid 10001 app
