@@ -69,13 +69,18 @@ def test_evaluate_prints_the_summary_line_last(tmp_path, template, photo_dir, we
     assert "20200101-000000-dead" in capsys.readouterr().out
 
 
-def test_scheduled_job_with_nothing_new_trains_nothing(tmp_path, template, weights_path) -> None:
-    """The nightly job only trains when enough new photos arrived (unless --force)."""
+@pytest.fixture()
+def live_bucket(tmp_path, template, weights_path) -> tuple[dict[str, str], LocalBlobStore, str]:
+    """A bucket with a live model: the job's environment, the store and the live version."""
     env = training_env(weights_path, str(tmp_path / "bucket"))
-    settings = load_settings(env)
     store = LocalBlobStore(tmp_path / "bucket")
     copy_objects(template, store)
-    old = train_and_register(settings, store, InProcessBus(), FAST).version
+    return env, store, train_and_register(load_settings(env), store, InProcessBus(), FAST).version
+
+
+def test_scheduled_job_with_nothing_new_trains_nothing(live_bucket) -> None:
+    """The nightly job only trains when enough new photos arrived (unless --force)."""
+    env, store, old = live_bucket
     job = subprocess.run([sys.executable, "-m", "training_job.main"], cwd=REPO, env={**os.environ, **env},
                          capture_output=True, text=True, timeout=300, check=False)
     assert job.returncode == 0, job.stderr[-2000:]
@@ -84,12 +89,9 @@ def test_scheduled_job_with_nothing_new_trains_nothing(tmp_path, template, weigh
 
 
 @pytest.mark.slow
-def test_job_killed_during_training_leaves_the_live_model_alone(tmp_path, template, weights_path) -> None:
-    env = training_env(weights_path, str(tmp_path / "bucket"))
+def test_job_killed_during_training_leaves_the_live_model_alone(live_bucket) -> None:
+    env, store, old = live_bucket
     settings = load_settings(env)
-    store = LocalBlobStore(tmp_path / "bucket")
-    copy_objects(template, store)
-    old = train_and_register(settings, store, InProcessBus(), FAST).version
     job = subprocess.Popen([sys.executable, "-m", "training_job.main", "--force", "--lease-s", "3", "--epochs", "2000",
                             "--patience", "2000"], cwd=REPO, env={**os.environ, **env},
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
