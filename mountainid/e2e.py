@@ -265,22 +265,6 @@ def judged_ids(events: Sequence[Mapping[str, Any]]) -> list[str]:
             if e.get("message") in ("photo accepted", "photo rejected") and e.get("photo_id")]
 
 
-def _on_a_free_port(start: Callable[[], T], attempts: int = 3) -> T:
-    """Start a server, again on another port if its port was taken first.
-
-    localcloud picks a port by binding and releasing it; until the server binds it, another server
-    starting at the same moment (ours, or a test's elsewhere on the machine) can be given it too.
-    """
-    for _ in range(attempts - 1):
-        try:
-            return start()
-        except LocalCloudError as error:
-            if "in use" not in str(error):
-                raise
-            event(log, "port taken while starting: trying another", error=str(error).splitlines()[0])
-    return start()
-
-
 def wait_for(what: str, check: Callable[[], bool], timeout_s: float, diagnostics: Callable[[], str],
           interval_s: float = 0.5) -> float:
     """Poll ``check`` until true; returns the seconds waited or raises ScenarioError with the logs."""
@@ -347,18 +331,14 @@ class LocalPipeline:
             raise
 
     def _serve(self, source: str, target: str, topic: str) -> FunctionsFrameworkServer:
-        server = _on_a_free_port(lambda: self.cloud.serve_function(
-            REPO / source, target, topic=topic, env=self.env, subscription=self._subscription(topic, target)))
+        server = self.cloud.serve_function(REPO / source, target, topic=topic, env=self.env,
+                                           subscription=self._subscription(topic, target))
         self._remember(server)
         return server
 
     def _start_web(self) -> WebService:
-        def start() -> WebService:
-            web = WebService(self.env)
-            web.start()
-            return web
-
-        web = _on_a_free_port(start)
+        web = WebService(self.env)
+        web.start()
         self._remember(web)
         return web
 

@@ -122,6 +122,7 @@ class ManagedProcess(_Started):
 
     def __init__(self, port: int | None = None, startup_timeout_s: float | None = None) -> None:
         self.port = port or free_port()
+        self._port_chosen = port is None  # ours to change if someone takes it before we bind it
         if startup_timeout_s is not None:
             self.startup_timeout_s = startup_timeout_s
         self.startup_s: float | None = None  # measured by start()
@@ -183,7 +184,10 @@ class ManagedProcess(_Started):
     def start(self) -> None:
         # Checked first: otherwise whatever already answers on the port would pass for this server.
         if not port_is_free(self.port):
-            raise LocalCloudError(f"{self.name}: port {self.port} on 127.0.0.1 is already in use")
+            if not self._port_chosen:
+                raise LocalCloudError(f"{self.name}: port {self.port} on 127.0.0.1 is already in use")
+            # free_port() binds and releases: another server starting meanwhile may have taken it.
+            self.port = free_port()
         started = time.monotonic()
         command = self.command()
         with open(self.log_path, "wb") as log:

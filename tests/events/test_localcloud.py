@@ -73,3 +73,12 @@ def test_notifications_need_an_emulator() -> None:
 def test_a_missing_executable_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(LocalCloudError, match="not found"):
         PubSubEmulator(binary=tmp_path / "cloud-pubsub-emulator").start()
+
+
+@pytest.mark.emulator
+def test_a_chosen_port_taken_before_start_is_replaced(fake_gcs: FakeGcsServer) -> None:
+    """free_port() binds and releases; if another server takes that port first, start on another one."""
+    server = FakeGcsServer()
+    server.port = fake_gcs.port  # as if fake_gcs had been handed the same free port a moment earlier
+    with server:
+        assert server.port != fake_gcs.port and server.is_ready()
