@@ -40,8 +40,8 @@ def test_serve_command_answers_on_the_given_port(trained_bucket: Path, weights_p
             try:
                 if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
                     break
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not ready yet: gunicorn accepts connections while its worker still loads the model
             time.sleep(0.2)
         answer = requests.post(f"{url}/api/v1/predict", data=k2_heldout.read_bytes(), timeout=30)
         assert answer.status_code == 200 and len(answer.json()["guesses"]) == 3
