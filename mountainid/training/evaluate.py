@@ -18,6 +18,16 @@ def top_k(probs: np.ndarray, targets: np.ndarray, k: int) -> float:
     return float(np.mean([t in row for t, row in zip(targets, best, strict=True)]))
 
 
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % interval of a proportion (Wilson score): on a test split of 73 photos top-1 is known to about ±11 points."""
+    if n == 0:
+        return 0.0, 1.0
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
 def confusion(targets: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
     """rows: true class, columns: predicted class."""
     matrix = np.zeros((classes, classes), np.int64)
@@ -37,9 +47,11 @@ def metrics(probs: np.ndarray, targets: np.ndarray, labels: list[str]) -> dict:
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(len(labels)),
                    where=(precision + recall) > 0)
     present = support > 0
+    top1 = top_k(probs, targets, 1)
     return {
         "n": len(targets),
-        "top1": top_k(probs, targets, 1),
+        "top1": top1,
+        "top1_interval": wilson_interval(round(top1 * len(targets)), len(targets)),
         "top3": top_k(probs, targets, 3),
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "per_class": {label: {"accuracy": float(recall[i]), "n": int(support[i])}

@@ -24,7 +24,8 @@ from mountainid.config import Settings
 from mountainid.filter import embedding_name
 from mountainid.logs import event
 from mountainid.store import BlobStore, NotFound
-from mountainid.vision.backbone import EMBEDDING_DIM, INPUT_SIZE, Backbone, get_backbone
+from mountainid.vision import efficientnet_lite
+from mountainid.vision.backbone import EMBEDDING_DIM, INPUT_SIZE, Backbone, get_backbone, weights_fingerprint
 from mountainid.vision.image import BadImage, decode_for_model
 
 log = logging.getLogger(__name__)
@@ -33,35 +34,55 @@ IO_WORKERS = 16  # blob reads are latency-bound on GCS
 AUGMENT_MARGIN = 1.15  # augmented views are cropped from a photo decoded this much larger
 
 
+MOBILENET_V2 = "mobilenet_v2"
+BACKBONES = (MOBILENET_V2, efficientnet_lite.NAME)
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     """How a photo becomes a feature vector. The default is the filter's cached embedding.
 
-    With ``cut`` set, the features are the activation map of that MobileNetV2 layer (flattened)
-    and the classifier holds the rest of the network, so its top blocks are fine-tuned.
+    With ``cut`` set, the features are the activation map after that layer (flattened) and the
+    classifier holds the rest of the network, so its top blocks are fine-tuned: a MobileNetV2 layer
+    name (``block_13_project_BN``) or an EfficientNet-Lite2 block (``block9``).
     """
 
     input_size: int = INPUT_SIZE
     flip: bool = False  # average the pooled embedding of the photo and its mirror image
     cut: str = ""  # e.g. "block_15_add": fine-tune every block after this layer
+    backbone: str = MOBILENET_V2  # or "efficientnet_lite2" (the classifier weights)
 
     def __post_init__(self) -> None:
         if self.cut and self.flip:
             raise ValueError("--flip averages pooled embeddings; it does not apply with --cut")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"--backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
+        if self.cut and self.backbone == efficientnet_lite.NAME and self.cut_block is None:
+            raise ValueError(f"--cut {self.cut}: name an EfficientNet-Lite2 block, block0 to block19")
 
     @property
     def is_filter_embedding(self) -> bool:
         return self == FeatureSpec()
+
+    @property
+    def cut_block(self) -> int | None:
+        """The EfficientNet-Lite2 block after which the network is cut (``block9`` -> 9)."""
+        number = self.cut.removeprefix("block")
+        last = len(efficientnet_lite.blocks()) - 1
+        return int(number) if number.isdigit() and int(number) < last else None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> FeatureSpec:
-        return cls(int(data["input_size"]), bool(data["flip"]), str(data.get("cut", "")))
+        return cls(int(data["input_size"]), bool(data["flip"]), str(data.get("cut", "")),
+                   str(data.get("backbone", MOBILENET_V2)))
 
     def tag(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        # Models saved before the backbone field keep their tag, so their cached features stay valid.
+        fields = {k: v for k, v in self.to_dict().items() if k != "backbone" or v != MOBILENET_V2}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def mobilenet(weights: str, input_size: int):
@@ -77,29 +98,44 @@ def mobilenet(weights: str, input_size: int):
 
 @dataclass
 class FeatureExtractor:
-    """Computes the features of a :class:`FeatureSpec` with the shared weights (thread-safe)."""
+    """Computes the features of a :class:`FeatureSpec` with the configured weights (thread-safe).
 
-    weights: str
+    ``feature_id`` names the backbone, input size, weights file (a hash of it) and spec, so features
+    of two backbones, or of two versions of one backbone's weights, never share a cache entry.
+    """
+
+    settings: Settings
     spec: FeatureSpec = field(default_factory=FeatureSpec)
 
     def __post_init__(self) -> None:
-        self.backbone: Backbone = get_backbone(self.weights)  # also checks the weights file exists
+        self.cut_shape: tuple[int, ...] = ()
         if self.spec.is_filter_embedding:
-            self.feature_id = self.backbone.backbone_id
-            self._forward = lambda images: self.backbone.analyze(images)[1]
+            self.weights = self.settings.weights
+            backbone: Backbone = get_backbone(self.weights)  # also checks the weights file exists
+            self.feature_id = backbone.backbone_id
+            self._forward = lambda images: backbone.analyze(images)[1]
             self.dim = EMBEDDING_DIM
             return
         import keras
         import tensorflow as tf
 
         size = self.spec.input_size
-        self.feature_id = f"mobilenet_v2_{size}_{self.backbone.fingerprint}-{self.spec.tag()}"
-        base = mobilenet(self.weights, size)
-        if self.spec.cut:
-            output = keras.layers.Flatten()(base.get_layer(self.spec.cut).output)
-            self.cut_shape = tuple(base.get_layer(self.spec.cut).output.shape[1:])
+        if self.spec.backbone == efficientnet_lite.NAME:
+            self.weights = efficientnet_lite.resolve_weights(self.settings.classifier_weights)
+            fingerprint = weights_fingerprint(self.weights)
+            base = efficientnet_lite.build(self.weights, size, cut=self.spec.cut_block)
+            output = base.output
         else:
-            output = keras.layers.GlobalAveragePooling2D()(base.output)
+            self.weights = self.settings.weights
+            fingerprint = get_backbone(self.weights).fingerprint
+            base = mobilenet(self.weights, size)
+            output = base.get_layer(self.spec.cut).output if self.spec.cut else base.output
+        self.feature_id = f"{self.spec.backbone}_{size}_{fingerprint}-{self.spec.tag()}"
+        if self.spec.cut:
+            self.cut_shape = tuple(output.shape[1:])
+            output = keras.layers.Flatten()(output)
+        elif len(output.shape) == 4:
+            output = keras.layers.GlobalAveragePooling2D()(output)
         model = keras.Model(base.input, output)
         spec = tf.TensorSpec([None, size, size, 3], tf.float32)
 

@@ -28,21 +28,37 @@ from mountainid.training import evaluate, plots
 from mountainid.training.dataset import Dataset, Example, build_dataset, list_accepted
 from mountainid.training.features import FeatureExtractor, FeatureSpec, load_features
 from mountainid.training.train import HeadConfig, train_head
+from mountainid.vision import efficientnet_lite
 
 log = logging.getLogger(__name__)
 
-# Measured best on peaks14 (benchmarks/train.py, README): fine-tune MobileNetV2 after block 13 (blocks
-# 14-16 and the last 1x1 convolution) on 4 augmented views per photo. Every field is a CLI flag;
-# `--cut ""` trains only a head on the filter's cached embeddings (seconds, but far less accurate).
-DEFAULT_FEATURES = FeatureSpec(cut="block_13_project_BN")
-DEFAULT_HEAD = HeadConfig(dropout=0.5, learning_rate=3e-4, epochs=10, patience=4, augment_views=4)
+_FAST_FEATURES = FeatureSpec(cut="block_13_project_BN")
+_FAST_HEAD = HeadConfig(dropout=0.5, learning_rate=3e-4, epochs=10, patience=4, augment_views=4)
 
 
 @dataclass(frozen=True)
 class JobConfig:
-    features: FeatureSpec = DEFAULT_FEATURES
-    head: HeadConfig = DEFAULT_HEAD
+    """The choices of one training run; the defaults are the fast tier."""
+
+    features: FeatureSpec = _FAST_FEATURES
+    head: HeadConfig = _FAST_HEAD
     lease_s: float = 3600.0  # a crashed run blocks others at most this long
+    tier: str = "fast"
+
+
+# Two tiers, both through the same registry, gate and hot-swap (README, "Training"), measured on peaks14:
+# - fast: fine-tune MobileNetV2 after block 13 (blocks 14-16 and the last 1x1 convolution) on 4 cached
+#   augmented views per photo; under a minute from cache, the best of the fast options measured.
+# - finetune: EfficientNet-Lite2 (real batch norm) at 320 px, blocks 10-20 and the head trained on cached
+#   activations of 5 augmented views after the frozen block 9, AdamW with warm-up and cosine decay.
+# Every field is a CLI flag; `--cut ""` trains only a head on the filter's cached embeddings (seconds).
+FAST_TIER = JobConfig()
+FINETUNE_TIER = JobConfig(
+    FeatureSpec(input_size=320, cut="block9", backbone=efficientnet_lite.NAME),
+    HeadConfig(dropout=0.3, weight_decay=0.05, label_smoothing=0.1, learning_rate=4e-4, epochs=14,
+               augment_views=5, one_cycle=True),
+    tier="finetune")
+TIERS = {"fast": FAST_TIER, "finetune": FINETUNE_TIER}
 
 
 @dataclass
@@ -83,7 +99,7 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
     registry = Registry(store)
     examples = list_accepted(store)
     dataset = build_dataset(examples, settings.min_photos_per_class)
-    extractor = FeatureExtractor(settings.weights, config.features)
+    extractor = FeatureExtractor(settings, config.features)
     features, usable = load_features(store, [(e.photo_id, e.object_name) for e in dataset.examples],
                                      extractor, settings)
     kept = [e for e, ok in zip(dataset.examples, usable, strict=True) if ok]
@@ -101,8 +117,7 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = arrays("train"), arrays("val"), arrays("test")
     if config.head.augment_views:
         x_train, y_train = _augmented(store, settings, extractor, parts["train"], y_train, config.head.augment_views)
-    head, history = train_head(x_train, y_train, x_val, y_val, len(dataset.labels), config.head, config.features,
-                               settings.weights)
+    head, history = train_head(x_train, y_train, x_val, y_val, len(dataset.labels), config.head, extractor)
     lease.renew()
     labels = list(dataset.labels)
     val_probs = _probs(head, x_val, len(labels))
@@ -117,10 +132,10 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
     metrics = {
         "version": version, "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "labels": labels, "names": names, "unknown_threshold": threshold,
-        "test": {k: test[k] for k in ("top1", "top3", "macro_f1", "n")}, "test_detail": test,
+        "test": {k: test[k] for k in ("top1", "top1_interval", "top3", "macro_f1", "n")}, "test_detail": test,
         "val": {k: val[k] for k in ("top1", "top3", "macro_f1", "n")},
         "train": {"n": len(x_train)}, "accepted_photos": len(examples), "excluded_classes": dataset.excluded,
-        "dataset_fingerprint": dataset.fingerprint(), "feature_id": extractor.feature_id,
+        "dataset_fingerprint": dataset.fingerprint(), "feature_id": extractor.feature_id, "tier": config.tier,
         "live_at_training": {"version": live[0], "test_top1_same_split": live_top1} if live else None,
     }
     lease.renew()
@@ -200,7 +215,7 @@ def _live_top1(registry: Registry, version: str, test: list[Example], store: Blo
 def _gallery_files(store: BlobStore, settings: Settings, dataset: Dataset, train: list[Example],
                    extractor: FeatureExtractor) -> dict[str, bytes]:
     """gallery.npz (unit-length 224 px embeddings of the training photos) + gallery.json (their credits)."""
-    gallery_extractor = extractor if extractor.spec.is_filter_embedding else FeatureExtractor(settings.weights)
+    gallery_extractor = extractor if extractor.spec.is_filter_embedding else FeatureExtractor(settings)
     vectors, usable = load_features(store, [(e.photo_id, e.object_name) for e in train], gallery_extractor,
                                     settings)
     vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-6)
@@ -237,18 +252,18 @@ def _keras_bytes(model) -> bytes:
 
 def maybe_train(settings: Settings, store: BlobStore, bus: EventBus,
                 config: JobConfig = JobConfig()) -> TrainingResult | None:
-    """Train when there is no model yet, or when enough new photos were accepted since the last one.
+    """Train when this tier has no model yet, or when enough new photos were accepted since its last one.
 
-    "Last" is the newest complete version, promoted or not, so a model that was kept out does not
-    make every later call retrain on the same photos.
+    "Last" is the tier's newest complete version, promoted or not, so a model that was kept out does
+    not make every later call retrain on the same photos; each tier keeps its own pace.
     """
     registry = Registry(store)
-    versions = registry.versions()
-    accepted = sum(1 for _ in list_accepted(store))
-    if versions and registry.live() is not None:
-        seen = int(registry.info(versions[-1]).get("accepted_photos", 0))
+    accepted = len(list_accepted(store))
+    tier_versions = [v for v in registry.versions() if registry.info(v).get("tier", "fast") == config.tier]
+    if tier_versions and registry.live() is not None:
+        seen = int(registry.info(tier_versions[-1]).get("accepted_photos", 0))
         if accepted - seen < settings.retrain_min_new_photos:
-            event(log, "retraining not due", accepted=accepted, at_last_model=seen,
+            event(log, "retraining not due", tier=config.tier, accepted=accepted, at_last_model=seen,
                   threshold=settings.retrain_min_new_photos)
             return None
     return train_and_register(settings, store, bus, config)

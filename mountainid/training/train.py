@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from mountainid.logs import event
-from mountainid.training.features import FeatureSpec, mobilenet
+from mountainid.training.features import FeatureExtractor, mobilenet
+from mountainid.vision import efficientnet_lite
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class HeadConfig:
     batch_size: int = 32
     augment_views: int = 0  # train on this many augmented views per photo instead of the photo itself
     balance: bool = True  # weight classes inversely to their photo counts
+    one_cycle: bool = False  # AdamW (decoupled weight decay) with 10 % warm-up then cosine decay, all epochs
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -45,21 +47,26 @@ def class_weights(targets: np.ndarray, classes: int) -> dict[int, float]:
     return {i: float(len(targets) / (classes * c)) if c else 0.0 for i, c in enumerate(counts)}
 
 
-def build_head(dim: int, classes: int, config: HeadConfig, spec: FeatureSpec, weights: str):
+def build_head(dim: int, classes: int, config: HeadConfig, extractor: FeatureExtractor):
     """features (N, dim) -> class probabilities (N, classes).
 
     For pooled embeddings: L2 normalisation, dropout, softmax (plus an optional hidden layer).
-    For an activation map (``spec.cut``): the rest of MobileNetV2 after the cut, initialised with
-    the shared weights and trained, then global pooling, dropout, softmax. Its batch
-    normalisation layers stay frozen in inference mode: the shared weights have them folded in
-    (identity statistics), and batch statistics of a few photos would wreck the features.
+    For an activation map (``spec.cut``): the rest of the backbone after the cut, initialised with
+    its ImageNet weights and trained, then global pooling, dropout, softmax. MobileNetV2's batch
+    normalisation stays frozen in inference mode: the shared weights have it folded in (identity
+    statistics). EfficientNet-Lite2's is real and trains with the blocks.
     """
     import keras
 
-    regularizer = keras.regularizers.l2(config.weight_decay)
+    # With one_cycle the decay is decoupled (AdamW), not an L2 term in the loss.
+    regularizer = None if config.one_cycle else keras.regularizers.l2(config.weight_decay)
     inputs = keras.Input((dim,), name="features")
-    if spec.cut:
-        x = keras.layers.GlobalAveragePooling2D()(_top_blocks(inputs, spec, weights))
+    spec = extractor.spec
+    if spec.cut and spec.cut_block is not None and spec.backbone == efficientnet_lite.NAME:
+        x = keras.layers.Reshape(extractor.cut_shape)(inputs)
+        x = efficientnet_lite.build_top(x, extractor.weights, spec.cut_block)
+    elif spec.cut:
+        x = keras.layers.GlobalAveragePooling2D()(_top_blocks(inputs, extractor))
     else:
         x = keras.layers.UnitNormalization(name="l2_normalize")(inputs)
     x = keras.layers.Dropout(config.dropout, seed=config.seed)(x)
@@ -71,16 +78,17 @@ def build_head(dim: int, classes: int, config: HeadConfig, spec: FeatureSpec, we
     return keras.Model(inputs, outputs, name="mountain_head")
 
 
-def _top_blocks(inputs, spec: FeatureSpec, weights: str):
+def _top_blocks(inputs, extractor: FeatureExtractor):
     """MobileNetV2 from just after ``spec.cut`` to its last feature map, applied to flat inputs."""
     import keras
 
-    base = mobilenet(weights, spec.input_size)  # fresh, so every run starts from the shared weights
+    spec = extractor.spec
+    base = mobilenet(extractor.weights, spec.input_size)  # fresh, so every run starts from the shared weights
     names = [layer.name for layer in base.layers]
     following = base.layers[names.index(spec.cut) + 1].name
     if not (following.endswith("_expand") or following == "Conv_1"):
         raise ValueError(f"--cut {spec.cut}: cut after a whole block (e.g. block_15_add, block_13_project_BN)")
-    x = keras.layers.Reshape(tuple(base.get_layer(spec.cut).output.shape[1:]))(inputs)
+    x = keras.layers.Reshape(extractor.cut_shape)(inputs)
     block_input = x
     for layer in base.layers[names.index(spec.cut) + 1:]:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -94,19 +102,55 @@ def _top_blocks(inputs, spec: FeatureSpec, weights: str):
     return x
 
 
+def _epoch_logger(epochs: int):
+    """A callback logging one line per epoch (loss, validation accuracy, ETA): a fine-tune takes minutes."""
+    import keras
+
+    class EpochLog(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None) -> None:
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs=None) -> None:
+            logs = logs or {}
+            elapsed = time.perf_counter() - self.started
+            event(log, "epoch finished", epoch=epoch + 1, epochs=epochs, loss=round(float(logs["loss"]), 4),
+                  val_accuracy=round(float(logs["val_accuracy"]), 4) if "val_accuracy" in logs else None,
+                  seconds=round(elapsed, 1), eta_s=round(elapsed / (epoch + 1) * (epochs - epoch - 1)))
+
+    return EpochLog()
+
+
+def _optimizer(config: HeadConfig, steps: int):
+    import keras
+
+    if not config.one_cycle:
+        return keras.optimizers.Adam(config.learning_rate)
+    warmup = max(1, steps // 10)
+    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate / 40, max(1, steps - warmup),
+                                                      warmup_target=config.learning_rate, warmup_steps=warmup)
+    return keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
+
+
 def train_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-               classes: int, config: HeadConfig, spec: FeatureSpec, weights: str):
-    """Fit a head; returns (model with the best-validation-loss weights, history dict)."""
+               classes: int, config: HeadConfig, extractor: FeatureExtractor):
+    """Fit a head; returns (the model, history dict).
+
+    Without ``one_cycle`` the weights of the best validation loss are kept (early stopping); with it
+    the schedule runs to its end, as the fine-tuning recipe prescribes.
+    """
     import keras
 
     keras.utils.set_random_seed(config.seed)
-    model = build_head(x_train.shape[1], classes, config, spec, weights)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+    model = build_head(x_train.shape[1], classes, config, extractor)
+    steps = config.epochs * -(-len(x_train) // config.batch_size)
+    model.compile(optimizer=_optimizer(config, steps),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
     has_val = len(x_val) > 0
-    callbacks = [keras.callbacks.EarlyStopping("val_loss", patience=config.patience,
-                                               restore_best_weights=True)] if has_val else []
+    callbacks = [_epoch_logger(config.epochs)]
+    if has_val and not config.one_cycle:
+        callbacks.append(keras.callbacks.EarlyStopping("val_loss", patience=config.patience,
+                                                       restore_best_weights=True))
     started = time.perf_counter()
     history = model.fit(
         x_train, keras.utils.to_categorical(y_train, classes), epochs=config.epochs,

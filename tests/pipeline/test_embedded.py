@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from mountainid.catalog import load_catalog
 from mountainid.config import Settings
 from mountainid.flickr.fake import FakeFlickr
 from mountainid.pipeline import EmbeddedPipeline
+from mountainid.registry import Registry
 from mountainid.store import LocalBlobStore
+from mountainid.training.features import FeatureSpec
+from mountainid.training.job import JobConfig
+from mountainid.training.train import HeadConfig
+from tests.training.conftest import TINY_FINE_TUNE
+from web import create_app
+from web.server import ServerThread
 
 PEAKS = ("K2", "Lhotse", "Makalu")
 
@@ -85,3 +95,36 @@ def test_photos_stored_before_a_crash_are_judged_by_the_next_cycle(make_settings
     results = photo_ids(orphan_store, "accepted/") + photo_ids(orphan_store, "rejected/")
     assert sorted(results) == ["orphan0", "orphan1", "orphan2"]
     assert "orphan2" in photo_ids(orphan_store, "rejected/")  # the street photo
+
+
+def test_the_site_serves_the_fast_tier_at_once_then_swaps_to_the_fine_tune(settings: Settings,
+                                                                             shared_dir: Path) -> None:
+    """What `make run` does: serve the fast tier's model, fine-tune in the background, hot-swap when it passes."""
+    # A fast tier that learns nothing (a random last layer), so the fine-tune surely passes the gate.
+    untrained = JobConfig(FeatureSpec(), HeadConfig(epochs=1, learning_rate=1e-9), lease_s=600)
+    pipeline = EmbeddedPipeline(settings, load_catalog(settings.catalog), fast=untrained, fine_tune=TINY_FINE_TUNE)
+    assert pipeline.cycle(photos_per_run=20)["trained"] == "promoted"
+    fast_version = Registry(pipeline.store).live()[0]
+    app = create_app(settings, store=pipeline.store)
+    pipeline.bus.subscribe(settings.topic_model_published, app.extensions["mountainid"].holder.on_model_published)
+    server = ServerThread(app, "127.0.0.1", 0).start()
+    photo = (shared_dir / "data" / "peaks14" / "K2").iterdir().__next__().read_bytes()
+    try:
+        fine_tune = threading.Thread(target=pipeline.fine_tune)
+        fine_tune.start()
+        answer = requests.post(f"{server.url}/api/v1/predict", data=photo, timeout=60)
+        assert answer.status_code == 200 and answer.json()["model_version"] == fast_version
+        assert fine_tune.is_alive(), "the site answered while the fine-tune was still running"
+        fine_tune.join(600)
+        tuned_version = Registry(pipeline.store).live()[0]
+        assert tuned_version != fast_version
+        assert Registry(pipeline.store).info(tuned_version)["tier"] == "finetune"
+        deadline = time.monotonic() + 60
+        while requests.get(f"{server.url}/api/v1/model", timeout=10).json().get("version") != tuned_version:
+            assert time.monotonic() < deadline, "the site did not swap to the fine-tuned model"
+            time.sleep(0.2)
+        answer = requests.post(f"{server.url}/api/v1/predict", data=photo, timeout=60)
+        assert answer.json()["model_version"] == tuned_version
+    finally:
+        server.stop()
+        app.extensions["mountainid"].holder.stop()

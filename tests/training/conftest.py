@@ -8,6 +8,7 @@ enough (about 20 photos) for two models to differ on it, while a head trains in 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -19,13 +20,18 @@ from mountainid.store import BlobStore, LocalBlobStore
 from mountainid.training.dataset import split_of
 from mountainid.training.features import FeatureSpec
 from mountainid.training.folders import import_folder, photo_id_of
-from mountainid.training.job import JobConfig
+from mountainid.training.job import FINETUNE_TIER, JobConfig
 from mountainid.training.train import HeadConfig
 
 MOUNTAINS = ("Broad Peak", "Lhotse", "Nanga Parbat")
 TRAIN_PER_CLASS = 8
 # A quick head: enough to learn the three peaks, a few seconds on two cores.
 FAST = JobConfig(FeatureSpec(), HeadConfig(epochs=60, patience=15), lease_s=600)
+# The fine-tune tier made small: EfficientNet-Lite2 at 160 px, blocks 16-20 trained on one view, a few epochs.
+TINY_FINE_TUNE_FLAGS = ["--tier", "finetune", "--input-size", "160", "--cut", "block15", "--augment-views", "1"]
+TINY_FINE_TUNE = dataclasses.replace(FINETUNE_TIER, features=FeatureSpec(160, cut="block15", backbone="efficientnet_lite2"),
+                                     head=dataclasses.replace(FINETUNE_TIER.head, epochs=4, augment_views=1),
+                                     lease_s=600)
 
 
 def training_env(weights_path: Path, bucket: str) -> dict[str, str]:

@@ -14,10 +14,11 @@ import pytest
 
 from mountainid.config import load_settings
 from mountainid.events import InProcessBus
+from mountainid.predict import Predictor
 from mountainid.registry import LEASE, Registry
 from mountainid.store import LocalBlobStore
 from mountainid.training.job import train_and_register
-from tests.training.conftest import FAST, cli_args, copy_objects, training_env
+from tests.training.conftest import FAST, TINY_FINE_TUNE_FLAGS, cli_args, copy_objects, training_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,7 +36,7 @@ def test_train_photos_imports_through_the_filter_then_trains(tmp_path, photo_dir
     backbone_id = Registry(store).info(Registry(store).live()[0])["feature_id"]
     assert store.list_names("embeddings/") == [n for n in store.list_names("embeddings/") if backbone_id in n]
     assert len(store.list_names(f"embeddings/{backbone_id}/")) == len(accepted) >= photos - 3
-    assert capsys.readouterr().out.startswith("promoted version=")
+    assert capsys.readouterr().out.startswith("promoted tier=fast version=")
     assert args.func(args, settings) == 0  # importing the same folder again adds no photo
     assert len(store.list_names("raw/")) == photos
 
@@ -89,21 +90,26 @@ def test_scheduled_job_with_nothing_new_trains_nothing(live_bucket) -> None:
 
 
 @pytest.mark.slow
-def test_job_killed_during_training_leaves_the_live_model_alone(live_bucket) -> None:
+@pytest.mark.parametrize("tier", [["--tier", "fast"], TINY_FINE_TUNE_FLAGS], ids=["fast", "finetune"])
+def test_job_killed_during_training_leaves_the_live_model_alone(live_bucket, tier) -> None:
     env, store, old = live_bucket
     settings = load_settings(env)
-    job = subprocess.Popen([sys.executable, "-m", "training_job.main", "--force", "--lease-s", "3", "--epochs", "2000",
-                            "--patience", "2000"], cwd=REPO, env={**os.environ, **env},
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not store.exists(LEASE):  # the job is past start-up and working towards a new version
-        assert job.poll() is None and time.monotonic() < deadline, job.stderr.read().decode()[-2000:]
-        time.sleep(0.2)
-    time.sleep(2)  # mid-training (2000 epochs take far longer than this)
+    job = subprocess.Popen([sys.executable, "-m", "training_job.main", *tier, "--force", "--lease-s", "3",
+                            "--epochs", "2000", "--patience", "2000"], cwd=REPO, env={**os.environ, **env},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in job.stderr:  # the job logs one line per epoch: kill it after the first, mid-training
+        seen.append(line)
+        if "epoch finished" in line:
+            break
+    else:
+        pytest.fail("the job ended before its first epoch: " + "".join(seen[-20:]))
+    assert store.exists(LEASE)
     job.send_signal(signal.SIGKILL)
     job.wait()
     registry = Registry(store)
     assert registry.live()[0] == old and registry.versions() == [old]
+    assert Predictor.load(store, old, settings).predict(store.get(store.list_names("accepted/")[0])).guesses
     assert store.exists(LEASE)  # a killed run cannot release its lease ...
     time.sleep(3.1)
     assert train_and_register(settings, store, InProcessBus(), FAST).status == "promoted"  # ... it expires

@@ -120,7 +120,7 @@ def test_two_runs_at_once_only_one_promotes(seeded: BlobStore, settings) -> None
 
 def test_corrupt_embeddings_are_recomputed_not_trusted(seeded: BlobStore, settings, caplog) -> None:
     caplog.set_level(logging.INFO)
-    extractor = FeatureExtractor(settings.weights)
+    extractor = FeatureExtractor(settings)
     photos = [(e.photo_id, e.object_name) for e in list_accepted(seeded)[:3]]
     good, _ = load_features(seeded, photos, extractor, settings)
     names = [embedding_name(extractor.feature_id, pid) for pid, _ in photos]

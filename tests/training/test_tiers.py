@@ -1,0 +1,87 @@
+"""The two training tiers: both go through the same gate, each keeps its own pace, features never mix."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mountainid.events import InProcessBus
+from mountainid.predict import Predictor
+from mountainid.registry import Registry
+from mountainid.store import LocalBlobStore
+from mountainid.training.dataset import list_accepted
+from mountainid.training.features import FeatureExtractor, FeatureSpec, load_features
+from mountainid.training.job import maybe_train, train_and_register
+from mountainid.vision import efficientnet_lite
+from tests.training.conftest import FAST, TINY_FINE_TUNE, copy_objects
+
+
+@pytest.fixture()
+def local(tmp_path: Path, template: LocalBlobStore) -> LocalBlobStore:
+    store = LocalBlobStore(tmp_path / "bucket")
+    copy_objects(template, store)
+    return store
+
+
+def test_both_tiers_pass_through_the_gate_on_the_same_test_photos(local: LocalBlobStore, settings) -> None:
+    bus = InProcessBus()
+    fast = train_and_register(settings, local, bus, FAST)
+    assert fast.promoted
+    tuned = train_and_register(settings, local, bus, TINY_FINE_TUNE)
+    # The live (fast) model was re-scored on the very test photos the fine-tuned one was scored on.
+    assert tuned.live_version == fast.version
+    assert tuned.live_top1 == pytest.approx(fast.test["top1"])
+    assert tuned.test["n"] == fast.test["n"]
+    assert tuned.status == ("promoted" if tuned.test["top1"] >= tuned.live_top1 else "kept")
+    registry = Registry(local)
+    info = registry.info(tuned.version)
+    assert info["tier"] == "finetune" and info["feature_id"].startswith("efficientnet_lite2_160_")
+    low, high = info["test"]["top1_interval"]
+    assert low <= info["test"]["top1"] <= high and high - low > 0.1  # a small test split: a wide interval
+    live = registry.live()[0]
+    assert live == (tuned.version if tuned.promoted else fast.version)
+    prediction = Predictor.load(local, tuned.version, settings).predict(local.get(list_accepted(local)[0].object_name))
+    assert prediction.model_version == tuned.version and len(prediction.guesses) == 3
+
+    # A fine-tune that learns nothing (learning rate ~0: a random last layer) is kept out.
+    untrained = dataclasses.replace(TINY_FINE_TUNE, head=dataclasses.replace(TINY_FINE_TUNE.head, learning_rate=1e-9))
+    worse = train_and_register(settings, local, bus, untrained)
+    assert worse.test["top1"] < worse.live_top1, "the live model should beat an untrained one"
+    assert worse.status == "kept" and registry.live()[0] == live
+
+
+def test_each_tier_retrains_at_its_own_pace(local: LocalBlobStore, settings) -> None:
+    bus = InProcessBus()
+    assert maybe_train(settings, local, bus, FAST).promoted
+    assert maybe_train(settings, local, bus, FAST) is None  # nothing new for the fast tier ...
+    tuned = maybe_train(settings, local, bus, TINY_FINE_TUNE)
+    assert tuned is not None and tuned.version  # ... but the fine-tune tier has never run
+    assert maybe_train(settings, local, bus, TINY_FINE_TUNE) is None
+    assert maybe_train(settings, local, bus, FAST) is None
+
+
+def test_features_of_two_backbone_versions_never_share_a_cache_entry(local: LocalBlobStore, settings,
+                                                                      tmp_path: Path) -> None:
+    spec = TINY_FINE_TUNE.features
+    original = FeatureExtractor(settings, spec)
+    altered_weights = tmp_path / "altered.pth"  # the same network with one weight changed (a new version)
+    shutil.copy(efficientnet_lite.package_weights_path(), altered_weights)
+    with altered_weights.open("r+b") as handle:
+        handle.seek(-4, 2)
+        handle.write(np.float32(0.5).tobytes())
+    altered = FeatureExtractor(dataclasses.replace(settings, classifier_weights=str(altered_weights)), spec)
+    mobilenet = FeatureExtractor(settings, FeatureSpec(160, cut="block_15_add"))
+    ids = {original.feature_id, altered.feature_id, mobilenet.feature_id}
+    assert len(ids) == 3 and altered.feature_id.startswith("efficientnet_lite2_160_")
+
+    photos = [(e.photo_id, e.object_name) for e in list_accepted(local)[:3]]
+    load_features(local, photos, original, settings)
+    before = {b.name: b.generation for b in local.list(f"embeddings/{original.feature_id}/")}
+    assert len(before) == 3
+    load_features(local, photos, altered, settings)
+    assert len(local.list_names(f"embeddings/{altered.feature_id}/")) == 3  # computed, not read across
+    assert {b.name: b.generation for b in local.list(f"embeddings/{original.feature_id}/")} == before
