@@ -33,7 +33,7 @@ from mountainid.events.cloudevents import PUBSUB_PUBLISHED, pubsub_payload
 from mountainid.logs import event
 from mountainid.store import BlobStore, NotFound, PreconditionFailed
 from mountainid.vision.backbone import Backbone
-from mountainid.vision.image import BadImage, decode_for_model
+from mountainid.vision.image import BadImage, decode_for_model, difference_hash
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ TERRAIN_CLASSES: dict[int, str] = {
 _TERRAIN_INDEX = np.array(sorted(TERRAIN_CLASSES), dtype=np.intp)
 
 RAW, ACCEPTED, REJECTED, EMBEDDINGS = "raw/", "accepted/", "rejected/", "embeddings/"
+DHASH = "dhash"  # metadata key: the photo's 256-bit difference hash (hex), as the filter saw it
 TOP_K = 5
 # raw/<slug>/<photo id>.jpg as the ingest writes it (slugify() output, Flickr ids); nothing else is judged.
 _RAW_NAME = re.compile(r"^raw/(?P<slug>[a-z0-9]+(?:-[a-z0-9]+)*)/(?P<photo_id>[0-9A-Za-z_-]{1,64})\.jpg$")
@@ -204,7 +205,10 @@ def judge_photos(store: BlobStore, photos: list[RawPhoto], settings: Settings, b
         order = list(decoded)
         probs, vectors = backbone.analyze_batches(np.stack([decoded[i] for i in order]))
         for row, index in enumerate(order):
-            verdicts[index] = judge(probs[row], settings.filter_threshold)
+            verdict = judge(probs[row], settings.filter_threshold)
+            # The perceptual hash lets training find copies filed under two mountains (label noise).
+            verdicts[index] = dataclasses.replace(verdict, metadata={**verdict.metadata,
+                                                                     DHASH: difference_hash(decoded[index])})
             embeddings[index] = vectors[row]
     for index, verdict in verdicts.items():
         outcomes[index] = _record(store, photos[index], verdict, embeddings.get(index), sources[index],

@@ -1,9 +1,9 @@
 """Honest figures for a model: top-1, top-3, per-class accuracy, macro-F1, confusion matrix.
 
-Also chooses the "unknown" threshold: the confidence below which the site says "not sure"
-rather than risk a wrong name. It is chosen on the validation split (never on test) as the
-threshold that maximises right answers minus wrong answers, i.e. the site names a mountain when
-it is more often right than wrong at that confidence.
+Also chooses the confidence threshold above which the site says "This looks like X" (and below
+which it says "not sure" and shows its top 3): the lowest confidence at which the answers given on
+the validation split (never test) were right at least ``CONFIDENT_PRECISION`` of the time, so the
+site names a mountain outright only when that is very likely right.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def confusion(targets: np.ndarray, predicted: np.ndarray, classes: int) -> np.nd
     return matrix
 
 
-def metrics(probs: np.ndarray, targets: np.ndarray, labels: list[str]) -> dict:
-    """Everything metrics.json reports about one split."""
+def metrics(probs: np.ndarray, targets: np.ndarray, labels: list[str], threshold: float) -> dict:
+    """Everything metrics.json reports about one split, answering outright at ``threshold``."""
     targets = np.asarray(targets, np.int64)
     predicted = probs.argmax(axis=1) if len(targets) else np.zeros(0, np.int64)
     matrix = confusion(targets, predicted, len(labels))
@@ -57,24 +57,42 @@ def metrics(probs: np.ndarray, targets: np.ndarray, labels: list[str]) -> dict:
         "per_class": {label: {"accuracy": float(recall[i]), "n": int(support[i])}
                       for i, label in enumerate(labels)},
         "confusion": matrix.tolist(),
+        **confident_figures(probs, targets, threshold),
     }
 
 
-def choose_unknown_threshold(probs: np.ndarray, targets: np.ndarray) -> float:
-    """The lowest confidence at which answering gains more right answers than wrong ones."""
+CONFIDENT_PRECISION = 0.90
+
+
+def choose_unknown_threshold(probs: np.ndarray, targets: np.ndarray, precision: float = CONFIDENT_PRECISION) -> float:
+    """The lowest confidence whose answers (every photo at or above it) were right ``precision`` of the time.
+
+    Of the thresholds that reach the precision, the one answering the most photos; when none does, a
+    threshold above every confidence seen (the model is never sure until a better one is trained).
+    """
     if len(targets) == 0:
-        return 0.0
+        return 1.0
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == np.asarray(targets)
-    order = np.argsort(-confidence)
-    # Answering the i most confident photos scores (right - wrong) among them.
-    gain = np.cumsum(np.where(correct[order], 1, -1))
-    best = int(np.argmax(gain))
-    if gain[best] <= 0:
-        return float(confidence[order[0]]) + 1e-6  # never more right than wrong: always "not sure"
-    return float(confidence[order[best]])
+    order = np.argsort(-confidence, kind="stable")
+    precise = np.cumsum(correct[order]) / np.arange(1, len(order) + 1) >= precision
+    # Only where the next photo is less confident can the answered set stop (ties are answered together).
+    cut = np.append(confidence[order][1:] < confidence[order][:-1], True)
+    usable = np.flatnonzero(precise & cut)
+    if not len(usable):
+        return float(confidence.max()) + 1e-6
+    return float(confidence[order[usable[-1]]])
+
+
+def confident_figures(probs: np.ndarray, targets: np.ndarray, threshold: float) -> dict[str, float]:
+    """Of the photos answered outright (confidence >= threshold): how many, and how many rightly."""
+    answered = probs.max(axis=1) >= threshold if len(targets) else np.zeros(0, bool)
+    right = answered & (probs.argmax(axis=1) == np.asarray(targets)) if len(targets) else answered
+    return {"coverage": float(answered.mean()) if len(targets) else 0.0,
+            "confident_precision": float(right.sum() / answered.sum()) if answered.any() else 0.0}
 
 
 def summary_line(figures: dict) -> str:
-    """The last line of ``mountainid evaluate``: ``top1=0.712 top3=0.904 n=136``."""
-    return f"top1={figures['top1']:.3f} top3={figures['top3']:.3f} n={figures['n']}"
+    """The last line of ``mountainid evaluate``: ``top1=0.712 top3=0.904 n=136 confident_precision=0.92 coverage=0.51``."""
+    return (f"top1={figures['top1']:.3f} top3={figures['top3']:.3f} n={figures['n']} "
+            f"confident_precision={figures['confident_precision']:.3f} coverage={figures['coverage']:.3f}")

@@ -26,6 +26,7 @@ from mountainid.registry import Lease, LeaseHeld, ModelLoadError, Registry, new_
 from mountainid.store import BlobStore, PreconditionFailed
 from mountainid.training import evaluate, plots
 from mountainid.training.dataset import Dataset, Example, build_dataset, list_accepted
+from mountainid.training.duplicates import find_duplicates
 from mountainid.training.features import FeatureExtractor, FeatureSpec, load_features
 from mountainid.training.train import HeadConfig, train_head
 from mountainid.vision import efficientnet_lite
@@ -98,7 +99,9 @@ def train_and_register(settings: Settings, store: BlobStore, bus: EventBus,
 def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig, lease: Lease) -> TrainingResult:
     registry = Registry(store)
     examples = list_accepted(store)
-    dataset = build_dataset(examples, settings.min_photos_per_class)
+    duplicates = find_duplicates(store, settings, examples)
+    suspect = duplicates.suspect_ids  # copies under two mountains: kept out of training and evaluation
+    dataset = build_dataset([e for e in examples if e.photo_id not in suspect], settings.min_photos_per_class)
     extractor = FeatureExtractor(settings, config.features)
     features, usable = load_features(store, [(e.photo_id, e.object_name) for e in dataset.examples],
                                      extractor, settings)
@@ -121,9 +124,9 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
     lease.renew()
     labels = list(dataset.labels)
     val_probs = _probs(head, x_val, len(labels))
-    val = evaluate.metrics(val_probs, y_val, labels)
-    test = evaluate.metrics(_probs(head, x_test, len(labels)), y_test, labels)
     threshold = evaluate.choose_unknown_threshold(val_probs, y_val)
+    val = evaluate.metrics(val_probs, y_val, labels, threshold)
+    test = evaluate.metrics(_probs(head, x_test, len(labels)), y_test, labels, threshold)
 
     version = new_version()
     live = registry.live()
@@ -132,11 +135,13 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
     metrics = {
         "version": version, "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "labels": labels, "names": names, "unknown_threshold": threshold,
-        "test": {k: test[k] for k in ("top1", "top1_interval", "top3", "macro_f1", "n")}, "test_detail": test,
-        "val": {k: val[k] for k in ("top1", "top3", "macro_f1", "n")},
+        "test": {k: test[k] for k in ("top1", "top1_interval", "top3", "macro_f1", "n", "confident_precision",
+                                      "coverage")}, "test_detail": test,
+        "val": {k: val[k] for k in ("top1", "top3", "macro_f1", "n", "confident_precision", "coverage")},
         "train": {"n": len(x_train)}, "accepted_photos": len(examples), "excluded_classes": dataset.excluded,
         "dataset_fingerprint": dataset.fingerprint(), "feature_id": extractor.feature_id, "tier": config.tier,
         "live_at_training": {"version": live[0], "test_top1_same_split": live_top1} if live else None,
+        **duplicates.report(),
     }
     lease.renew()
     registry.write_version(version, {

@@ -96,6 +96,14 @@ def to_model_input(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(cropped, dtype=np.float32)
 
 
+def difference_hash(pixels: np.ndarray) -> str:
+    """A 256-bit perceptual hash (dHash: is each pixel brighter than its left neighbour, on a 17x16 grey
+    thumbnail) as 64 hex digits. Copies of a photo, resized or re-encoded, differ in a few bits only."""
+    grey = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).convert("L")
+    small = np.asarray(grey.resize((17, 16), Image.Resampling.BILINEAR), np.int16)
+    return np.packbits(small[:, 1:] > small[:, :-1]).tobytes().hex()
+
+
 def decode_for_model(data: bytes, size: int, max_pixels: int, max_bytes: int | None = None) -> np.ndarray:
     """Bytes to model input in one call: what the filter, training and web use."""
     return to_model_input(load_image(data, max_pixels, max_bytes, draft_size=size), size)

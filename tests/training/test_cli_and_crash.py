@@ -60,7 +60,8 @@ def test_evaluate_prints_the_summary_line_last(tmp_path, template, photo_dir, we
     args = cli_args("evaluate", [str(photo_dir)])
     assert args.func(args, settings) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    match = re.fullmatch(r"top1=(\d\.\d{3}) top3=(\d\.\d{3}) n=(\d+)", lines[-1])
+    match = re.fullmatch(r"top1=(\d\.\d{3}) top3=(\d\.\d{3}) n=(\d+) confident_precision=(\d\.\d{3}) "
+                         r"coverage=(\d\.\d{3})", lines[-1])
     assert match, lines[-1]
     assert int(match[3]) == sum(1 for _ in photo_dir.rglob("*.jpg"))
     assert 0.5 < float(match[1]) <= float(match[2]) <= 1.0  # mostly photos it trained on: well above chance

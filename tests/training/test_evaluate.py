@@ -1,0 +1,38 @@
+"""The "sure" threshold is chosen on validation for precision, and the figures it implies."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mountainid.training.evaluate import choose_unknown_threshold, confident_figures, metrics, summary_line
+
+
+def probs_of(confidences: list[float], correct: list[bool]) -> tuple[np.ndarray, np.ndarray]:
+    """Two-class probabilities whose top class has the given confidence; the target matches it or not."""
+    probs = np.array([[c, 1 - c] for c in confidences])
+    return probs, np.array([0 if ok else 1 for ok in correct])
+
+
+def test_threshold_answers_the_most_photos_at_90_percent_precision() -> None:
+    # Sorted by confidence: 10 right, then a wrong one (10/11 = 0.91), a right one, then wrong ones.
+    confidences = [0.99 - 0.01 * i for i in range(16)]
+    correct = [True] * 10 + [False, True, False, False, True, False]
+    probs, targets = probs_of(confidences, correct)
+    threshold = choose_unknown_threshold(probs, targets)
+    assert threshold == confidences[11]  # 11 right of the 12 most confident: 0.917; 11 of 13 would be 0.846
+    figures = confident_figures(probs, targets, threshold)
+    assert figures == {"coverage": 12 / 16, "confident_precision": 11 / 12}
+
+
+def test_ties_are_answered_together_and_an_unreachable_precision_answers_nothing() -> None:
+    probs, targets = probs_of([0.9] * 4 + [0.8] * 2, [True, True, True, False, True, True])
+    assert choose_unknown_threshold(probs, targets, precision=0.8) == 0.8  # 5/6 with both ties in
+    assert choose_unknown_threshold(probs, targets, precision=0.9) > 0.9  # 3/4 and 5/6 both fall short
+    never = choose_unknown_threshold(probs, targets, precision=0.9)
+    assert confident_figures(probs, targets, never) == {"coverage": 0.0, "confident_precision": 0.0}
+
+
+def test_summary_line_carries_the_confident_figures() -> None:
+    probs, targets = probs_of([0.95, 0.9, 0.6, 0.55], [True, True, False, True])
+    figures = metrics(probs, targets, ["a", "b"], threshold=0.9)
+    assert summary_line(figures) == "top1=0.750 top3=1.000 n=4 confident_precision=1.000 coverage=0.500"
