@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, url_for
 
+from mountainid.training.progress import current as training_progress
 from web.answer import NoModel, identify
 from web.context import services
 from web.pages import MODEL_PLOTS, mountain_list
@@ -28,6 +29,7 @@ def model() -> Response:
     info = predictor.info
     return jsonify({
         "version": predictor.version,
+        "training": training_progress(services().store),
         "created": info.get("created"),
         "labels": predictor.labels,
         "mountains": mountain_list(predictor.labels),

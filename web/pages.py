@@ -7,6 +7,7 @@ import re
 from flask import Blueprint, Response, abort, render_template, request
 
 from mountainid.store import NotFound
+from mountainid.training.progress import current as training_progress
 from web.answer import identify
 from web.context import services
 
@@ -45,7 +46,7 @@ def model_page() -> str:
     predictor = services().holder.predictor
     mountains = mountain_list(predictor.labels) if predictor else []
     return render_template("model.html", predictor=predictor, info=predictor.info if predictor else {},
-                           mountains=mountains)
+                           mountains=mountains, training=training_progress(services().store))
 
 
 @bp.get("/api")

@@ -28,6 +28,7 @@ from mountainid.training import evaluate, plots
 from mountainid.training.dataset import Dataset, Example, build_dataset, list_accepted
 from mountainid.training.duplicates import find_duplicates
 from mountainid.training.features import FeatureExtractor, FeatureSpec, load_features
+from mountainid.training.progress import Progress
 from mountainid.training.train import HeadConfig, train_head
 from mountainid.vision import efficientnet_lite
 
@@ -88,15 +89,19 @@ def train_and_register(settings: Settings, store: BlobStore, bus: EventBus,
     except LeaseHeld as held:
         event(log, "training skipped: another run holds the lease", holder=held.owner)
         return TrainingResult("lease-held")
+    progress = Progress(store, config.tier)
+    progress.report("started")
     try:
-        result = _run(settings, store, bus, config, lease)
+        result = _run(settings, store, bus, config, lease, progress)
     finally:
         lease.release()
+        progress.report("finished")
     result.seconds = round(time.perf_counter() - started, 1)
     return result
 
 
-def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig, lease: Lease) -> TrainingResult:
+def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig, lease: Lease,
+         progress: Progress) -> TrainingResult:
     registry = Registry(store)
     examples = list_accepted(store)
     duplicates = find_duplicates(store, settings, examples)
@@ -120,7 +125,9 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = arrays("train"), arrays("val"), arrays("test")
     if config.head.augment_views:
         x_train, y_train = _augmented(store, settings, extractor, parts["train"], y_train, config.head.augment_views)
-    head, history = train_head(x_train, y_train, x_val, y_val, len(dataset.labels), config.head, extractor)
+    progress.report("features ready", photos=len(kept), training_examples=len(x_train))
+    head, history = train_head(x_train, y_train, x_val, y_val, len(dataset.labels), config.head, extractor,
+                               progress.epoch)
     lease.renew()
     labels = list(dataset.labels)
     val_probs = _probs(head, x_val, len(labels))

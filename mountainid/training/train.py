@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -102,8 +103,11 @@ def _top_blocks(inputs, extractor: FeatureExtractor):
     return x
 
 
-def _epoch_logger(epochs: int):
-    """A callback logging one line per epoch (loss, validation accuracy, ETA): a fine-tune takes minutes."""
+def _epoch_logger(epochs: int, on_epoch: Callable[[int, int, float], None] | None):
+    """A callback logging one line per epoch (loss, validation accuracy, ETA): a fine-tune takes minutes.
+
+    ``on_epoch(epoch, epochs, eta_s)`` is told too (the run's progress report for the site).
+    """
     import keras
 
     class EpochLog(keras.callbacks.Callback):
@@ -113,9 +117,12 @@ def _epoch_logger(epochs: int):
         def on_epoch_end(self, epoch: int, logs=None) -> None:
             logs = logs or {}
             elapsed = time.perf_counter() - self.started
+            eta = elapsed / (epoch + 1) * (epochs - epoch - 1)
             event(log, "epoch finished", epoch=epoch + 1, epochs=epochs, loss=round(float(logs["loss"]), 4),
                   val_accuracy=round(float(logs["val_accuracy"]), 4) if "val_accuracy" in logs else None,
-                  seconds=round(elapsed, 1), eta_s=round(elapsed / (epoch + 1) * (epochs - epoch - 1)))
+                  seconds=round(elapsed, 1), eta_s=round(eta))
+            if on_epoch:
+                on_epoch(epoch + 1, epochs, eta)
 
     return EpochLog()
 
@@ -132,7 +139,8 @@ def _optimizer(config: HeadConfig, steps: int):
 
 
 def train_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-               classes: int, config: HeadConfig, extractor: FeatureExtractor):
+               classes: int, config: HeadConfig, extractor: FeatureExtractor,
+               on_epoch: Callable[[int, int, float], None] | None = None):
     """Fit a head; returns (the model, history dict).
 
     Without ``one_cycle`` the weights of the best validation loss are kept (early stopping); with it
@@ -147,7 +155,7 @@ def train_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
     has_val = len(x_val) > 0
-    callbacks = [_epoch_logger(config.epochs)]
+    callbacks = [_epoch_logger(config.epochs, on_epoch)]
     if has_val and not config.one_cycle:
         callbacks.append(keras.callbacks.EarlyStopping("val_loss", patience=config.patience,
                                                        restore_best_weights=True))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +18,10 @@ from mountainid.store import LocalBlobStore
 from mountainid.training.dataset import list_accepted
 from mountainid.training.features import FeatureExtractor, FeatureSpec, load_features
 from mountainid.training.job import maybe_train, train_and_register
+from mountainid.training.progress import PROGRESS, STALE_S, Progress, current
 from mountainid.vision import efficientnet_lite
 from tests.training.conftest import FAST, TINY_FINE_TUNE, copy_objects
+from web import create_app
 
 
 @pytest.fixture()
@@ -85,3 +89,18 @@ def test_features_of_two_backbone_versions_never_share_a_cache_entry(local: Loca
     load_features(local, photos, altered, settings)
     assert len(local.list_names(f"embeddings/{altered.feature_id}/")) == 3  # computed, not read across
     assert {b.name: b.generation for b in local.list(f"embeddings/{original.feature_id}/")} == before
+
+
+def test_a_running_fine_tune_shows_its_progress_on_the_site(local: LocalBlobStore, settings) -> None:
+    train_and_register(settings, local, InProcessBus(), FAST)
+    assert current(local) is None  # the finished run's last report is not shown
+    progress = Progress(local, "finetune")
+    progress.epoch(3, 14, eta_s=600)
+    client = create_app(settings, store=local).test_client()
+    assert client.get("/api/v1/model").get_json()["training"]["epoch"] == 3
+    page = client.get("/model").get_data(as_text=True)
+    assert "A new model is training" in page and "epoch 3 of 14, about 10 min left" in page
+    body = json.loads(local.get(PROGRESS))
+    local.put(PROGRESS, json.dumps({**body, "updated": time.time() - STALE_S - 1}).encode())
+    assert current(local) is None  # a run that stopped reporting died: nothing is shown
+    assert "A new model is training" not in client.get("/model").get_data(as_text=True)
