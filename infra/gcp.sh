@@ -325,7 +325,7 @@ deploy_training() {
   fi
   run gcloud "${track[@]}" run jobs deploy "$TRAINING_JOB" --image="$IMAGE_TRAINING" \
     --region="$REGION" --project="$PROJECT" --service-account="$(sa_email training)" \
-    --tasks=1 --parallelism=1 --max-retries=1 --task-timeout=3600s "${size[@]}" \
+    --tasks=1 --parallelism=1 --max-retries=1 --task-timeout=3600s "${size[@]}" --args=--tier,finetune \
     "$(env_vars_flag MOUNTAINID_WEIGHTS=imagenet MOUNTAINID_EVENTS=pubsub \
       "MOUNTAINID_TOPIC_MODEL_PUBLISHED=$TOPIC_MODEL_PUBLISHED" MOUNTAINID_CATALOG \
       MOUNTAINID_MIN_PHOTOS_PER_CLASS MOUNTAINID_RETRAIN_MIN_NEW_PHOTOS MOUNTAINID_MAX_IMAGE_PIXELS \
