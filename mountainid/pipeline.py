@@ -183,6 +183,8 @@ def _serve(pipeline: EmbeddedPipeline, settings: Settings, args: argparse.Namesp
             time.sleep(args.every * 60 if args.every > 0 else 3600)
             if args.every > 0:
                 pipeline.cycle(args.photos_per_run)
+                if args.fine_tune:
+                    pipeline.fine_tune()  # trains only when enough new photos arrived since the last one
     except KeyboardInterrupt:
         server.stop()
     return 0

@@ -10,6 +10,7 @@ import pytest
 
 from mountainid.predict import Predictor
 from mountainid.store import LocalBlobStore
+from tests.web.conftest import web_settings
 from web import create_app
 
 CHROMIUM = "/usr/bin/chromium"
@@ -95,3 +96,64 @@ def test_drag_and_drop_and_a_bad_file(page, street_photo: Path) -> None:
     assert "We could not use that file" in error.inner_text()
     # The 400 itself is logged by Chromium as a failed resource; nothing else may be.
     assert [p for p in problems if "400" not in p] == []
+
+
+@pytest.mark.parametrize("width", [360, 390, 414])
+def test_at_phone_width_nothing_overflows_and_no_broken_preview_shows(browser, serve, app, width) -> None:
+    server = serve(app)
+    context = browser.new_context(viewport={"width": width, "height": 800}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    try:
+        for path in ("/", "/model", "/api"):
+            page.goto(server.url + path)
+            overflow = page.evaluate("() => document.documentElement.scrollWidth")
+            assert overflow <= width, f"{path} is {overflow} px wide at {width} px"
+            links = page.locator(".nav a")
+            for index in range(links.count()):  # every header link fully on screen
+                box = links.nth(index).bounding_box()
+                assert box and box["x"] >= 0 and box["x"] + box["width"] <= width, (path, box)
+        page.goto(server.url + "/")
+        assert not page.locator("#preview").is_visible()  # no empty image before a photo is chosen
+    finally:
+        context.close()
+
+
+def test_one_photo_is_sent_once_even_if_identify_is_clicked(page, k2_heldout: Path) -> None:
+    page, problems = page
+    posts: list[str] = []
+    page.on("request", lambda request: posts.append(request.url) if request.method == "POST" else None)
+    page.set_input_files("#photo", str(k2_heldout))
+    page.locator("#answer").wait_for()
+    page.click("#submit")
+    page.wait_for_function("() => !document.querySelector('#upload-form').classList.contains('busy')")
+    assert len(posts) == 1, posts
+    assert problems == []
+
+
+def test_not_a_mountain_shows_the_guesses_muted(page, street_photo: Path) -> None:
+    page, _ = page
+    page.set_input_files("#photo", str(street_photo))
+    page.locator('#answer[data-verdict="not-a-mountain"]').wait_for()
+    opacity = page.evaluate("() => getComputedStyle(document.querySelector('.guesses')).opacity")
+    assert float(opacity) < 1
+    assert "not an answer" in page.locator("#answer header").inner_text()
+
+
+def test_the_page_without_a_model_switches_itself_on_when_one_is_published(browser, serve, weights_path,
+                                                                            empty_bucket: Path,
+                                                                            trained_bucket: Path) -> None:
+    settings = web_settings(weights_path, empty_bucket)
+    store = LocalBlobStore(empty_bucket)
+    server = serve(create_app(settings, store))
+    page = browser.new_page()
+    try:
+        page.goto(server.url + "/")
+        assert page.locator("#no-model").is_visible() and page.locator("#submit").is_disabled()
+        for name in LocalBlobStore(trained_bucket).list_names("models/"):  # the training job publishes
+            if not name.endswith("LATEST"):
+                store.put(name, LocalBlobStore(trained_bucket).get(name))
+        store.put("models/LATEST", LocalBlobStore(trained_bucket).get("models/LATEST"))
+        page.locator("#submit:not([disabled])").wait_for(timeout=60_000)  # the page polls the API by itself
+        assert page.locator("#no-model").count() == 0 and page.locator("#photo").is_enabled()
+    finally:
+        page.close()

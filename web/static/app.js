@@ -11,6 +11,7 @@
   const result = document.getElementById("result");
   const maxBytes = Number(form.dataset.maxBytes || 0);
   let previewUrl = null;
+  let sentFile = null;  // the photo already sent: "Identify" does not send it twice
 
   function showMessage(title, text) {
     const box = document.createElement("div");
@@ -42,6 +43,7 @@
         "The file is " + (file.size / 1e6).toFixed(1) + " MB; the limit is " + Math.round(maxBytes / 1e6) + " MB.");
       return;
     }
+    sentFile = file;
     const body = new FormData();
     body.append("photo", file, "upload");
     form.classList.add("busy");
@@ -74,9 +76,23 @@
   form.addEventListener("submit", function (event) {
     event.preventDefault();
     const file = (picker.files && picker.files[0]) || (camera.files && camera.files[0]);
-    if (file) identify(file);
-    else picker.click();
+    if (!file) picker.click();
+    else if (file !== sentFile) identify(file);
   });
+
+  // No model yet: ask the API every few seconds and switch the page on when one is published.
+  const noModel = document.getElementById("no-model");
+  if (noModel) {
+    const timer = setInterval(async function () {
+      try {
+        const response = await fetch("/api/v1/model", { headers: { Accept: "application/json" } });
+        if (!response.ok) return;
+        clearInterval(timer);
+        noModel.remove();
+        [picker, camera, document.getElementById("submit")].forEach(function (el) { el.disabled = false; });
+      } catch (err) { /* offline for now: the next tick tries again */ }
+    }, 5000);
+  }
 
   ["dragenter", "dragover"].forEach(function (name) {
     dropzone.addEventListener(name, function (event) {
