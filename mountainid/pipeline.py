@@ -104,7 +104,6 @@ class EmbeddedPipeline:
             event(log, "pipeline cycle finished", **summary)
             return summary
 
-
     def fine_tune(self) -> str:
         """The slow tier (EfficientNet-Lite2), trained while the site serves the fast tier's model.
 

@@ -118,18 +118,39 @@ def build_answer(prediction: Prediction, catalog: Catalog, upload_id: str) -> An
                   photos=photos, upload_id=upload_id)
 
 
-def read_photo() -> bytes:
-    """The uploaded bytes: the multipart field ``photo`` (first non-empty one) or the raw body.
+class UploadError(ValueError):
+    """The request carries no usable file (as opposed to a file that is no usable photo): a 400."""
 
-    The client's file name is never read: only the bytes travel further.
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def read_photo() -> bytes:
+    """The uploaded bytes: the multipart field ``photo`` (first non-empty one), else the only file part
+    under whatever name the client gave it (most send ``file``), or the raw body.
+
+    The client's file name is never read: only the bytes travel further. Raises UploadError naming
+    what is wrong with the request itself.
     """
-    if request.mimetype == "multipart/form-data":
-        for part in request.files.getlist("photo"):
-            data = part.read()
-            if data:
-                return data
-        return b""
-    return request.get_data(cache=False)
+    if request.mimetype != "multipart/form-data":
+        return request.get_data(cache=False)
+    if "boundary" not in request.mimetype_params:
+        raise UploadError("malformed-upload", "malformed upload: a multipart body needs a boundary in its "
+                                              "Content-Type")
+    for part in request.files.getlist("photo"):
+        data = part.read()
+        if data:
+            return data
+    others = [part for name, part in request.files.items(multi=True) if name != "photo"]
+    if len(others) == 1:
+        return others[0].read()
+    if request.files.getlist("photo"):
+        return b""  # the field is there but empty: BadImage("empty") says so
+    if not request.files and not request.form and (request.content_length or 0) > 0:
+        raise UploadError("malformed-upload", "malformed upload: the multipart body could not be read")
+    names = ", ".join(sorted({name for name, _ in request.files.items(multi=True)})) or "none"
+    raise UploadError("no-file", f"no file in field 'photo' (file fields sent: {names})")
 
 
 def identify() -> Answer:

@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntit
 
 from mountainid.logs import event
 from mountainid.vision.image import BadImage
-from web.answer import NoModel
+from web.answer import NoModel, UploadError
 from web.context import services
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,13 @@ def add_security_headers(response: Response) -> Response:
     return response
 
 
+JSON_PATHS = ("/api/", "/admin/", "/health")
+
+
 def wants_json() -> bool:
-    """API, health and admin routes answer JSON; the pages answer HTML."""
-    return request.blueprint in ("api", "admin") or request.path.startswith("/api/")
+    """API, health and admin routes answer JSON; the pages answer HTML. By path too: a request whose
+    method does not match (405) never reaches a blueprint."""
+    return request.blueprint in ("api", "admin") or request.path.startswith(JSON_PATHS)
 
 
 def error_response(status: int, reason: str, message: str) -> Response:
@@ -69,8 +73,18 @@ def install_security(app: Flask) -> None:
     def no_model(error: NoModel) -> Response:
         return error_response(503, "no-model", str(error))
 
+    @app.errorhandler(UploadError)
+    def upload_error(error: UploadError) -> Response:
+        event(log, "upload refused", level=logging.INFO, reason=error.reason, detail=str(error))
+        return error_response(400, error.reason, str(error))
+
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(error: RequestEntityTooLarge) -> Response:
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        if request.content_length is not None and request.content_length <= limit:
+            # Werkzeug's form parser also answers 413 past its limit on form parts (max_form_parts).
+            event(log, "upload refused: too many form parts", length=request.content_length)
+            return error_response(413, "too-many-form-parts", "too many form parts: send the photo alone")
         limit_mb = services().settings.max_image_bytes / 1e6
         event(log, "upload refused: over the size limit", length=request.content_length)
         return error_response(413, "too-large", f"the upload is larger than the {limit_mb:.0f} MB limit")
@@ -84,4 +98,8 @@ def install_security(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
         reason = (error.name or "error").lower().replace(" ", "-")
-        return error_response(error.code or 500, reason, error.description or reason)
+        response = error_response(error.code or 500, reason, error.description or reason)
+        for name, value in error.get_headers():  # e.g. the Allow header a 405 must carry
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response

@@ -271,9 +271,10 @@ def maybe_train(settings: Settings, store: BlobStore, bus: EventBus,
     """
     registry = Registry(store)
     accepted = len(list_accepted(store))
-    tier_versions = [v for v in registry.versions() if registry.info(v).get("tier", "fast") == config.tier]
-    if tier_versions and registry.live() is not None:
-        seen = int(registry.info(tier_versions[-1]).get("accepted_photos", 0))
+    last = next((v for v in reversed(registry.versions()) if registry.info(v).get("tier", "fast") == config.tier),
+                None)
+    if last and registry.live() is not None:
+        seen = int(registry.info(last).get("accepted_photos", 0))
         if accepted - seen < settings.retrain_min_new_photos:
             event(log, "retraining not due", tier=config.tier, accepted=accepted, at_last_model=seen,
                   threshold=settings.retrain_min_new_photos)

@@ -292,3 +292,34 @@ def test_flickr_credit_is_rendered_with_owner_licence_and_links(app, predictor: 
     assert '<a href="https://www.flickr.com/photos/ada/5312/"' in html and "K2 at dawn" in html
     assert "by Ada Climber" in html
     assert '<a href="https://creativecommons.org/licenses/by/2.0/"' in html and "CC BY 2.0" in html
+
+
+def test_every_request_problem_gets_its_own_4xx(client, k2_heldout: Path) -> None:
+    good = k2_heldout.read_bytes()
+    other_name = client.post("/api/v1/predict", data={"file": (io.BytesIO(good), "k2.jpg")},
+                             content_type="multipart/form-data")
+    assert other_name.status_code == 200  # a single file part under another name is the photo
+    no_file = client.post("/api/v1/predict", data={"caption": "K2"}, content_type="multipart/form-data")
+    assert no_file.status_code == 400 and no_file.get_json()["error"] == "no-file"
+    assert "no file in field 'photo'" in no_file.get_json()["message"]
+    two_files = client.post("/api/v1/predict", data={"a": (io.BytesIO(good), "a.jpg"), "b": (io.BytesIO(good), "b.jpg")},
+                            content_type="multipart/form-data")
+    assert two_files.status_code == 400 and two_files.get_json()["error"] == "no-file"
+    no_boundary = client.post("/api/v1/predict", data=b"--x\r\n\r\n", content_type="multipart/form-data")
+    assert no_boundary.status_code == 400 and no_boundary.get_json()["error"] == "malformed-upload"
+    garbage = client.post("/api/v1/predict", data=b"\x00\x01 not multipart at all" * 10,
+                          content_type="multipart/form-data; boundary=zzz")
+    assert garbage.status_code == 400 and garbage.get_json()["error"] == "malformed-upload"
+    parts = {f"field{i}": "x" for i in range(2000)}
+    many = client.post("/api/v1/predict", data=parts, content_type="multipart/form-data")
+    assert many.status_code == 413 and many.get_json()["error"] == "too-many-form-parts"
+    page = client.post("/", data={"caption": "K2"}, content_type="multipart/form-data")
+    assert page.status_code == 400 and "No file in field" in page.get_data(as_text=True)
+
+
+def test_wrong_methods_answer_405_with_allow_and_json_where_the_api_is(client) -> None:
+    for path, allowed in (("/api/v1/predict", {"POST"}), ("/admin/reload", {"POST"}), ("/api/v1/model", {"GET"})):
+        response = client.delete(path) if "GET" in allowed else client.get(path)
+        assert response.status_code == 405, path
+        assert allowed <= {m.strip() for m in response.headers["Allow"].split(",")}
+        assert response.is_json and response.get_json()["error"] == "method-not-allowed"
