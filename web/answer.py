@@ -135,9 +135,11 @@ def read_photo() -> bytes:
     """
     if request.mimetype != "multipart/form-data":
         return request.get_data(cache=False)
-    if "boundary" not in request.mimetype_params:
+    boundary = request.mimetype_params.get("boundary")
+    if not boundary:
         raise UploadError("malformed-upload", "malformed upload: a multipart body needs a boundary in its "
                                               "Content-Type")
+    raw = request.get_data(cache=True)  # kept, so a body Werkzeug refuses whole can be read part by part
     for part in request.files.getlist("photo"):
         data = part.read()
         if data:
@@ -147,10 +149,31 @@ def read_photo() -> bytes:
         return others[0].read()
     if request.files.getlist("photo"):
         return b""  # the field is there but empty: BadImage("empty") says so
-    if not request.files and not request.form and (request.content_length or 0) > 0:
-        raise UploadError("malformed-upload", "malformed upload: the multipart body could not be read")
+    if not request.files and not request.form and raw:
+        data = _file_part(raw, boundary)
+        if data is None:
+            raise UploadError("malformed-upload", "malformed upload: the multipart body could not be read")
+        return data
     names = ", ".join(sorted({name for name, _ in request.files.items(multi=True)})) or "none"
     raise UploadError("no-file", f"no file in field 'photo' (file fields sent: {names})")
+
+
+def _file_part(raw: bytes, boundary: str) -> bytes | None:
+    """The photo part of a multipart body Werkzeug refused whole (it drops every part when one header,
+    such as a file name, is not UTF-8): headers read as Latin-1, the file name ignored."""
+    photo = other = None
+    for chunk in raw.split(b"--" + boundary.encode("latin-1"))[1:]:
+        if chunk.startswith(b"--"):
+            break
+        head, separator, body = chunk.partition(b"\r\n\r\n")
+        disposition = head.decode("latin-1").lower()
+        if not separator or "filename=" not in disposition:
+            continue
+        if 'name="photo"' in disposition:
+            photo = photo if photo is not None else body.removesuffix(b"\r\n")
+        else:
+            other = other if other is not None else body.removesuffix(b"\r\n")
+    return photo if photo is not None else other
 
 
 def identify() -> Answer:
