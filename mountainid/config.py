@@ -111,6 +111,10 @@ class Settings:
     admin_token: str = ""  # empty disables admin actions                           MOUNTAINID_ADMIN_TOKEN
     store_uploads: bool = False  # opt-in: keep uploads under uploads/              MOUNTAINID_STORE_UPLOADS
     model_poll_s: float = 30.0  #                                                    MOUNTAINID_MODEL_POLL_S
+    # A client must send its whole request body within this time (slow or stalled uploads).
+    body_deadline_s: float = 20.0  #                                                 MOUNTAINID_BODY_DEADLINE_S
+    # Photos decoded and analysed at once; others wait (bounds memory: a 40 Mpx PNG decodes to ~160 MB).
+    max_concurrent_predictions: int = 2  #                                           MOUNTAINID_MAX_CONCURRENT_PREDICTIONS
 
     # Logging: "json" (one JSON object per line, as Cloud Logging parses) or "text". MOUNTAINID_LOG_FORMAT
     log_format: str = "text"
@@ -176,6 +180,8 @@ ENV_NAMES: dict[str, str] = {
     "admin_token": "MOUNTAINID_ADMIN_TOKEN",
     "store_uploads": "MOUNTAINID_STORE_UPLOADS",
     "model_poll_s": "MOUNTAINID_MODEL_POLL_S",
+    "body_deadline_s": "MOUNTAINID_BODY_DEADLINE_S",
+    "max_concurrent_predictions": "MOUNTAINID_MAX_CONCURRENT_PREDICTIONS",
     "log_format": "MOUNTAINID_LOG_FORMAT",
     "log_level": "MOUNTAINID_LOG_LEVEL",
 }

@@ -7,6 +7,7 @@ store and tells it about new models through ``app.extensions["mountainid"].holde
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 from mountainid.config import Settings
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None, store: BlobStore | None = None,
     from mountainid.store import open_store
     from web import admin, api, pages
     from web.context import Services
+    from web.limits import BodyDeadline
     from web.security import install_security
 
     if settings is None:
@@ -53,8 +55,10 @@ def create_app(settings: Settings | None = None, store: BlobStore | None = None,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.debug = False  # never the interactive debugger: it executes code for whoever sees it
-    app.extensions["mountainid"] = Services(settings=settings, store=store, holder=holder,
-                                            catalog=load_catalog(settings.catalog))
+    app.extensions["mountainid"] = Services(
+        settings=settings, store=store, holder=holder, catalog=load_catalog(settings.catalog),
+        prediction_slots=threading.BoundedSemaphore(max(1, settings.max_concurrent_predictions)))
+    app.wsgi_app = BodyDeadline(app.wsgi_app, settings.body_deadline_s)  # type: ignore[method-assign]
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)

@@ -185,7 +185,8 @@ def identify() -> Answer:
     data = read_photo()
     upload_id = new_upload_id()
     started = time.perf_counter()
-    prediction = predictor.predict(data)
+    with svc.prediction_slots:  # decoding is the memory peak: only so many at once
+        prediction = predictor.predict(data)
     stored = store_upload(svc.store, upload_id, data, prediction, svc.settings) if svc.settings.store_uploads else None
     answer = build_answer(prediction, svc.catalog, upload_id)
     best = prediction.guesses[0] if prediction.guesses else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from flask import current_app
@@ -18,6 +19,7 @@ class Services:
     store: BlobStore
     holder: ModelHolder
     catalog: Catalog
+    prediction_slots: threading.BoundedSemaphore  # settings.max_concurrent_predictions
 
 
 def services() -> Services:

@@ -16,6 +16,7 @@ from mountainid.logs import event
 from mountainid.vision.image import BadImage
 from web.answer import NoModel, UploadError
 from web.context import services
+from web.limits import BodyTimeout
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,15 @@ def install_security(app: Flask) -> None:
     @app.errorhandler(NoModel)
     def no_model(error: NoModel) -> Response:
         return error_response(503, "no-model", str(error))
+
+    @app.errorhandler(BodyTimeout)
+    def body_timeout(error: BodyTimeout) -> Response:
+        event(log, "upload refused: the body did not arrive in time", level=logging.WARNING,
+              deadline_s=services().settings.body_deadline_s, length=request.content_length)
+        response = error_response(408, "upload-timeout", f"the upload did not arrive within "
+                                                         f"{services().settings.body_deadline_s:g} s")
+        response.headers["Connection"] = "close"
+        return response
 
     @app.errorhandler(UploadError)
     def upload_error(error: UploadError) -> Response:

@@ -16,7 +16,10 @@ from gunicorn.app.base import BaseApplication
 from werkzeug.serving import BaseWSGIServer, make_server
 
 WORKERS = 1
-THREADS = 8
+# More threads than Cloud Run's concurrency (8): a slow upload holds its thread until the body deadline,
+# and the others must still answer /health and uploads. Predictions themselves run a few at a time
+# (MOUNTAINID_MAX_CONCURRENT_PREDICTIONS), so threads cost little memory.
+THREADS = 32
 # Cloud Run enforces the request timeout; a worker killed mid-load would only slow start-up.
 TIMEOUT_S = 0
 GRACEFUL_TIMEOUT_S = 20

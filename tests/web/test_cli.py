@@ -1,4 +1,5 @@
-"""``mountainid serve`` really serves: gunicorn in its own process, ready once the model is loaded."""
+"""``mountainid serve`` really serves: gunicorn in its own process, ready once the model is loaded,
+and slow or stalled uploads cost a bounded time without blocking anyone else."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
 from tests.conftest import REPO
+
+BODY_DEADLINE_S = 3
 
 
 def free_port() -> int:
@@ -22,12 +26,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_serve_command_answers_on_the_given_port(trained_bucket: Path, weights_path: Path, k2_heldout: Path,
-                                                 tmp_path: Path) -> None:
+@pytest.fixture()
+def served(trained_bucket: Path, weights_path: Path, tmp_path: Path) -> Iterator[str]:
+    """`mountainid serve` on a free port, once /healthz answers 200; stopped (and checked) afterwards."""
     port = free_port()
     env = {**os.environ, "MOUNTAINID_BUCKET": str(trained_bucket), "MOUNTAINID_WEIGHTS": str(weights_path),
-           "MOUNTAINID_CATALOG": "peaks14"}
+           "MOUNTAINID_CATALOG": "peaks14", "MOUNTAINID_BODY_DEADLINE_S": str(BODY_DEADLINE_S)}
     log = (tmp_path / "serve.log").open("wb")
     process = subprocess.Popen([sys.executable, "-m", "mountainid.cli", "serve", "--port", str(port)],
                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -43,11 +47,41 @@ def test_serve_command_answers_on_the_given_port(trained_bucket: Path, weights_p
             except (requests.ConnectionError, requests.Timeout):
                 pass  # not ready yet: gunicorn accepts connections while its worker still loads the model
             time.sleep(0.2)
-        answer = requests.post(f"{url}/api/v1/predict", data=k2_heldout.read_bytes(), timeout=30)
-        assert answer.status_code == 200 and len(answer.json()["guesses"]) == 3
-        assert "gunicorn" in answer.headers.get("Server", "")
+        yield url
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
         log.close()
     assert process.returncode == 0
+
+
+@pytest.mark.slow
+def test_serve_command_answers_on_the_given_port(served: str, k2_heldout: Path) -> None:
+    answer = requests.post(f"{served}/api/v1/predict", data=k2_heldout.read_bytes(), timeout=30)
+    assert answer.status_code == 200 and len(answer.json()["guesses"]) == 3
+    assert "gunicorn" in answer.headers.get("Server", "")
+
+
+@pytest.mark.slow
+def test_stalled_uploads_do_not_block_others_and_end_in_408(served: str, k2_heldout: Path) -> None:
+    port = int(served.rsplit(":", 1)[1])
+    stalled = []
+    for _ in range(16):  # headers and 2 bytes of a declared 1 MB body, then nothing
+        sock = socket.create_connection(("127.0.0.1", port), timeout=BODY_DEADLINE_S + 10)
+        sock.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                     b"Content-Length: 1000000\r\n\r\n\xff\xd8")
+        stalled.append(sock)
+    try:
+        started = time.monotonic()
+        assert requests.get(f"{served}/healthz", timeout=5).status_code == 200
+        answer = requests.post(f"{served}/api/v1/predict", data=k2_heldout.read_bytes(), timeout=5)
+        assert answer.status_code == 200
+        assert time.monotonic() - started < 2.0  # both answered while 16 uploads stall
+        for sock in stalled:  # each stalled upload is answered 408 at the deadline, not held forever
+            reply = sock.recv(4096)
+            assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+            assert b"upload-timeout" in reply or b"upload-timeout" in sock.recv(4096)
+        assert time.monotonic() - started < BODY_DEADLINE_S + 8
+    finally:
+        for sock in stalled:
+            sock.close()
