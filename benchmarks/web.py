@@ -7,8 +7,10 @@ multipart uploads over keep-alive connections.
 Run: ``.venv/bin/python benchmarks/web.py [--bucket DIR] [--requests 80] [--seconds 20] [--starts 3]``.
 Without ``--bucket`` it first trains a small real model (4 peaks x 12 photos) into a temporary
 bucket. Prints the median time to ready over ``--starts`` cold starts, then p50/p95 latency and
-requests/s with 1 and with 4 concurrent clients. Targets (2-core machine): p50 <= 100 ms,
->= 15 requests/s with 4 clients, ready within 15 s.
+requests/s with 1 and with 4 concurrent clients; then the worker's peak memory while 8 clients upload
+worst-case photos (and a normal upload's latency meanwhile), and a normal upload's latency while 16
+uploads stall. Targets (2-core machine): p50 <= 100 ms, >= 15 requests/s with 4 clients, ready within
+15 s, peak RSS <= 1.5 GiB, a normal answer within 1 s beside 16 stalled uploads.
 """
 
 from __future__ import annotations
@@ -121,6 +123,86 @@ def load(url: str, photos: list[bytes], clients: int, per_client: int) -> tuple[
     return statistics.median(ms), ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))], len(ms) / elapsed
 
 
+def worst_case_uploads() -> dict[str, bytes]:
+    """What costs the most memory per request: a PNG that decodes to 6300 x 6300 (39.7 Mpx, just under
+    the 40 Mpx limit) in a few hundred kB, and a JPEG as large as the limits allow."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    side = 6300
+    ramp = np.linspace(0, 255, side, dtype=np.float32)
+    grey = ((ramp[None, :] + ramp[:, None]) / 2).astype(np.uint8)
+    image = Image.fromarray(np.stack([grey, grey[::-1], grey.T], axis=2))
+    png, jpeg = io.BytesIO(), io.BytesIO()
+    image.save(png, format="PNG", optimize=False)
+    image.save(jpeg, format="JPEG", quality=92)
+    return {"png": png.getvalue(), "jpeg": jpeg.getvalue()}
+
+
+def worker_peak_rss_mb(master: subprocess.Popen) -> float:
+    """Peak resident memory (VmHWM) of gunicorn's worker process, in MB."""
+    children = subprocess.run(["pgrep", "-P", str(master.pid)], check=False, capture_output=True,
+                              text=True).stdout.split()
+    peaks = []
+    for pid in children:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peaks.append(int(line.split()[1]) / 1024)
+    return max(peaks, default=float("nan"))
+
+
+def flood(url: str, master: subprocess.Popen, heavy: dict[str, bytes], normal: bytes) -> dict[str, float]:
+    """8 clients uploading the worst-case photos (16 in all) while one client sends normal photos;
+    then 16 stalled uploads (headers and 2 bytes of 1 MB) while one client sends normal photos."""
+    before = worker_peak_rss_mb(master)
+    during: list[float] = []
+    done = threading.Event()
+
+    def normal_client() -> None:
+        with requests.Session() as session:
+            while not done.is_set():
+                started = time.perf_counter()
+                session.post(f"{url}/api/v1/predict", files={"photo": ("n.jpg", normal)}, timeout=120)
+                during.append((time.perf_counter() - started) * 1000)
+
+    def heavy_client(index: int) -> None:
+        with requests.Session() as session:
+            for kind in ("png", "jpeg") if index % 2 else ("jpeg", "png"):
+                session.post(f"{url}/api/v1/predict", files={"photo": ("h", heavy[kind])}, timeout=300)
+
+    watcher = threading.Thread(target=normal_client)
+    watcher.start()
+    heavies = [threading.Thread(target=heavy_client, args=(i,)) for i in range(8)]
+    for thread in heavies:
+        thread.start()
+    for thread in heavies:
+        thread.join()
+    done.set()
+    watcher.join()
+    peak = worker_peak_rss_mb(master)
+    ms = sorted(during)
+    stalled = []
+    port = int(url.rsplit(":", 1)[1])
+    for _ in range(16):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                     b"Content-Length: 1000000\r\n\r\n\xff\xd8")
+        stalled.append(sock)
+    stalled_ms = []
+    with requests.Session() as session:
+        for _ in range(5):
+            started = time.perf_counter()
+            session.post(f"{url}/api/v1/predict", files={"photo": ("n.jpg", normal)}, timeout=60)
+            stalled_ms.append((time.perf_counter() - started) * 1000)
+    for sock in stalled:
+        sock.close()
+    return {"rss_before_mb": before, "rss_peak_mb": peak, "normal_p50_ms": statistics.median(ms),
+            "normal_p95_ms": ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))], "normal_n": len(ms),
+            "stalled_max_ms": max(stalled_ms)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bucket", type=Path, help="a local bucket with a live model (default: train one)")
@@ -147,6 +229,8 @@ def main() -> None:
         try:
             load(url, photos, 1, 10)  # warm-up: first requests pay for lazy initialisation
             results = {n: load(url, photos, n, max(1, args.requests // n)) for n in (1, 4)}
+            heavy = worst_case_uploads()
+            hostile = flood(url, process, heavy, photos[0])
         finally:
             stop_server(process)
 
@@ -154,6 +238,13 @@ def main() -> None:
           f"over {len(ready)} starts {[round(s, 1) for s in ready]}  (target <= 15 s)")
     for n, (p50, p95, rate) in results.items():
         print(f"{n} client{'s' if n > 1 else ' '}: p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  {rate:5.1f} requests/s")
+    print(f"8 clients uploading worst-case photos ({len(heavy['png']) / 1e3:.0f} kB PNG of 6300x6300, "
+          f"{len(heavy['jpeg']) / 1e6:.1f} MB JPEG of 6300x6300; 16 uploads): worker peak RSS "
+          f"{hostile['rss_peak_mb']:.0f} MB (before {hostile['rss_before_mb']:.0f} MB; target <= 1536 MB); "
+          f"a normal upload meanwhile p50 {hostile['normal_p50_ms']:.0f} ms, p95 {hostile['normal_p95_ms']:.0f} ms "
+          f"(n={hostile['normal_n']})")
+    print(f"16 stalled uploads open: a normal upload answers in at most {hostile['stalled_max_ms']:.0f} ms "
+          f"(5 tries; target <= 1000 ms)")
     p50_one, _, _ = results[1]
     print(f"targets: p50 <= 100 ms: {'met' if p50_one <= 100 else 'MISSED'} ({p50_one:.0f} ms, 1 client); "
           f">= 15 req/s with 4 clients: {'met' if results[4][2] >= 15 else 'MISSED'} ({results[4][2]:.1f}); "
