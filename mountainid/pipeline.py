@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import shlex
+import socket
 import threading
 import time
 from contextlib import ExitStack
@@ -144,7 +145,19 @@ def _fine_tune_config(flags: str) -> JobConfig:
     return job_config(parser.parse_args(["--tier", "finetune", *shlex.split(flags)]))
 
 
+def _check_port_free(port: int) -> None:
+    """Fail before minutes of ingest and training, not after them, when the site could not start."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            raise ConfigError(f"port {port} is not free ({error.strerror}): stop what uses it, or pass --port N "
+                              "(or set PORT)") from None
+
+
 def _command(args: argparse.Namespace, settings: Settings) -> int:
+    if not args.no_serve:
+        _check_port_free(args.port or settings.port)
     with ExitStack() as stack:
         catalog = load_catalog(settings.catalog)
         if args.fake_flickr is not None:

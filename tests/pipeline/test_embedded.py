@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -128,3 +129,25 @@ def test_the_site_serves_the_fast_tier_at_once_then_swaps_to_the_fine_tune(setti
     finally:
         server.stop()
         app.extensions["mountainid"].holder.stop()
+
+
+def test_a_busy_port_is_reported_before_anything_runs(make_settings, tmp_path: Path, capsys,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from mountainid import cli
+    from mountainid.config import get_settings
+
+    settings = make_settings()
+    monkeypatch.setenv("MOUNTAINID_BUCKET", str(settings.local_root))
+    monkeypatch.setenv("MOUNTAINID_WEIGHTS", settings.weights)
+    get_settings.cache_clear()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        assert cli.main(["run", "--port", str(port), "--fake-flickr", str(tmp_path)]) == 2
+    get_settings.cache_clear()
+    assert time.monotonic() - started < 5
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"port {port} is not free" in err[0]
+    assert not settings.local_root.exists()  # nothing was written
