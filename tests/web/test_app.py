@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -332,3 +334,38 @@ def test_a_file_name_that_is_not_utf8_is_ignored_not_fatal(client, k2_heldout: P
     response = client.post("/api/v1/predict", data=body, content_type="multipart/form-data; boundary=zzz")
     assert response.status_code == 200 and len(response.get_json()["guesses"]) == 3
     assert response.get_json() | {"upload_id": ""} == post_photo(client, good).get_json() | {"upload_id": ""}
+
+
+def test_photos_are_decoded_and_analysed_a_bounded_number_at_a_time(weights_path: Path, trained_bucket: Path,
+                                                                     live_holder, monkeypatch) -> None:
+    """Decoding is the memory peak (a 40 Mpx PNG is ~160 MB decoded): 8 at once may not all decode together."""
+    settings = web_settings(weights_path, trained_bucket, MOUNTAINID_MAX_CONCURRENT_PREDICTIONS="2")
+    app = create_app(settings, LocalBlobStore(trained_bucket), live_holder, watch=False)
+    predictor = live_holder.predictor
+    real, lock, in_flight, peak = predictor.predict, threading.Lock(), [0], [0]
+
+    def counted(data: bytes):  # instrumentation around the real prediction: how many run at once
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        try:
+            return real(data)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(predictor, "predict", counted)
+    ramp = np.linspace(0, 255, 3000, dtype=np.float32)
+    buffer = io.BytesIO()
+    Image.fromarray(np.stack([(ramp[None, :] + ramp[:, None]) / 2] * 3, axis=2).astype(np.uint8)).save(buffer, "PNG")
+    statuses: list[int] = []
+
+    def upload() -> None:
+        statuses.append(post_photo(app.test_client(), buffer.getvalue()).status_code)
+
+    threads = [threading.Thread(target=upload) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert statuses == [200] * 8 and peak[0] == 2

@@ -61,7 +61,12 @@ def test_no_request_fails_while_models_are_swapped(serve, weights_path: Path, bu
     try:
         wait_for(first)
         broken = publish_copy(store, first, break_model=True)  # must be skipped, first keeps serving
-        time.sleep(2)
+        holder = app.extensions["mountainid"].holder
+        limit = time.monotonic() + 60
+        while broken not in holder.status()["failed_versions"]:  # the watcher tried it and gave up on it
+            assert time.monotonic() < limit, holder.status()
+            time.sleep(0.05)
+        wait_for(first)  # ... while every client kept getting answers from the first
         second = publish_copy(store, first)
         wait_for(second)
     finally:

@@ -75,8 +75,11 @@ def test_unreadable_latest_keeps_the_model_and_the_watcher_alive(holder: ModelHo
     good = holder.check_now()
     store.put(LATEST, b'{"version": "../../etc"}')
     holder.start()
-    time.sleep(0.3)
-    assert holder.predictor is good and "LATEST" in (holder.status()["last_error"] or "")
+    deadline = time.monotonic() + 30
+    while "LATEST" not in (holder.status()["last_error"] or ""):  # the watcher read the bad pointer
+        assert time.monotonic() < deadline, holder.status()
+        time.sleep(0.05)
+    assert holder.predictor is good
     fixed = publish_copy(store, good.version)
     holder.notify()
     deadline = time.monotonic() + 30
