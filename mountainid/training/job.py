@@ -79,9 +79,10 @@ class TrainingResult:
         return self.status == "promoted"
 
 
-def train_and_register(settings: Settings, store: BlobStore, bus: EventBus,
-                       config: JobConfig = JobConfig()) -> TrainingResult:
-    """Train on everything accepted so far; register the model; promote it if it is not worse."""
+def train_and_register(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig = JobConfig(),
+                       accepted: list[Example] | None = None) -> TrainingResult:
+    """Train on everything accepted so far (``accepted``: the listing the caller already made);
+    register the model; promote it if it is not worse."""
     started = time.perf_counter()
     lease = Lease(store, config.lease_s)
     try:
@@ -92,7 +93,8 @@ def train_and_register(settings: Settings, store: BlobStore, bus: EventBus,
     progress = Progress(store, config.tier)
     progress.report("started")
     try:
-        result = _run(settings, store, bus, config, lease, progress)
+        result = _run(settings, store, bus, config, lease, progress,
+                      list_accepted(store) if accepted is None else accepted)
     finally:
         lease.release()
         progress.report("finished")
@@ -101,9 +103,8 @@ def train_and_register(settings: Settings, store: BlobStore, bus: EventBus,
 
 
 def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig, lease: Lease,
-         progress: Progress) -> TrainingResult:
+         progress: Progress, examples: list[Example]) -> TrainingResult:
     registry = Registry(store)
-    examples = list_accepted(store)
     duplicates = find_duplicates(store, settings, examples)
     suspect = duplicates.suspect_ids  # copies under two mountains: kept out of training and evaluation
     dataset = build_dataset([e for e in examples if e.photo_id not in suspect], settings.min_photos_per_class)
@@ -270,7 +271,8 @@ def maybe_train(settings: Settings, store: BlobStore, bus: EventBus,
     not make every later call retrain on the same photos; each tier keeps its own pace.
     """
     registry = Registry(store)
-    accepted = len(list_accepted(store))
+    examples = list_accepted(store)
+    accepted = len(examples)
     last = next((v for v in reversed(registry.versions()) if registry.info(v).get("tier", "fast") == config.tier),
                 None)
     if last and registry.live() is not None:
@@ -279,4 +281,4 @@ def maybe_train(settings: Settings, store: BlobStore, bus: EventBus,
             event(log, "retraining not due", tier=config.tier, accepted=accepted, at_last_model=seen,
                   threshold=settings.retrain_min_new_photos)
             return None
-    return train_and_register(settings, store, bus, config)
+    return train_and_register(settings, store, bus, config, examples)
