@@ -29,7 +29,7 @@ from pathlib import Path
 import requests
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("MOUNTAINID_SHARED", REPO.parent / "shared"))
+SHARED = Path(os.environ.get("MOUNTAINID_SHARED", REPO.parent / "shared")).resolve()
 WEIGHTS = SHARED / "models" / "imagenet" / "mobilenet_v2_1.0_224_imagenet.weights.h5"
 MOUNTAINS = ("K2", "Mount Everest", "Annapurna", "Nanga Parbat")
 PER_MOUNTAIN = 12
@@ -84,8 +84,8 @@ def start_server(bucket: Path, log: Path) -> tuple[subprocess.Popen, str, float]
         try:
             if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
                 return process, url, time.perf_counter() - started
-        except requests.ConnectionError:
-            pass
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not ready yet: gunicorn accepts connections while its worker still loads the model
         if time.perf_counter() - started > 120:
             process.kill()
             sys.exit(f"the server was not ready after 120 s; its log:\n{log.read_text()[-3000:]}")
