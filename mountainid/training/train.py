@@ -63,7 +63,7 @@ def build_head(dim: int, classes: int, config: HeadConfig, extractor: FeatureExt
     regularizer = None if config.one_cycle else keras.regularizers.l2(config.weight_decay)
     inputs = keras.Input((dim,), name="features")
     spec = extractor.spec
-    if spec.cut and spec.cut_block is not None and spec.backbone == efficientnet_lite.NAME:
+    if spec.cut and spec.backbone == efficientnet_lite.NAME:  # FeatureSpec checked the cut is a block
         x = keras.layers.Reshape(extractor.cut_shape)(inputs)
         x = efficientnet_lite.build_top(x, extractor.weights, spec.cut_block)
     elif spec.cut:
