@@ -86,9 +86,11 @@ def choose_unknown_threshold(probs: np.ndarray, targets: np.ndarray, precision: 
 
 def confident_figures(probs: np.ndarray, targets: np.ndarray, threshold: float) -> dict[str, float]:
     """Of the photos answered outright (confidence >= threshold): how many, and how many rightly."""
-    answered = probs.max(axis=1) >= threshold if len(targets) else np.zeros(0, bool)
-    right = answered & (probs.argmax(axis=1) == np.asarray(targets)) if len(targets) else answered
-    return {"coverage": float(answered.mean()) if len(targets) else 0.0,
+    if not len(targets):
+        return {"coverage": 0.0, "confident_precision": 0.0}
+    answered = probs.max(axis=1) >= threshold
+    right = answered & (probs.argmax(axis=1) == np.asarray(targets))
+    return {"coverage": float(answered.mean()),
             "confident_precision": float(right.sum() / answered.sum()) if answered.any() else 0.0}
 
 

@@ -188,7 +188,6 @@ def keras_weights(path: str) -> dict[str, list[np.ndarray]]:
 
 
 def _block(x, block: Block):
-    import keras
     from keras import layers
 
     prefix = f"block{block.index}_"
@@ -203,7 +202,7 @@ def _block(x, block: Block):
     x = layers.Conv2D(block.filters_out, 1, use_bias=False, name=prefix + "project_conv")(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, name=prefix + "project_bn")(x)
     if block.residual:
-        x = keras.layers.Add(name=prefix + "add")([inputs, x])
+        x = layers.Add(name=prefix + "add")([inputs, x])
     return x
 
 
