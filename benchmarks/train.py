@@ -2,8 +2,10 @@
 
 Prints: wall time from raw photos (folder import through the filter, features, training,
 evaluation, plots, registry), wall time of a retrain from cached features (median of
---repeats), test top-1 (with its 95 % interval) and top-3 on the hash split, and the predictor's
-latency per photo (p50: filter model and classifier). Takes the same flags as ``mountainid train``;
+--repeats), test top-1 (with its 95 % interval) and top-3 on the hash split, of the answer as served
+(classifier fused with keypoint verification) and of the classifier alone, the confident answers'
+precision and coverage, the gallery's memory, and the predictor's latency per photo (p50: filter
+model, classifier, keypoints and verification). Takes the same flags as ``mountainid train``;
 ``--tier fast`` and ``--tier finetune`` score on the same test photos, so their figures compare.
 
     .venv/bin/python benchmarks/train.py [--tier finetune] [--repeats 1] [--confusion-out docs/confusion.png]
@@ -93,6 +95,12 @@ def main() -> None:
               f"top3={first.test['top3']:.3f} macro_f1={first.test['macro_f1']:.3f}")
         print(f"answered outright (threshold {predictor.unknown_threshold:.2f}, chosen on validation): "
               f"coverage={first.test['coverage']:.3f} confident_precision={first.test['confident_precision']:.3f}")
+        gallery = predictor.verifier
+        gain = first.test["top1"] - first.test["classifier_top1"]
+        print(f"verification: fused top1={first.test['top1']:.3f}, classifier alone {first.test['classifier_top1']:.3f} "
+              f"({gain * 100:+.1f} points); fusion weight {predictor.fusion_weight:g} chosen on validation; gallery "
+              f"{len(gallery)} training photos, {gallery.nbytes / 1e6:.0f} MB in memory "
+              f"({gallery.nbytes / max(len(gallery), 1) / 1e3:.0f} kB per photo)")
         named, _, total = others["mountain"]
         _, rejected, streets = others["street"]
         print(f"other mountains (scenes/mountain) named outright as one of the peaks: {named}/{total} "

@@ -2,10 +2,11 @@
 
 Every photo written to ``raw/<slug>/<id>.jpg`` gets exactly one result: a copy under
 ``accepted/<slug>/<id>.jpg`` (the Flickr metadata plus the filter's scores) with its 1280-d
-embedding under ``embeddings/<backbone-id>/<id>.npy``, or a copy under ``rejected/<slug>/<id>.jpg``
-with the reason. Results are written only if absent (``if_generation_match=0``), so an event
-delivered twice or out of order, or two instances racing, still leave one result; the embedding
-is written before the accepted copy, so an accepted photo always has one.
+embedding under ``embeddings/<backbone-id>/<id>.npy`` and its keypoints under
+``localfeatures/<extractor-id>/<id>.npz``, or a copy under ``rejected/<slug>/<id>.jpg`` with the
+reason. Results are written only if absent (``if_generation_match=0``), so an event delivered twice
+or out of order, or two instances racing, still leave one result; the cached features are written
+before the accepted copy, so an accepted photo always has them.
 
 The score is the summed probability of the ImageNet classes in ``TERRAIN_CLASSES``; the classes
 and the threshold (``Settings.filter_threshold``) were chosen on labelled photos
@@ -32,6 +33,7 @@ from mountainid.config import Settings
 from mountainid.events.cloudevents import PUBSUB_PUBLISHED, pubsub_payload
 from mountainid.logs import event
 from mountainid.store import BlobStore, NotFound, PreconditionFailed
+from mountainid.vision import local
 from mountainid.vision.backbone import Backbone
 from mountainid.vision.image import BadImage, decode_for_model, difference_hash
 
@@ -51,7 +53,7 @@ TERRAIN_CLASSES: dict[int, str] = {
 }
 _TERRAIN_INDEX = np.array(sorted(TERRAIN_CLASSES), dtype=np.intp)
 
-RAW, ACCEPTED, REJECTED, EMBEDDINGS = "raw/", "accepted/", "rejected/", "embeddings/"
+RAW, ACCEPTED, REJECTED, EMBEDDINGS, LOCAL_FEATURES = "raw/", "accepted/", "rejected/", "embeddings/", "localfeatures/"
 DHASH = "dhash"  # metadata key: the photo's 256-bit difference hash (hex), as the filter saw it
 TOP_K = 5
 # raw/<slug>/<photo id>.jpg as the ingest writes it (slugify() output, Flickr ids); nothing else is judged.
@@ -130,6 +132,10 @@ def embedding_name(backbone_id: str, photo_id: str) -> str:
     return f"{EMBEDDINGS}{backbone_id}/{photo_id}.npy"
 
 
+def local_features_name(photo_id: str) -> str:
+    return f"{LOCAL_FEATURES}{local.EXTRACTOR_ID}/{photo_id}.npz"
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What handling one object did: accepted, rejected, duplicate, missing or ignored."""
@@ -183,6 +189,7 @@ def judge_photos(store: BlobStore, photos: list[RawPhoto], settings: Settings, b
     verdicts: dict[int, Verdict] = {}
     sources: dict[int, Mapping[str, str]] = {}
     decoded: dict[int, np.ndarray] = {}
+    photo_bytes: dict[int, bytes] = {}
     for index, photo in enumerate(photos):
         info = store.info(photo.name)
         try:
@@ -192,7 +199,7 @@ def judge_photos(store: BlobStore, photos: list[RawPhoto], settings: Settings, b
             if info.size > settings.max_image_bytes:  # do not even download it
                 raise BadImage("too-large", f"the file is {info.size / 1e6:.1f} MB; the limit is "
                                             f"{settings.max_image_bytes / 1e6:.0f} MB")
-            data = store.get(photo.name)
+            data = photo_bytes[index] = store.get(photo.name)
             decoded[index] = decode_for_model(data, backbone.input_size, settings.max_image_pixels,
                                               settings.max_image_bytes)
         except NotFound:
@@ -201,6 +208,7 @@ def judge_photos(store: BlobStore, photos: list[RawPhoto], settings: Settings, b
         except BadImage as error:
             verdicts[index] = bad_image_verdict(error)
     embeddings: dict[int, np.ndarray] = {}
+    keypoints: dict[int, local.LocalFeatures] = {}
     if decoded:
         order = list(decoded)
         probs, vectors = backbone.analyze_batches(np.stack([decoded[i] for i in order]))
@@ -210,25 +218,35 @@ def judge_photos(store: BlobStore, photos: list[RawPhoto], settings: Settings, b
             verdicts[index] = dataclasses.replace(verdict, metadata={**verdict.metadata,
                                                                      DHASH: difference_hash(decoded[index])})
             embeddings[index] = vectors[row]
+            if verdict.accepted:  # only accepted photos are ever matched against
+                try:
+                    keypoints[index] = local.extract_from_bytes(photo_bytes[index], settings.max_image_pixels)
+                except BadImage as error:  # decoded at 224 px but not at 640: kept, verification skips it
+                    event(log, "keypoints not extracted", photo_id=photos[index].photo_id, reason=error.reason,
+                          level=logging.WARNING)
+        photo_bytes.clear()
     for index, verdict in verdicts.items():
-        outcomes[index] = _record(store, photos[index], verdict, embeddings.get(index), sources[index],
-                                  backbone.backbone_id)
+        outcomes[index] = _record(store, photos[index], verdict, embeddings.get(index), keypoints.get(index),
+                                  sources[index], backbone.backbone_id)
     return [outcomes[index] for index in range(len(photos))]
 
 
 def _record(store: BlobStore, photo: RawPhoto, verdict: Verdict, embedding: np.ndarray | None,
-            source_metadata: Mapping[str, str], backbone_id: str) -> Outcome:
-    """Write the one result of a photo (embedding first); losing a race means it is already judged."""
+            keypoints: local.LocalFeatures | None, source_metadata: Mapping[str, str], backbone_id: str) -> Outcome:
+    """Write the one result of a photo (cached features first); losing a race means it is already judged."""
     status = "accepted" if verdict.accepted else "rejected"
     try:
         if verdict.accepted:
             buffer = io.BytesIO()
             np.save(buffer, np.asarray(embedding, np.float32))
-            try:
-                store.put(embedding_name(backbone_id, photo.photo_id), buffer.getvalue(),
-                          content_type="application/octet-stream", if_generation_match=0)
-            except PreconditionFailed:
-                pass  # written by an earlier attempt that stopped before the copy: same photo, same weights
+            cached = [(embedding_name(backbone_id, photo.photo_id), buffer.getvalue())]
+            if keypoints is not None:
+                cached.append((local_features_name(photo.photo_id), keypoints.to_bytes()))
+            for name, data in cached:
+                try:
+                    store.put(name, data, content_type="application/octet-stream", if_generation_match=0)
+                except PreconditionFailed:
+                    pass  # written by an earlier attempt that stopped before the copy: same photo, same result
         target = photo.accepted_name if verdict.accepted else photo.rejected_name
         metadata = {**source_metadata, **verdict.metadata, "backbone": backbone_id}
         store.copy(photo.name, target, metadata=metadata, if_generation_match=0)

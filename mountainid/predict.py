@@ -4,7 +4,9 @@ A :class:`Predictor` is built once per model version and never changes afterward
 service hot-swaps models by replacing one reference while requests keep using the old one.
 One upload costs one pass of the shared 224 px backbone (ImageNet mountain score and the
 gallery embedding) plus, only when the model was trained on richer features, one pass of its
-feature extractor; then the small head and a dot product over the gallery.
+feature extractor; then the small head, and the keypoint verification against the training photos
+(``mountainid.verification``) whose score is fused with the head's probabilities. The best-verified
+training photo and its matched points are the answer's evidence.
 """
 
 from __future__ import annotations
@@ -25,13 +27,18 @@ from mountainid.logs import event
 from mountainid.registry import ModelLoadError, Registry
 from mountainid.store import BlobStore
 from mountainid.training.features import FeatureExtractor, FeatureSpec
+from mountainid.verification import VERIFICATION_FILE, Gallery, Verified, fuse
+from mountainid.vision import local
 from mountainid.vision.backbone import INPUT_SIZE, get_backbone
 from mountainid.vision.image import decode_for_model
+from mountainid.vision.local import LocalFeatures
 
 log = logging.getLogger(__name__)
 
 TOP_K = 3
 SIMILAR = 4
+EVIDENCE_MIN_INLIERS = 15  # fewer agreeing points can be chance (sky, snow texture): no evidence shown
+EVIDENCE_LINES = 40        # matched points drawn, spread over the inliers
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,17 @@ class SimilarPhoto:
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """The training photo of the best guess that matched the upload best, and where the points agree."""
+
+    photo: SimilarPhoto
+    inliers: int
+    matches: list[list[float]]  # [upload x, y, photo x, y], each as a fraction of its image's width/height
+    upload_size: tuple[int, int]
+    photo_size: tuple[int, int]
+
+
+@dataclass(frozen=True)
 class Prediction:
     model_version: str
     is_mountain: bool
@@ -61,6 +79,7 @@ class Prediction:
     guesses: list[Guess]
     sure: bool
     similar: list[SimilarPhoto]
+    evidence: Evidence | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,7 +90,7 @@ class Predictor:
 
     def __init__(self, version: str, labels: list[str], names: dict[str, str], info: dict, head,
                  extractor: FeatureExtractor, gallery: np.ndarray, gallery_rows: list[dict],
-                 settings: Settings) -> None:
+                 verifier: Gallery | None, settings: Settings) -> None:
         import tensorflow as tf
 
         self.version = version
@@ -84,6 +103,9 @@ class Predictor:
         self.settings = settings
         self._gallery = gallery
         self._gallery_rows = gallery_rows
+        self.verifier = verifier  # None for versions trained before verification: the head answers alone
+        self.fusion_weight = float(info.get("fusion_weight", 0.0))
+        self._row_of = {row["photo_id"]: i for i, row in enumerate(gallery_rows)}
         self._gallery_by_slug = {slug: np.array([i for i, row in enumerate(gallery_rows) if row["slug"] == slug],
                                                 np.intp) for slug in labels}
         spec = tf.TensorSpec([None, extractor.dim], tf.float32)
@@ -103,6 +125,8 @@ class Predictor:
             gallery = np.load(io.BytesIO(registry.read(version, "gallery.npz")), allow_pickle=False)["embeddings"]
             gallery_rows = json.loads(registry.read(version, "gallery.json"))
             head = _load_keras(registry.read(version, "model.keras"))
+            verifier = (Gallery.from_bytes(registry.read(version, VERIFICATION_FILE))
+                        if store.exists(registry.path(version, VERIFICATION_FILE)) else None)
             extractor = FeatureExtractor(settings, FeatureSpec.from_dict(config["features"]))
         except ModelLoadError:
             raise
@@ -112,10 +136,10 @@ class Predictor:
             raise ModelLoadError(version, f"trained on features {config['feature_id']} but these weights give "
                                           f"{extractor.feature_id} (check MOUNTAINID_WEIGHTS)")
         predictor = cls(version, list(labels_doc["labels"]), dict(labels_doc["names"]), info, head, extractor,
-                        gallery.astype(np.float32), gallery_rows, settings)
+                        gallery.astype(np.float32), gallery_rows, verifier, settings)
         predictor._probe()
         event(log, "model loaded", version=version, classes=len(predictor.labels),
-              seconds=round(time.perf_counter() - started, 2))
+              verification_photos=len(verifier) if verifier else 0, seconds=round(time.perf_counter() - started, 2))
         return predictor
 
     def _probe(self) -> None:
@@ -145,23 +169,55 @@ class Predictor:
             size = self.extractor.input_size
             features = self.extractor.features(decode_for_model(image_bytes, size, *limits)
                                                if size != INPUT_SIZE else image)
-        probs = self.probabilities(features)[0]
+        keypoints = local.extract_from_bytes(image_bytes, *limits) if self.verifier else None
+        verified = self.verifier.verify(keypoints) if self.verifier and keypoints is not None else []
+        probs = self.probabilities(features)
+        if self.verifier:
+            probs = fuse(probs, self.verifier.scores(verified, len(self.labels))[None], self.fusion_weight)
+        probs = probs[0]
         order = np.argsort(-probs)[:TOP_K]
         guesses = [Guess(self.labels[i], self.names.get(self.labels[i], self.labels[i]), float(probs[i]))
                    for i in order]
         return Prediction(self.version, score >= self.settings.filter_threshold, score, guesses,
                           bool(probs[order[0]] >= self.unknown_threshold),
-                          self._similar(embedding[0], guesses[0].slug))
+                          self._similar(embedding[0], guesses[0].slug),
+                          self._evidence(verified, int(order[0]), keypoints, embedding[0]))
+
+    def verified_probabilities(self, probs: np.ndarray, keypoints: list[LocalFeatures | None]) -> np.ndarray:
+        """The head's probabilities (N, labels) fused with verification, as :meth:`predict` answers."""
+        if self.verifier is None:
+            return probs
+        return fuse(probs, self.verifier.score_many(keypoints, len(self.labels)), self.fusion_weight)
+
+    def _evidence(self, verified: list[Verified], label: int, keypoints: LocalFeatures | None,
+                  embedding: np.ndarray) -> Evidence | None:
+        """The best-verified training photo of the answer, if it agrees on enough points to show."""
+        if self.verifier is None or keypoints is None:
+            return None
+        match = next((v for v in verified if self.verifier.classes[v.row] == label), None)
+        row = self._row_of.get(self.verifier.photo_ids[match.row]) if match else None
+        if match is None or row is None or match.inliers < EVIDENCE_MIN_INLIERS:
+            return None
+        photo_size = (int(self.verifier.sizes[match.row][0]), int(self.verifier.sizes[match.row][1]))
+        spread = match.pairs[np.linspace(0, len(match.pairs) - 1, min(EVIDENCE_LINES, len(match.pairs))).astype(int)]
+        scale = np.array([*keypoints.size, *photo_size], np.float32)
+        return Evidence(self._similar_photo(row, embedding), match.inliers, np.round(spread / scale, 4).tolist(),
+                        keypoints.size, photo_size)
 
     def _similar(self, embedding: np.ndarray, slug: str) -> list[SimilarPhoto]:
         """Training photos of this mountain nearest the upload (cosine similarity)."""
         rows = self._gallery_by_slug.get(slug)
         if rows is None or not len(rows):
             return []
-        query = embedding / max(float(np.linalg.norm(embedding)), 1e-6)
-        similarity = self._gallery[rows] @ query
-        best = np.argsort(-similarity)[:SIMILAR]
-        return [SimilarPhoto(**self._gallery_rows[rows[i]], similarity=float(similarity[i])) for i in best]
+        similarity = self._gallery[rows] @ _unit(embedding)
+        return [self._similar_photo(rows[i], embedding) for i in np.argsort(-similarity)[:SIMILAR]]
+
+    def _similar_photo(self, row: int, embedding: np.ndarray) -> SimilarPhoto:
+        return SimilarPhoto(**self._gallery_rows[row], similarity=float(self._gallery[row] @ _unit(embedding)))
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    return vector / max(float(np.linalg.norm(vector)), 1e-6)
 
 
 def _load_keras(data: bytes):

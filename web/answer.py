@@ -2,11 +2,14 @@
 
 :func:`identify` reads the uploaded photo from the request, runs the live model on it, keeps the
 photo only if the operator opted in, and returns an :class:`Answer`: the prediction plus what
-people need to read it (a verdict, where the best guess is, credited training photos).
+people need to read it (a verdict, where the best guess is, credited training photos, and the
+matched points that show why).
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
 import time
 from dataclasses import dataclass
@@ -16,8 +19,9 @@ from flask import request, url_for
 
 from mountainid.catalog import Catalog, Mountain
 from mountainid.logs import event
-from mountainid.predict import Prediction, SimilarPhoto
+from mountainid.predict import Evidence, Prediction, SimilarPhoto
 from mountainid.serving import new_upload_id, store_upload
+from mountainid.vision.image import load_image
 from web.context import services
 
 log = logging.getLogger(__name__)
@@ -78,6 +82,48 @@ class CreditedPhoto:
                    similarity=photo.similarity)
 
 
+EVIDENCE_HEIGHT = 300.0  # SVG units; both photos are drawn this high, side by side
+EVIDENCE_GAP = 12.0
+THUMBNAIL_SIDE = 480
+
+
+@dataclass(frozen=True)
+class EvidenceView:
+    """The upload and the best-verified training photo side by side, with lines between agreeing points."""
+
+    photo: CreditedPhoto
+    inliers: int
+    upload_url: str  # a data: URL of a small copy (uploads are not stored unless the operator opts in)
+    upload_width: float
+    photo_x: float
+    photo_width: float
+    lines: list[tuple[float, float, float, float]]
+    height: float = EVIDENCE_HEIGHT
+
+    @property
+    def width(self) -> float:
+        return self.photo_x + self.photo_width
+
+    @classmethod
+    def of(cls, evidence: Evidence, upload: bytes, max_pixels: int) -> EvidenceView:
+        (uw, uh), (pw, ph) = evidence.upload_size, evidence.photo_size
+        upload_width, photo_width = EVIDENCE_HEIGHT * uw / uh, EVIDENCE_HEIGHT * pw / ph
+        photo_x = upload_width + EVIDENCE_GAP
+        lines = [(round(qx * upload_width, 1), round(qy * EVIDENCE_HEIGHT, 1), round(photo_x + gx * photo_width, 1),
+                  round(gy * EVIDENCE_HEIGHT, 1)) for qx, qy, gx, gy in evidence.matches]
+        return cls(CreditedPhoto.of(evidence.photo), evidence.inliers, _thumbnail_url(upload, max_pixels),
+                   upload_width, photo_x, photo_width, lines)
+
+
+def _thumbnail_url(data: bytes, max_pixels: int) -> str:
+    """A small JPEG of the upload, upright as the model saw it, inline in the page."""
+    image = load_image(data, max_pixels, draft_size=THUMBNAIL_SIDE)
+    image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 @dataclass(frozen=True)
 class Answer:
     prediction: Prediction
@@ -86,6 +132,7 @@ class Answer:
     location: Mountain | None  # the best guess in the catalog (None if not a mountain or unknown)
     photos: list[CreditedPhoto]
     upload_id: str
+    evidence: EvidenceView | None = None  # only on the page; the API gives the prediction's evidence
 
     def to_json(self) -> dict[str, Any]:
         """The API body: the prediction as the library gives it, plus the reading of it."""
@@ -104,7 +151,9 @@ class Answer:
         }
 
 
-def build_answer(prediction: Prediction, catalog: Catalog, upload_id: str) -> Answer:
+def build_answer(prediction: Prediction, catalog: Catalog, upload_id: str, upload: bytes | None = None,
+                 max_pixels: int = 0) -> Answer:
+    """The reading of a prediction; with the ``upload`` bytes, also the matched-points view for the page."""
     best = prediction.guesses[0] if prediction.guesses else None
     if not prediction.is_mountain:
         verdict, headline = "not-a-mountain", "This does not look like a mountain."
@@ -114,8 +163,11 @@ def build_answer(prediction: Prediction, catalog: Catalog, upload_id: str) -> An
         verdict, headline = "mountain", f"This looks like {best.name}."
     location = catalog.find(best.slug) if best and verdict != "not-a-mountain" else None
     photos = [CreditedPhoto.of(p) for p in prediction.similar] if verdict != "not-a-mountain" else []
+    evidence = None
+    if prediction.evidence is not None and upload is not None and verdict != "not-a-mountain":
+        evidence = EvidenceView.of(prediction.evidence, upload, max_pixels)
     return Answer(prediction=prediction, verdict=verdict, headline=headline, location=location,
-                  photos=photos, upload_id=upload_id)
+                  photos=photos, upload_id=upload_id, evidence=evidence)
 
 
 class UploadError(ValueError):
@@ -176,8 +228,10 @@ def _file_part(raw: bytes, boundary: str) -> bytes | None:
     return photo if photo is not None else other
 
 
-def identify() -> Answer:
-    """Predict on the request's photo with the live model. Raises NoModel or BadImage."""
+def identify(*, page: bool = False) -> Answer:
+    """Predict on the request's photo with the live model. Raises NoModel or BadImage.
+
+    ``page``: also draw the matched-points view (it embeds a small copy of the upload)."""
     svc = services()
     predictor = svc.holder.predictor  # read once: this request finishes on this model
     if predictor is None:
@@ -188,7 +242,7 @@ def identify() -> Answer:
     with svc.prediction_slots:  # decoding is the memory peak: only so many at once
         prediction = predictor.predict(data)
     stored = store_upload(svc.store, upload_id, data, prediction, svc.settings) if svc.settings.store_uploads else None
-    answer = build_answer(prediction, svc.catalog, upload_id)
+    answer = build_answer(prediction, svc.catalog, upload_id, data if page else None, svc.settings.max_image_pixels)
     best = prediction.guesses[0] if prediction.guesses else None
     event(log, "photo identified", photo_id=upload_id, model_version=prediction.model_version,
           verdict=answer.verdict, guess=best.slug if best else None,

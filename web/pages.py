@@ -35,7 +35,7 @@ def home() -> str:
 @bp.post("/")
 def identify_page() -> str:
     """The form's target. ``?fragment=1`` (the page's script) returns only the answer block."""
-    answer = identify()
+    answer = identify(page=True)
     if request.args.get("fragment") == "1":
         return render_template("_result.html", answer=answer)
     return render_template("index.html", answer=answer)

@@ -1,8 +1,8 @@
 """Response headers every answer carries, and the error answers (HTML for people, JSON for the API).
 
 The Content-Security-Policy allows only this origin's own scripts and styles (no inline code, so
-an injected ``<script>`` cannot run), blob: images for the local preview of a chosen photo, and
-no framing. Errors never show a traceback: the detail goes to the log, the client gets a sentence.
+an injected ``<script>`` cannot run), blob: images for the local preview of a chosen photo, data:
+images for the small copy of the upload beside its matched training photo, and no framing. Errors never show a traceback: the detail goes to the log, the client gets a sentence.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from web.limits import BodyTimeout
 
 log = logging.getLogger(__name__)
 
-CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' blob:; style-src 'self'; script-src 'self'; "
+CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
                            "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
                            "frame-ancestors 'none'")
 SECURITY_HEADERS = {

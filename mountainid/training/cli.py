@@ -117,8 +117,10 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from mountainid.training.evaluate import metrics, summary_line
     from mountainid.training.folders import FolderError, labelled_files
     from mountainid.vision.image import BadImage, decode_for_model
+    from mountainid.vision.local import extract_from_bytes
 
     store = open_store(settings)
+    limits = (settings.max_image_pixels, settings.max_image_bytes)
     version = args.model
     if version is None:
         live = Registry(store).live()
@@ -132,16 +134,18 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     except (ModelLoadError, FolderError) as error:
         print(f"mountainid evaluate: {error}")
         return 2
-    images, slugs = [], []
+    images, keypoints, slugs = [], [], []
     for item in files:
         try:
-            images.append(decode_for_model(item.path.read_bytes(), predictor.extractor.input_size,
-                                           settings.max_image_pixels, settings.max_image_bytes))
+            data = item.path.read_bytes()
+            images.append(decode_for_model(data, predictor.extractor.input_size, *limits))
+            keypoints.append(extract_from_bytes(data, *limits) if predictor.verifier else None)
             slugs.append(item.slug)
         except BadImage as error:
             event(log, "photo skipped", path=str(item.path), reason=error.reason, level=logging.WARNING)
     probs = predictor.probabilities(predictor.extractor.features(np.stack(images))) if images else np.zeros(
         (0, len(predictor.labels)))
+    probs = predictor.verified_probabilities(probs, keypoints)  # the answer as served
     # A mountain the model never learnt counts as a miss (its index is past the model's classes).
     labels = predictor.labels + sorted(set(slugs) - set(predictor.labels))
     padded = np.pad(probs, ((0, 0), (0, len(labels) - len(predictor.labels))))

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import logging
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
@@ -21,12 +22,13 @@ import numpy as np
 from PIL import Image
 
 from mountainid.config import Settings
-from mountainid.filter import embedding_name
+from mountainid.filter import embedding_name, local_features_name
 from mountainid.logs import event
 from mountainid.store import BlobStore, NotFound
 from mountainid.vision import efficientnet_lite
 from mountainid.vision.backbone import EMBEDDING_DIM, INPUT_SIZE, Backbone, get_backbone, weights_fingerprint
 from mountainid.vision.image import BadImage, decode_for_model
+from mountainid.vision.local import EXTRACTOR_ID, CorruptFeatures, LocalFeatures, extract_from_bytes
 
 log = logging.getLogger(__name__)
 
@@ -267,3 +269,34 @@ def load_features(store: BlobStore, photos: list[tuple[str, str]], extractor: Fe
     matrix = np.stack([v for v in vectors if v is not None]) if any(usable) else np.zeros((0, extractor.dim),
                                                                                              np.float32)
     return matrix.astype(np.float32), usable
+
+
+def load_local_features(store: BlobStore, photos: list[tuple[str, str]],
+                        settings: Settings) -> list[LocalFeatures | None]:
+    """Keypoints of (photo_id, object_name) pairs from the filter's cache; a missing or corrupt entry is
+    recomputed from the photo and written back (photos accepted before keypoints existed are backfilled).
+    None for a photo that no longer decodes."""
+    def one(photo: tuple[str, str]) -> tuple[LocalFeatures | None, str]:
+        photo_id, object_name = photo
+        name = local_features_name(photo_id)
+        try:
+            return LocalFeatures.from_bytes(store.get(name)), "cached"
+        except NotFound:
+            status = "computed"
+        except CorruptFeatures as error:
+            event(log, "corrupt keypoints recomputed", photo_id=photo_id, error=str(error), level=logging.WARNING)
+            status = "recomputed"
+        try:
+            features = extract_from_bytes(store.get(object_name), settings.max_image_pixels, settings.max_image_bytes)
+        except (BadImage, NotFound) as error:
+            event(log, "photo left out of verification", photo_id=photo_id, object_name=object_name,
+                  reason=getattr(error, "reason", "missing"), level=logging.WARNING)
+            return None, "unusable"
+        store.put(name, features.to_bytes(), content_type="application/octet-stream")
+        return features, status
+
+    with ThreadPoolExecutor(IO_WORKERS) as pool:
+        results = list(pool.map(one, photos))
+    event(log, "keypoints ready", extractor=EXTRACTOR_ID, photos=len(photos),
+          **Counter(status for _, status in results))
+    return [features for features, _ in results]

@@ -1,10 +1,12 @@
-"""One training run: dataset, features, head, evaluation, registry, gated promotion.
+"""One training run: dataset, features, head, verification, evaluation, registry, gated promotion.
 
 Called by the Cloud Run Job (``training_job/main.py``), by ``mountainid train`` and by the
 embedded ``mountainid run`` (:func:`maybe_train`). The run holds the training lease from start
 to finish, writes a complete version folder, and moves ``models/LATEST`` only when the new
 model's test top-1 is at least the live model's on the *same* test photos (the live model is
-re-evaluated on today's test split, which grows with the bucket).
+re-evaluated on today's test split, which grows with the bucket). Every figure is of the answer
+as served: the classifier fused with keypoint verification against the training split
+(``mountainid.verification``), the fusion weight and the confidence threshold chosen on validation.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from mountainid import verification
 from mountainid.catalog import load_catalog
 from mountainid.config import Settings
 from mountainid.events import EventBus
@@ -27,10 +30,12 @@ from mountainid.store import BlobStore, PreconditionFailed
 from mountainid.training import evaluate, plots
 from mountainid.training.dataset import Dataset, Example, build_dataset, list_accepted
 from mountainid.training.duplicates import find_duplicates
-from mountainid.training.features import FeatureExtractor, FeatureSpec, load_features
+from mountainid.training.features import FeatureExtractor, FeatureSpec, load_features, load_local_features
 from mountainid.training.progress import Progress
 from mountainid.training.train import HeadConfig, train_head
+from mountainid.verification import VERIFICATION_FILE, Gallery
 from mountainid.vision import efficientnet_lite
+from mountainid.vision.local import LocalFeatures
 
 log = logging.getLogger(__name__)
 
@@ -131,21 +136,36 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
                                progress.epoch)
     lease.renew()
     labels = list(dataset.labels)
-    val_probs = _probs(head, x_val, len(labels))
-    threshold = evaluate.choose_unknown_threshold(val_probs, y_val)
-    val = evaluate.metrics(val_probs, y_val, labels, threshold)
-    test = evaluate.metrics(_probs(head, x_test, len(labels)), y_test, labels, threshold)
+    progress.report("verifying", photos=len(kept))
+    keypoints = {split: load_local_features(store, [(e.photo_id, e.object_name) for e in parts[split]], settings)
+                 for split in ("train", "val", "test")}
+    usable_train = [(e, k) for e, k in zip(parts["train"], keypoints["train"], strict=True) if k is not None]
+    gallery = Gallery([e.photo_id for e, _ in usable_train], dataset.targets([e for e, _ in usable_train]),
+                      [k for _, k in usable_train])
+    (val_probs, val_scores), (test_probs, test_scores) = (
+        (_probs(head, x, len(labels)), gallery.score_many(keypoints[split], len(labels)))
+        for x, split in ((x_val, "val"), (x_test, "test")))
+    weight = verification.choose_weight(val_probs, val_scores, y_val)  # on validation, never test
+    val_fused, test_fused = verification.fuse(val_probs, val_scores, weight), verification.fuse(test_probs,
+                                                                                                 test_scores, weight)
+    threshold = evaluate.choose_unknown_threshold(val_fused, y_val)
+    val = evaluate.metrics(val_fused, y_val, labels, threshold)
+    test = evaluate.metrics(test_fused, y_test, labels, threshold)
+    for figures, probs, targets in ((val, val_probs, y_val), (test, test_probs, y_test)):
+        figures["classifier_top1"] = evaluate.top_k(probs, targets, 1)  # the gain of verification, stated
 
     version = new_version()
     live = registry.live()
-    live_top1 = _live_top1(registry, live[0], parts["test"], store, settings) if live else None
+    live_top1 = _live_top1(registry, live[0], parts["test"], keypoints["test"], store, settings) if live else None
     names = _names(settings, labels)
     metrics = {
         "version": version, "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "labels": labels, "names": names, "unknown_threshold": threshold,
+        "labels": labels, "names": names, "unknown_threshold": threshold, "fusion_weight": weight,
+        "gallery": {"photos": len(gallery), "keypoints_mb": round(gallery.nbytes / 1e6, 1)},
         "test": {k: test[k] for k in ("top1", "top1_interval", "top3", "macro_f1", "n", "confident_precision",
-                                      "coverage")}, "test_detail": test,
-        "val": {k: val[k] for k in ("top1", "top3", "macro_f1", "n", "confident_precision", "coverage")},
+                                      "coverage", "classifier_top1")}, "test_detail": test,
+        "val": {k: val[k] for k in ("top1", "top3", "macro_f1", "n", "confident_precision", "coverage",
+                                    "classifier_top1")},
         "train": {"n": len(x_train)}, "accepted_photos": len(examples), "excluded_classes": dataset.excluded,
         "dataset_fingerprint": dataset.fingerprint(), "feature_id": extractor.feature_id, "tier": config.tier,
         "live_at_training": {"version": live[0], "test_top1_same_split": live_top1} if live else None,
@@ -163,6 +183,7 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
                                              f"test split: top-1 {test['top1']:.1%}, n={test['n']}"),
         "curves.png": plots.curves_png(history),
         **_gallery_files(store, settings, dataset, parts["train"], extractor),
+        VERIFICATION_FILE: gallery.to_bytes(),
     })
     figures = {"version": version, "test_top1": round(test["top1"], 4), "test_top3": round(test["top3"], 4),
                "test_n": test["n"], "live_version": live[0] if live else None,
@@ -204,8 +225,8 @@ def _probs(head, features: np.ndarray, classes: int) -> np.ndarray:
     return np.asarray(head(features, training=False))
 
 
-def _live_top1(registry: Registry, version: str, test: list[Example], store: BlobStore,
-               settings: Settings) -> float | None:
+def _live_top1(registry: Registry, version: str, test: list[Example], keypoints: list[LocalFeatures | None],
+               store: BlobStore, settings: Settings) -> float | None:
     """The live model's top-1 on today's test photos; None if it cannot be loaded (then it is replaced)."""
     from mountainid.predict import Predictor  # the live model is evaluated exactly as it is served
 
@@ -219,6 +240,7 @@ def _live_top1(registry: Registry, version: str, test: list[Example], store: Blo
         return 0.0
     features, usable = load_features(store, [(e.photo_id, e.object_name) for e in test], live.extractor, settings)
     probs = live.probabilities(features) if len(features) else np.zeros((0, len(live.labels)))
+    probs = live.verified_probabilities(probs, [k for k, ok in zip(keypoints, usable, strict=True) if ok])
     index = {slug: i for i, slug in enumerate(live.labels)}
     predicted = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
     targets = [index.get(e.slug, -1) for e, ok in zip(test, usable, strict=True) if ok]

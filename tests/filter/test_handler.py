@@ -11,10 +11,11 @@ import pytest
 from PIL import Image
 
 from mountainid.config import Settings
-from mountainid.filter import embedding_name, filter_pending, handle_raw_object
+from mountainid.filter import embedding_name, filter_pending, handle_raw_object, local_features_name
 from mountainid.store import BlobStore, LocalBlobStore
 from mountainid.vision.backbone import Backbone
 from mountainid.vision.image import decode_for_model
+from mountainid.vision.local import LocalFeatures, extract_from_bytes
 from tests.concurrency import run_together
 from tests.filter.conftest import as_mode, encode, png_with_header_size
 
@@ -23,6 +24,12 @@ FLICKR = {"owner": "12345@N00", "license": "4", "title": "K2 from Concordia", "u
 
 def _results(store: BlobStore) -> list[str]:
     return [name for name in store.list_names() if not name.startswith("raw/")]
+
+
+def _accepted(backbone: Backbone, photo_id: str) -> list[str]:
+    """Everything accepting photo ``photo_id`` of K2 writes."""
+    return [f"accepted/k2/{photo_id}.jpg", embedding_name(backbone.backbone_id, photo_id),
+            local_features_name(photo_id)]
 
 
 def _embedding(store: BlobStore, backbone: Backbone, photo_id: str) -> np.ndarray:
@@ -47,6 +54,11 @@ def test_mountains_are_accepted_with_scores_metadata_and_embedding(
         # The cached embedding is the one the backbone gives for this photo.
         expected = backbone.analyze(decode_for_model(photo, backbone.input_size, 40_000_000))[1][0]
         np.testing.assert_allclose(_embedding(local_store, backbone, str(index)), expected, rtol=1e-4, atol=1e-4)
+        # So are its keypoints, computed once here for training and verification.
+        keypoints = LocalFeatures.from_bytes(local_store.get(local_features_name(str(index))))
+        again = extract_from_bytes(photo, settings.max_image_pixels)
+        assert len(keypoints) > 100 and keypoints.size == again.size
+        np.testing.assert_array_equal(keypoints.descriptors, again.descriptors)
     assert not local_store.list_names("rejected/")
 
 
@@ -62,6 +74,7 @@ def test_non_mountains_are_rejected_with_their_score(
         assert metadata["reason"] == outcome.reason == f"not-a-mountain score={outcome.score:.2f}"
         assert outcome.score < settings.filter_threshold and metadata["title"] == FLICKR["title"]
     assert not local_store.list_names("accepted/") and not local_store.list_names("embeddings/")
+    assert not local_store.list_names("localfeatures/")  # keypoints only of photos that can be matched
 
 
 def _truncated(photo: bytes) -> bytes:
@@ -129,7 +142,7 @@ def test_the_same_event_twice_leaves_one_result(
     second = handle_raw_object(store, "raw/k2/1.jpg", generation, settings, backbone)
     assert (first.status, second.status) == ("accepted", "duplicate")
     assert store.info("accepted/k2/1.jpg").generation == result_generation
-    assert _results(store) == ["accepted/k2/1.jpg", embedding_name(backbone.backbone_id, "1")]
+    assert _results(store) == _accepted(backbone, "1")
 
 
 def test_out_of_order_generations_leave_one_result(
@@ -141,7 +154,7 @@ def test_out_of_order_generations_leave_one_result(
     new = local_store.put("raw/k2/5.jpg", k2_photos[0])
     assert handle_raw_object(local_store, "raw/k2/5.jpg", new, settings, backbone).status == "accepted"
     assert handle_raw_object(local_store, "raw/k2/5.jpg", old, settings, backbone).status == "duplicate"
-    assert _results(local_store) == ["accepted/k2/5.jpg", embedding_name(backbone.backbone_id, "5")]
+    assert _results(local_store) == _accepted(backbone, "5")
 
 
 def test_concurrent_deliveries_leave_one_result(
@@ -153,7 +166,7 @@ def test_concurrent_deliveries_leave_one_result(
     outcomes = run_together(lambda: handle_raw_object(local_store, "raw/k2/9.jpg", 1, settings, backbone), 4)
     statuses = [outcome.status for outcome in outcomes]
     assert sorted(statuses) == ["accepted", "duplicate", "duplicate", "duplicate"]
-    assert _results(local_store) == ["accepted/k2/9.jpg", embedding_name(backbone.backbone_id, "9")]
+    assert _results(local_store) == _accepted(backbone, "9")
 
 
 def test_a_retry_after_a_crash_between_embedding_and_copy_completes(
@@ -212,8 +225,8 @@ def test_the_filter_never_triggers_itself(
     store = LocalBlobStore(tmp_path / "bucket", on_finalize=on_finalize)
     with caplog.at_level(logging.INFO, logger="mountainid.filter"):
         store.put("raw/k2/1.jpg", k2_photos[0])
-    # The raw write, then (nested inside it) the embedding and the accepted copy, both ignored.
-    assert sorted(seen) == ["accepted", "ignored", "ignored"]
+    # The raw write, then (nested inside it) the embedding, the keypoints and the accepted copy, all ignored.
+    assert sorted(seen) == ["accepted", "ignored", "ignored", "ignored"]
     lines = [r.mountainid_fields for r in caplog.records if r.name == "mountainid.filter"]
     assert sorted(line["outcome"] for line in lines) == sorted(seen)
     assert [line["photo_id"] for line in lines if line["outcome"] == "accepted"] == ["1"]

@@ -84,7 +84,7 @@ def template(photo_dir: Path, session_settings: Settings, tmp_path_factory: pyte
     return store
 
 
-def copy_objects(source: BlobStore, target: BlobStore, prefixes: tuple[str, ...] = ("accepted/", "embeddings/")) -> int:
+def copy_objects(source: BlobStore, target: BlobStore, prefixes: tuple[str, ...] = ("accepted/", "embeddings/", "localfeatures/")) -> int:
     copied = 0
     for prefix in prefixes:
         for blob in source.list(prefix):

@@ -113,4 +113,5 @@ def test_job_killed_during_training_leaves_the_live_model_alone(live_bucket, tie
     assert Predictor.load(store, old, settings).predict(store.get(store.list_names("accepted/")[0])).guesses
     assert store.exists(LEASE)  # a killed run cannot release its lease ...
     time.sleep(3.1)
-    assert train_and_register(settings, store, InProcessBus(), FAST).status == "promoted"  # ... it expires
+    # ... it expires: the next run trains to the end (promoted or kept by the gate, not "lease-held").
+    assert train_and_register(settings, store, InProcessBus(), FAST).status in ("promoted", "kept")

@@ -26,7 +26,7 @@ from tests.training.conftest import FAST
 # Untrained in effect: one epoch at a tiny learning rate leaves the head near its random start.
 WORSE = replace(FAST, head=HeadConfig(epochs=1, learning_rate=1e-7, seed=7))
 VERSION_FILES = {"model.keras", "labels.json", "metrics.json", "confusion.png", "curves.png", "config.json",
-                 "dataset.json", "gallery.npz", "gallery.json", COMPLETE}
+                 "dataset.json", "gallery.npz", "gallery.json", "verification.npz", COMPLETE}
 
 
 def published(bus: InProcessBus, topic: str) -> list[dict]:

@@ -10,6 +10,7 @@ import pytest
 
 from mountainid.predict import Predictor
 from mountainid.store import LocalBlobStore
+from mountainid.vision.image import load_image
 from tests.web.conftest import web_settings
 from web import create_app
 
@@ -71,9 +72,47 @@ def test_upload_k2_then_a_street_photo(page, predictor: Predictor, k2_heldout: P
     page.set_input_files("#photo", str(street_photo))
     page.locator('#answer[data-verdict="not-a-mountain"]').wait_for()
     assert "This does not look like a mountain." in page.locator("#answer h2").inner_text()
-    assert page.locator(".location").count() == 0
+    assert page.locator(".location").count() == 0 and page.locator("#evidence").count() == 0
     page.screenshot(path=str(tmp_path / "street.png"), full_page=True)
     assert problems == []
+
+
+def test_the_answer_shows_why_the_matched_points_between_upload_and_training_photo(
+        page, predictor: Predictor, trained_bucket: Path, tmp_path: Path) -> None:
+    """Another shot of a training photo's view (cropped, smaller): the page draws the two side by side
+    with a line per agreeing point, and credits the training photo."""
+    page, problems = page
+    store = LocalBlobStore(trained_bucket)
+    photo_id = predictor.verifier.photo_ids[0]
+    original = store.get(next(n for n in store.list_names("accepted/") if n.endswith(f"/{photo_id}.jpg")))
+    image = load_image(original, 40_000_000)
+    w, h = image.size
+    upload = tmp_path / "reframed.jpg"
+    image.crop((w // 8, h // 8, w - w // 8, h - h // 8)).resize((w // 2, h // 2)).save(upload, quality=80)
+    expected = predictor.predict(upload.read_bytes()).evidence
+    assert expected is not None and expected.photo.photo_id == photo_id
+
+    page.set_input_files("#photo", str(upload))
+    evidence = page.locator("#evidence")
+    evidence.wait_for()
+    assert int(evidence.get_attribute("data-inliers")) == expected.inliers
+    assert f"{expected.inliers} points agree" in evidence.locator("h3").inner_text()
+    lines = evidence.locator("line")
+    assert lines.count() == len(expected.matches) >= 15
+    # Every line starts on the upload (left) and ends on the training photo (right).
+    upload_width = float(evidence.locator("image.upload").get_attribute("width"))
+    photo_x = float(evidence.locator("image.training").get_attribute("x"))
+    ends = page.evaluate("() => [...document.querySelectorAll('#evidence line')].map(l => "
+                         "[l.x1.baseVal.value, l.x2.baseVal.value])")
+    assert all(x1 <= upload_width <= photo_x <= x2 for x1, x2 in ends)
+    assert evidence.locator("image.upload").get_attribute("href").startswith("data:image/jpeg;base64,")
+    training_url = evidence.locator("image.training").get_attribute("href")
+    assert page.evaluate("async (url) => (await fetch(url)).headers.get('content-type')", training_url) == "image/jpeg"
+    assert evidence.locator(".credit").inner_text().startswith("Right:")
+    box = evidence.locator("svg").bounding_box()
+    assert box["width"] > 300 and box["height"] > 100  # drawn at a readable size
+    page.screenshot(path=str(tmp_path / "evidence.png"), full_page=True)
+    assert problems == []  # no CSP violation: the inline copy of the upload is an allowed data: image
 
 
 def test_drag_and_drop_and_a_bad_file(page, street_photo: Path) -> None:

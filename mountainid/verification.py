@@ -1,0 +1,164 @@
+"""Verification: which training photos show the same mountain face, checked geometrically, fused with the classifier.
+
+Landmark recognition's recipe, sized for a 2-core CPU (figures in ``../shared/RECOGNITION.md``):
+one approximate nearest-neighbour query of the upload's RootSIFT descriptors against an index of
+every gallery photo's descriptors gives both the candidate photos (by votes) and the
+correspondences to verify; a fundamental matrix by MAGSAC per candidate counts the matches that
+agree on one camera geometry (inliers). Pairwise brute-force matching would cost 32 ms per
+candidate; this costs one query plus ~1 ms per candidate.
+
+A mountain's score is the sum of its two best photos' inliers; the fused answer is
+``softmax(log p_classifier + weight * min(score, INLIER_CAP))`` with ``weight`` chosen on the
+validation split (:func:`choose_weight`), never on the test split. The gallery holds the training
+split only, so no evaluated photo can match itself.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mountainid.vision.local import LocalFeatures, rootsift
+
+GALLERY_KEYPOINTS = 1000  # per training photo in the index (0.5 MB each as float32); 600 lost 3 points on val
+NEIGHBOURS = 3            # per upload keypoint; the 4th is the ratio test's "clearly closer than" reference
+RATIO = 0.8               # Lowe's ratio, on distances
+CHECKS = 32               # FLANN leaves visited per query descriptor (64 doubled the time for no gain on val)
+CANDIDATES = 30           # gallery photos verified per upload, by votes
+MIN_MATCHES = 8           # the fewest correspondences a fundamental matrix can be estimated from
+RANSAC_PX = 1.0
+INLIER_CAP = 100          # beyond this many inliers a match is certain; more must not outweigh everything
+WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.4)  # fusion weights tried on validation
+DEFAULT_WEIGHT = 0.1      # the probe's weight, used only when there is no validation photo to choose on
+VERIFICATION_FILE = "verification.npz"  # a model version's gallery keypoints (absent in versions before it)
+
+
+@dataclass(frozen=True)
+class Verified:
+    """One gallery photo that matched the upload, and the correspondences that agree geometrically."""
+
+    row: int
+    inliers: int
+    pairs: np.ndarray  # (inliers, 4) float32: upload x, y, gallery x, y in pixels of their scaled images
+
+
+class Gallery:
+    """The training photos' local features in one approximate nearest-neighbour index (read-only once built)."""
+
+    def __init__(self, photo_ids: Sequence[str], classes: Sequence[int], features: Sequence[LocalFeatures]) -> None:
+        kept = [f.strongest(GALLERY_KEYPOINTS) for f in features]
+        self.photo_ids = list(photo_ids)
+        self.classes = np.asarray(classes, np.int32)
+        self.sizes = np.array([f.size for f in kept], np.int32).reshape(-1, 2)
+        self._offsets = np.cumsum([0] + [len(f) for f in kept])
+        self._points = np.concatenate([f.points for f in kept]) if kept else np.zeros((0, 2), np.float32)
+        self._raw = np.concatenate([f.descriptors for f in kept]) if kept else np.zeros((0, 128), np.uint8)
+        self._owner = np.repeat(np.arange(len(kept), dtype=np.int32), [len(f) for f in kept])
+        self._descriptors = rootsift(self._raw)  # FLANN keeps a pointer to this array: it lives as long as the index
+        self._index = None
+        if len(self._descriptors) > NEIGHBOURS:
+            import cv2
+
+            cv2.setRNGSeed(0)  # the kd-trees are randomised: the same gallery must give the same answers
+            self._index = cv2.flann_Index(self._descriptors, {"algorithm": 1, "trees": 4})  # randomised kd-trees
+        self._lock = threading.Lock()  # one FLANN search at a time: its search is not documented thread-safe
+
+    def __len__(self) -> int:
+        return len(self.photo_ids)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held for the index's data (the kd-trees add about 10 %)."""
+        return sum(a.nbytes for a in (self._points, self._raw, self._owner, self._descriptors))
+
+    def verify(self, query: LocalFeatures) -> list[Verified]:
+        """Gallery photos sharing geometrically consistent keypoints with ``query``, most inliers first."""
+        if self._index is None or len(query) < MIN_MATCHES:
+            return []
+        import cv2
+
+        with self._lock:
+            neighbours, distances = self._index.knnSearch(rootsift(query.descriptors), NEIGHBOURS + 1,
+                                                          params={"checks": CHECKS})
+        close = distances[:, :NEIGHBOURS] < RATIO * RATIO * distances[:, NEIGHBOURS:]  # squared L2
+        query_rows, column = np.nonzero(close)
+        gallery_points = neighbours[query_rows, column]
+        photos = self._owner[gallery_points]
+        # One correspondence per (upload keypoint, gallery photo): the closest, listed first by FLANN.
+        _, first = np.unique(photos.astype(np.int64) * len(query) + query_rows, return_index=True)
+        query_rows, gallery_points, photos = query_rows[first], gallery_points[first], photos[first]
+        votes = np.bincount(photos, minlength=len(self))
+        results = []
+        for photo in np.argsort(-votes, kind="stable")[:CANDIDATES]:
+            if votes[photo] < MIN_MATCHES:
+                break
+            mine = photos == photo
+            a, b = query.points[query_rows[mine]], self._points[gallery_points[mine]]
+            try:
+                _, mask = cv2.findFundamentalMat(a, b, cv2.USAC_MAGSAC, RANSAC_PX, 0.999, 10000)
+            except cv2.error:  # degenerate configurations (all points on a line) have no model
+                continue
+            if mask is None or not mask.any():
+                continue
+            inlier = mask.ravel().astype(bool)
+            results.append(Verified(int(photo), int(inlier.sum()), np.hstack([a[inlier], b[inlier]])))
+        return sorted(results, key=lambda v: -v.inliers)
+
+    def scores(self, verified: Sequence[Verified], classes: int) -> np.ndarray:
+        """Per class: the inliers of its two best-verified photos, summed (one lucky match is not enough)."""
+        best: dict[int, list[int]] = {}
+        for match in verified:  # most inliers first
+            best.setdefault(int(self.classes[match.row]), []).append(match.inliers)
+        scores = np.zeros(classes, np.float32)
+        for label, inliers in best.items():
+            if label < classes:
+                scores[label] = sum(inliers[:2])
+        return scores
+
+    def score_many(self, queries: Sequence[LocalFeatures | None], classes: int) -> np.ndarray:
+        """(N, classes) scores; a photo without local features scores zero everywhere (classifier alone)."""
+        return np.stack([self.scores(self.verify(q), classes) if q is not None else np.zeros(classes, np.float32)
+                         for q in queries]) if len(queries) else np.zeros((0, classes), np.float32)
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, photo_ids=np.array(self.photo_ids, dtype=str), classes=self.classes, sizes=self.sizes,
+                 offsets=self._offsets, points=self._points, descriptors=self._raw)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Gallery:
+        with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+            offsets, points, descriptors = stored["offsets"], stored["points"], stored["descriptors"]
+            features = [LocalFeatures(points[start:end], descriptors[start:end], (int(w), int(h)))
+                        for start, end, (w, h) in zip(offsets[:-1], offsets[1:], stored["sizes"], strict=True)]
+            return cls([str(p) for p in stored["photo_ids"]], stored["classes"], features)
+
+
+def fuse(probs: np.ndarray, scores: np.ndarray, weight: float) -> np.ndarray:
+    """Classifier probabilities (N, C) and verification scores (N, C) -> fused probabilities (N, C)."""
+    logits = np.log(np.clip(probs, 1e-9, 1.0)) + weight * np.minimum(scores, INLIER_CAP)
+    logits -= logits.max(axis=1, keepdims=True)
+    fused = np.exp(logits)
+    return fused / fused.sum(axis=1, keepdims=True)
+
+
+def choose_weight(probs: np.ndarray, scores: np.ndarray, targets: np.ndarray) -> float:
+    """The weight with the best validation top-1; ties go to the better log-likelihood (confidence that
+    means something), then to the smaller weight."""
+    targets = np.asarray(targets, np.int64)
+    if not len(targets):
+        return DEFAULT_WEIGHT
+    best: tuple[float, float] | None = None
+    chosen = WEIGHTS[0]
+    for weight in WEIGHTS:
+        fused = fuse(probs, scores, weight)
+        top1 = float(np.mean(fused.argmax(axis=1) == targets))
+        likelihood = float(np.mean(np.log(np.clip(fused[np.arange(len(targets)), targets], 1e-9, 1.0))))
+        if best is None or (top1, likelihood) > best:
+            best, chosen = (top1, likelihood), weight
+    return chosen
