@@ -9,6 +9,7 @@ model, classifier, keypoints and verification). Takes the same flags as ``mounta
 ``--tier fast`` and ``--tier finetune`` score on the same test photos, so their figures compare.
 
     .venv/bin/python benchmarks/train.py [--tier finetune] [--repeats 1] [--confusion-out docs/confusion.png]
+                                         [--bucket DIR]
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, default=SHARED / "data" / "peaks14")
     parser.add_argument("--repeats", type=int, default=3, help="retrains from cached embeddings")
     parser.add_argument("--confusion-out", type=Path, help="copy the model's confusion matrix PNG here")
+    parser.add_argument("--bucket", type=Path, help="train into this (empty) folder and keep it, e.g. for "
+                                                     "benchmarks/web.py --bucket (default: a temporary one)")
     add_training_flags(parser)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -45,7 +48,7 @@ def main() -> None:
     from mountainid.training.folders import import_folder, labelled_files
     from mountainid.training.job import train_and_register
 
-    bucket = Path(tempfile.mkdtemp(prefix="mountainid-bench-"))
+    bucket = args.bucket or Path(tempfile.mkdtemp(prefix="mountainid-bench-"))
     settings = load_settings({
         "MOUNTAINID_BUCKET": str(bucket), "MOUNTAINID_CATALOG": "peaks14", "MOUNTAINID_LOG_LEVEL": "WARNING",
         "MOUNTAINID_WEIGHTS": os.environ.get("MOUNTAINID_WEIGHTS", str(
@@ -108,7 +111,8 @@ def main() -> None:
         print(f"predict latency: p50 {statistics.median(latencies):.0f} ms, "
               f"max {max(latencies):.0f} ms over {len(latencies)} photos (one request at a time)")
     finally:
-        shutil.rmtree(bucket, ignore_errors=True)
+        if not args.bucket:
+            shutil.rmtree(bucket, ignore_errors=True)
 
 
 if __name__ == "__main__":

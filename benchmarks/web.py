@@ -9,8 +9,10 @@ Without ``--bucket`` it first trains a small real model (4 peaks x 12 photos) in
 bucket. Prints the median time to ready over ``--starts`` cold starts, then p50/p95 latency and
 requests/s with 1 and with 4 concurrent clients; then the worker's peak memory while 8 clients upload
 worst-case photos (and a normal upload's latency meanwhile), and a normal upload's latency while 16
-uploads stall. Targets (2-core machine): p50 <= 100 ms, >= 15 requests/s with 4 clients, ready within
-15 s, peak RSS <= 1.5 GiB, a normal answer within 1 s beside 16 stalled uploads.
+uploads stall. Targets (2-core machine, keypoint verification included): p50 <= 300 ms, >= 6 requests/s
+with 4 clients, ready within 15 s, peak RSS within the 2 GiB the service is deployed with, a normal
+answer within 1 s beside 16 stalled uploads. Pass ``--bucket`` the folder ``benchmarks/train.py
+--bucket`` trained into to measure with the full peaks14 gallery.
 """
 
 from __future__ import annotations
@@ -240,14 +242,14 @@ def main() -> None:
         print(f"{n} client{'s' if n > 1 else ' '}: p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  {rate:5.1f} requests/s")
     print(f"8 clients uploading worst-case photos ({len(heavy['png']) / 1e3:.0f} kB PNG of 6300x6300, "
           f"{len(heavy['jpeg']) / 1e6:.1f} MB JPEG of 6300x6300; 16 uploads): worker peak RSS "
-          f"{hostile['rss_peak_mb']:.0f} MB (before {hostile['rss_before_mb']:.0f} MB; target <= 1536 MB); "
+          f"{hostile['rss_peak_mb']:.0f} MB (before {hostile['rss_before_mb']:.0f} MB; target <= 2048 MB); "
           f"a normal upload meanwhile p50 {hostile['normal_p50_ms']:.0f} ms, p95 {hostile['normal_p95_ms']:.0f} ms "
           f"(n={hostile['normal_n']})")
     print(f"16 stalled uploads open: a normal upload answers in at most {hostile['stalled_max_ms']:.0f} ms "
           f"(5 tries; target <= 1000 ms)")
     p50_one, _, _ = results[1]
-    print(f"targets: p50 <= 100 ms: {'met' if p50_one <= 100 else 'MISSED'} ({p50_one:.0f} ms, 1 client); "
-          f">= 15 req/s with 4 clients: {'met' if results[4][2] >= 15 else 'MISSED'} ({results[4][2]:.1f}); "
+    print(f"targets: p50 <= 300 ms: {'met' if p50_one <= 300 else 'MISSED'} ({p50_one:.0f} ms, 1 client); "
+          f">= 6 req/s with 4 clients: {'met' if results[4][2] >= 6 else 'MISSED'} ({results[4][2]:.1f}); "
           f"ready <= 15 s: {'met' if statistics.median(ready) <= 15 else 'MISSED'}")
 
 
