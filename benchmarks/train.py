@@ -4,8 +4,7 @@ Prints: wall time from raw photos (folder import through the filter, features, t
 evaluation, plots, registry), wall time of a retrain from cached features (median of
 --repeats), test top-1 (with its 95 % interval) and top-3 on the hash split, of the answer as served
 (classifier fused with keypoint verification) and of the classifier alone, the confident answers'
-precision and coverage, the gallery's memory, and the predictor's latency per photo (p50: filter
-model, classifier, keypoints and verification). Takes the same flags as ``mountainid train``;
+precision and coverage, then ``benchmarks/answers.py``'s figures of the answer as served. Takes the same flags as ``mountainid train``;
 ``--tier fast`` and ``--tier finetune`` score on the same test photos, so their figures compare.
 
     .venv/bin/python benchmarks/train.py [--tier finetune] [--repeats 1] [--confusion-out docs/confusion.png]
@@ -21,6 +20,8 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+
+import answers  # benchmarks/answers.py: the answer's figures, shared with this script
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("MOUNTAINID_SHARED", REPO.parent / "shared")).resolve()
@@ -43,9 +44,8 @@ def main() -> None:
     from mountainid.catalog import load_catalog
     from mountainid.config import load_settings
     from mountainid.events import InProcessBus
-    from mountainid.predict import Predictor
     from mountainid.store import LocalBlobStore
-    from mountainid.training.folders import import_folder, labelled_files
+    from mountainid.training.folders import import_folder
     from mountainid.training.job import train_and_register
 
     bucket = args.bucket or Path(tempfile.mkdtemp(prefix="mountainid-bench-"))
@@ -66,20 +66,6 @@ def main() -> None:
             started = time.perf_counter()
             train_and_register(settings, store, bus, config)
             cached.append(time.perf_counter() - started)
-        predictor = Predictor.load(store, first.version, settings)
-        # Mountains the model does not know, and streets: how often does the site name one of its peaks outright?
-        others = {}
-        for scene in ("mountain", "street"):
-            answers = [predictor.predict(path.read_bytes()) for path in sorted((SHARED / "data" / "scenes" / scene).iterdir())]
-            others[scene] = (sum(a.is_mountain and a.sure for a in answers), sum(not a.is_mountain for a in answers),
-                             len(answers))
-        photos = [item.path.read_bytes() for item in labelled_files(args.photos, load_catalog("peaks14"))[::18]]
-        predictor.predict(photos[0])
-        latencies = []
-        for photo in photos:
-            started = time.perf_counter()
-            predictor.predict(photo)
-            latencies.append((time.perf_counter() - started) * 1000)
         if args.confusion_out:
             args.confusion_out.parent.mkdir(parents=True, exist_ok=True)
             args.confusion_out.write_bytes(store.get(f"models/{first.version}/confusion.png"))
@@ -96,20 +82,9 @@ def main() -> None:
         low, high = first.test["top1_interval"]
         print(f"test split: n={first.test['n']} top1={first.test['top1']:.3f} (95% interval {low:.3f}-{high:.3f}) "
               f"top3={first.test['top3']:.3f} macro_f1={first.test['macro_f1']:.3f}")
-        print(f"answered outright (threshold {predictor.unknown_threshold:.2f}, chosen on validation): "
-              f"coverage={first.test['coverage']:.3f} confident_precision={first.test['confident_precision']:.3f}")
-        gallery = predictor.verifier
-        gain = first.test["top1"] - first.test["classifier_top1"]
-        print(f"verification: fused top1={first.test['top1']:.3f}, classifier alone {first.test['classifier_top1']:.3f} "
-              f"({gain * 100:+.1f} points); fusion weight {predictor.fusion_weight:g} chosen on validation; gallery "
-              f"{len(gallery)} training photos, {gallery.nbytes / 1e6:.0f} MB in memory "
-              f"({gallery.nbytes / max(len(gallery), 1) / 1e3:.0f} kB per photo)")
-        named, _, total = others["mountain"]
-        _, rejected, streets = others["street"]
-        print(f"other mountains (scenes/mountain) named outright as one of the peaks: {named}/{total} "
-              f"({named / total:.1%}); street photos answered 'not a mountain': {rejected}/{streets}")
-        print(f"predict latency: p50 {statistics.median(latencies):.0f} ms, "
-              f"max {max(latencies):.0f} ms over {len(latencies)} photos (one request at a time)")
+        print(f"answered outright (threshold from validation): coverage={first.test['coverage']:.3f} "
+              f"confident_precision={first.test['confident_precision']:.3f}")
+        answers.report(store, first.version, settings)
     finally:
         if not args.bucket:
             shutil.rmtree(bucket, ignore_errors=True)

@@ -115,6 +115,9 @@ class Settings:
     body_deadline_s: float = 20.0  #                                                 MOUNTAINID_BODY_DEADLINE_S
     # Photos decoded and analysed at once; others wait (bounds memory: a 40 Mpx PNG decodes to ~160 MB).
     max_concurrent_predictions: int = 2  #                                           MOUNTAINID_MAX_CONCURRENT_PREDICTIONS
+    # The largest keypoint gallery held in memory (0.5 MB a training photo); a bigger one is verified
+    # per request against a shortlist whose keypoints are read from the bucket.
+    gallery_memory_mb: int = 1024  #                                                 MOUNTAINID_GALLERY_MEMORY_MB
 
     # Logging: "json" (one JSON object per line, as Cloud Logging parses) or "text". MOUNTAINID_LOG_FORMAT
     log_format: str = "text"
@@ -182,6 +185,7 @@ ENV_NAMES: dict[str, str] = {
     "model_poll_s": "MOUNTAINID_MODEL_POLL_S",
     "body_deadline_s": "MOUNTAINID_BODY_DEADLINE_S",
     "max_concurrent_predictions": "MOUNTAINID_MAX_CONCURRENT_PREDICTIONS",
+    "gallery_memory_mb": "MOUNTAINID_GALLERY_MEMORY_MB",
     "log_format": "MOUNTAINID_LOG_FORMAT",
     "log_level": "MOUNTAINID_LOG_LEVEL",
 }

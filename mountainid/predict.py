@@ -6,7 +6,9 @@ One upload costs one pass of the shared 224 px backbone (ImageNet mountain score
 gallery embedding) plus, only when the model was trained on richer features, one pass of its
 feature extractor; then the small head, and the keypoint verification against the training photos
 (``mountainid.verification``) whose score is fused with the head's probabilities. The best-verified
-training photo and its matched points are the answer's evidence.
+training photo and its matched points are the answer's evidence. A gallery bigger than
+``Settings.gallery_memory_mb`` is not loaded: each upload is verified against a shortlist (its most
+similar training photos among the likeliest mountains) whose keypoints are read from the bucket.
 """
 
 from __future__ import annotations
@@ -16,22 +18,23 @@ import json
 import logging
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mountainid.config import Settings
-from mountainid.filter import mountain_score
+from mountainid.filter import local_features_name, mountain_score
 from mountainid.logs import event
 from mountainid.registry import ModelLoadError, Registry
-from mountainid.store import BlobStore
+from mountainid.store import BlobStore, NotFound
 from mountainid.training.features import FeatureExtractor, FeatureSpec
 from mountainid.verification import VERIFICATION_FILE, Gallery, Verified, fuse
 from mountainid.vision import local
 from mountainid.vision.backbone import INPUT_SIZE, get_backbone
 from mountainid.vision.image import decode_for_model
-from mountainid.vision.local import LocalFeatures
+from mountainid.vision.local import CorruptFeatures, LocalFeatures
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,8 @@ TOP_K = 3
 SIMILAR = 4
 EVIDENCE_MIN_INLIERS = 15  # fewer agreeing points can be chance (sky, snow texture): no evidence shown
 EVIDENCE_LINES = 40        # matched points drawn, spread over the inliers
+SHORTLIST = 24             # a gallery too big for memory: photos verified per upload (read from the bucket)
+SHORTLIST_CLASSES = 3      # ... the most similar ones among the classifier's likeliest mountains
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,7 @@ class Predictor:
 
     def __init__(self, version: str, labels: list[str], names: dict[str, str], info: dict, head,
                  extractor: FeatureExtractor, gallery: np.ndarray, gallery_rows: list[dict],
-                 verifier: Gallery | None, settings: Settings) -> None:
+                 verifier: Gallery | None, settings: Settings, keypoint_store: BlobStore | None = None) -> None:
         import tensorflow as tf
 
         self.version = version
@@ -103,7 +108,10 @@ class Predictor:
         self.settings = settings
         self._gallery = gallery
         self._gallery_rows = gallery_rows
-        self.verifier = verifier  # None for versions trained before verification: the head answers alone
+        # Verification: the whole gallery in memory, or (keypoint_store) a shortlist read per request;
+        # neither for versions trained before verification, where the head answers alone.
+        self.verifier = verifier
+        self._keypoint_store = keypoint_store
         self.fusion_weight = float(info.get("fusion_weight", 0.0))
         self._row_of = {row["photo_id"]: i for i, row in enumerate(gallery_rows)}
         self._gallery_by_slug = {slug: np.array([i for i, row in enumerate(gallery_rows) if row["slug"] == slug],
@@ -125,8 +133,12 @@ class Predictor:
             gallery = np.load(io.BytesIO(registry.read(version, "gallery.npz")), allow_pickle=False)["embeddings"]
             gallery_rows = json.loads(registry.read(version, "gallery.json"))
             head = _load_keras(registry.read(version, "model.keras"))
-            verifier = (Gallery.from_bytes(registry.read(version, VERIFICATION_FILE))
-                        if store.exists(registry.path(version, VERIFICATION_FILE)) else None)
+            verifier, keypoint_store = None, None
+            if store.exists(registry.path(version, VERIFICATION_FILE)):
+                if info.get("gallery", {}).get("keypoints_mb", 0) <= settings.gallery_memory_mb:
+                    verifier = Gallery.from_bytes(registry.read(version, VERIFICATION_FILE))
+                else:
+                    keypoint_store = store
             extractor = FeatureExtractor(settings, FeatureSpec.from_dict(config["features"]))
         except ModelLoadError:
             raise
@@ -136,10 +148,11 @@ class Predictor:
             raise ModelLoadError(version, f"trained on features {config['feature_id']} but these weights give "
                                           f"{extractor.feature_id} (check MOUNTAINID_WEIGHTS)")
         predictor = cls(version, list(labels_doc["labels"]), dict(labels_doc["names"]), info, head, extractor,
-                        gallery.astype(np.float32), gallery_rows, verifier, settings)
+                        gallery.astype(np.float32), gallery_rows, verifier, settings, keypoint_store)
         predictor._probe()
         event(log, "model loaded", version=version, classes=len(predictor.labels),
-              verification_photos=len(verifier) if verifier else 0, seconds=round(time.perf_counter() - started, 2))
+              verification="in memory" if verifier else "shortlist from the bucket" if keypoint_store else "none",
+              seconds=round(time.perf_counter() - started, 2))
         return predictor
 
     def _probe(self) -> None:
@@ -169,11 +182,12 @@ class Predictor:
             size = self.extractor.input_size
             features = self.extractor.features(decode_for_model(image_bytes, size, *limits)
                                                if size != INPUT_SIZE else image)
-        keypoints = local.extract_from_bytes(image_bytes, *limits) if self.verifier else None
-        verified = self.verifier.verify(keypoints) if self.verifier and keypoints is not None else []
         probs = self.probabilities(features)
-        if self.verifier:
-            probs = fuse(probs, self.verifier.scores(verified, len(self.labels))[None], self.fusion_weight)
+        gallery = self.verifier or (self._shortlist(probs[0], embedding[0]) if self._keypoint_store else None)
+        keypoints = local.extract_from_bytes(image_bytes, *limits) if gallery else None
+        verified = gallery.verify(keypoints) if gallery and keypoints is not None else []
+        if gallery:
+            probs = fuse(probs, gallery.scores(verified, len(self.labels))[None], self.fusion_weight)
         probs = probs[0]
         order = np.argsort(-probs)[:TOP_K]
         guesses = [Guess(self.labels[i], self.names.get(self.labels[i], self.labels[i]), float(probs[i]))
@@ -181,24 +195,48 @@ class Predictor:
         return Prediction(self.version, score >= self.settings.filter_threshold, score, guesses,
                           bool(probs[order[0]] >= self.unknown_threshold),
                           self._similar(embedding[0], guesses[0].slug),
-                          self._evidence(verified, int(order[0]), keypoints, embedding[0]))
+                          self._evidence(gallery, verified, int(order[0]), keypoints, embedding[0]))
 
     def verified_probabilities(self, probs: np.ndarray, keypoints: list[LocalFeatures | None]) -> np.ndarray:
-        """The head's probabilities (N, labels) fused with verification, as :meth:`predict` answers."""
-        if self.verifier is None:
+        """The head's probabilities (N, labels) fused with verification against the whole gallery, as
+        :meth:`predict` answers when the gallery fits in memory (evaluation, the training gate)."""
+        gallery = self.verifier
+        if gallery is None and self._keypoint_store is not None:  # a batch job: load it for this call only
+            gallery = Gallery.from_bytes(Registry(self._keypoint_store).read(self.version, VERIFICATION_FILE))
+        if gallery is None:
             return probs
-        return fuse(probs, self.verifier.score_many(keypoints, len(self.labels)), self.fusion_weight)
+        return fuse(probs, gallery.score_many(keypoints, len(self.labels)), self.fusion_weight)
 
-    def _evidence(self, verified: list[Verified], label: int, keypoints: LocalFeatures | None,
-                  embedding: np.ndarray) -> Evidence | None:
+    def _shortlist(self, probs: np.ndarray, embedding: np.ndarray) -> Gallery:
+        """A gallery of the training photos most like the upload among its likeliest mountains, their
+        keypoints read from the bucket (the filter's cache): the work per request stays bounded."""
+        rows = np.concatenate([self._gallery_by_slug[self.labels[i]] for i in np.argsort(-probs)[:SHORTLIST_CLASSES]])
+        chosen = rows[np.argsort(-(self._gallery[rows] @ _unit(embedding)))[:SHORTLIST]]
+        photo_ids = [self._gallery_rows[row]["photo_id"] for row in chosen]
+
+        def read(photo_id: str) -> LocalFeatures | None:
+            try:
+                return LocalFeatures.from_bytes(self._keypoint_store.get(local_features_name(photo_id)))
+            except (NotFound, CorruptFeatures):  # the next training run repairs it; this request does without
+                return None
+
+        with ThreadPoolExecutor(8) as pool:
+            found = [(photo_id, row, f) for photo_id, row, f in zip(photo_ids, chosen, pool.map(read, photo_ids),
+                                                                      strict=True) if f is not None]
+        index = {slug: i for i, slug in enumerate(self.labels)}
+        return Gallery([p for p, _, _ in found], [index[self._gallery_rows[row]["slug"]] for _, row, _ in found],
+                       [f for _, _, f in found], storable=False)
+
+    def _evidence(self, gallery: Gallery | None, verified: list[Verified], label: int,
+                  keypoints: LocalFeatures | None, embedding: np.ndarray) -> Evidence | None:
         """The best-verified training photo of the answer, if it agrees on enough points to show."""
-        if self.verifier is None or keypoints is None:
+        if gallery is None or keypoints is None:
             return None
-        match = next((v for v in verified if self.verifier.classes[v.row] == label), None)
-        row = self._row_of.get(self.verifier.photo_ids[match.row]) if match else None
+        match = next((v for v in verified if gallery.classes[v.row] == label), None)
+        row = self._row_of.get(gallery.photo_ids[match.row]) if match else None
         if match is None or row is None or match.inliers < EVIDENCE_MIN_INLIERS:
             return None
-        photo_size = (int(self.verifier.sizes[match.row][0]), int(self.verifier.sizes[match.row][1]))
+        photo_size = (int(gallery.sizes[match.row][0]), int(gallery.sizes[match.row][1]))
         spread = match.pairs[np.linspace(0, len(match.pairs) - 1, min(EVIDENCE_LINES, len(match.pairs))).astype(int)]
         scale = np.array([*keypoints.size, *photo_size], np.float32)
         return Evidence(self._similar_photo(row, embedding), match.inliers, np.round(spread / scale, 4).tolist(),

@@ -49,16 +49,20 @@ class Verified:
 class Gallery:
     """The training photos' local features in one approximate nearest-neighbour index (read-only once built)."""
 
-    def __init__(self, photo_ids: Sequence[str], classes: Sequence[int], features: Sequence[LocalFeatures]) -> None:
+    def __init__(self, photo_ids: Sequence[str], classes: Sequence[int], features: Sequence[LocalFeatures],
+                 *, storable: bool = True) -> None:
+        """``storable=False`` (serving) drops the uint8 descriptors once indexed: a fifth less memory,
+        and no :meth:`to_bytes`."""
         kept = [f.strongest(GALLERY_KEYPOINTS) for f in features]
         self.photo_ids = list(photo_ids)
         self.classes = np.asarray(classes, np.int32)
         self.sizes = np.array([f.size for f in kept], np.int32).reshape(-1, 2)
         self._offsets = np.cumsum([0] + [len(f) for f in kept])
         self._points = np.concatenate([f.points for f in kept]) if kept else np.zeros((0, 2), np.float32)
-        self._raw = np.concatenate([f.descriptors for f in kept]) if kept else np.zeros((0, 128), np.uint8)
+        raw = np.concatenate([f.descriptors for f in kept]) if kept else np.zeros((0, 128), np.uint8)
+        self._raw = raw if storable else None
         self._owner = np.repeat(np.arange(len(kept), dtype=np.int32), [len(f) for f in kept])
-        self._descriptors = rootsift(self._raw)  # FLANN keeps a pointer to this array: it lives as long as the index
+        self._descriptors = rootsift(raw)  # FLANN keeps a pointer to this array: it lives as long as the index
         self._index = None
         if len(self._descriptors) > NEIGHBOURS:
             import cv2
@@ -73,7 +77,7 @@ class Gallery:
     @property
     def nbytes(self) -> int:
         """Memory held for the index's data (the kd-trees add about 10 %)."""
-        return sum(a.nbytes for a in (self._points, self._raw, self._owner, self._descriptors))
+        return sum(a.nbytes for a in (self._points, self._raw, self._owner, self._descriptors) if a is not None)
 
     def verify(self, query: LocalFeatures) -> list[Verified]:
         """Gallery photos sharing geometrically consistent keypoints with ``query``, most inliers first."""
@@ -125,18 +129,20 @@ class Gallery:
                          for q in queries]) if len(queries) else np.zeros((0, classes), np.float32)
 
     def to_bytes(self) -> bytes:
+        if self._raw is None:
+            raise ValueError("this gallery was loaded for serving (storable=False): it cannot be stored again")
         buffer = io.BytesIO()
         np.savez(buffer, photo_ids=np.array(self.photo_ids, dtype=str), classes=self.classes, sizes=self.sizes,
                  offsets=self._offsets, points=self._points, descriptors=self._raw)
         return buffer.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Gallery:
+    def from_bytes(cls, data: bytes, *, storable: bool = False) -> Gallery:
         with np.load(io.BytesIO(data), allow_pickle=False) as stored:
             offsets, points, descriptors = stored["offsets"], stored["points"], stored["descriptors"]
             features = [LocalFeatures(points[start:end], descriptors[start:end], (int(w), int(h)))
                         for start, end, (w, h) in zip(offsets[:-1], offsets[1:], stored["sizes"], strict=True)]
-            return cls([str(p) for p in stored["photo_ids"]], stored["classes"], features)
+            return cls([str(p) for p in stored["photo_ids"]], stored["classes"], features, storable=storable)
 
 
 def fuse(probs: np.ndarray, scores: np.ndarray, weight: float) -> np.ndarray:

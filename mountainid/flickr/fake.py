@@ -3,8 +3,10 @@
 Built over a folder with one subfolder per mountain (``../shared/data/peaks14``): a search whose
 text slugifies to a subfolder's slug finds that subfolder's photos, mixed with a deterministic
 share of noise photos from another folder (``../shared/data/scenes/street``) the way real
-Flickr results hold street scenes titled "Everest trip". Ids, owners, licences (some "All Rights
-Reserved", so the licence filter matters), upload dates and geo are derived from file names, so
+Flickr results hold street scenes titled "Everest trip". Ids, owners (one photographer per
+``BURST`` consecutive photos of a mountain, so splitting by owner has bursts to keep together),
+licences (some "All Rights Reserved", so the licence filter matters), upload dates and geo are
+derived from file names, so
 every run of every test sees the same Flickr. Upload dates come in pairs that share a second,
 like a burst upload, so a cursor must handle ties.
 
@@ -49,15 +51,21 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 FIRST_UPLOAD = 1_600_000_000  # 2020-09-13: the fake's first upload
 UPLOAD_STEP_S = 600  # two photos share each upload second, then ten minutes pass
 LICENSE_POOL = (0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)  # about one in six "All Rights Reserved"
-OWNERS = (("40211573@N02", "Ana Ortiz"), ("51235581@N07", "Pemba Sherpa"), ("23417708@N00", "Li Wei"),
-          ("88120934@N05", "Karim Baig"), ("12093378@N03", "Sofia Rossi"), ("70012245@N08", "Tom Walker"),
-          ("34509812@N01", "Mira Shah"), ("99001234@N06", "Jonas Berg"))
+FIRST_NAMES = ("Ana", "Pemba", "Li", "Karim", "Sofia", "Tom", "Mira", "Jonas", "Dawa", "Elena", "Hiro", "Nadia")
+LAST_NAMES = ("Ortiz", "Sherpa", "Wei", "Baig", "Rossi", "Walker", "Shah", "Berg", "Tamang", "Novak", "Sato", "Khan")
+BURST = 3  # consecutive photos (by file name) of one mountain share a photographer, like a real burst
 _PHOTO_PATH = re.compile(r"^/(\d+)/(\d+)_([0-9a-f]+)_([a-z])\.jpg$")
 _CONSUMER_KEY = re.compile(r'oauth_consumer_key="([^"]*)"')
 
 
 def _digest(*parts: str) -> int:
     return int.from_bytes(hashlib.sha256("/".join(parts).encode("utf-8")).digest()[:8], "big")
+
+
+def _owner(h: int) -> tuple[str, str]:
+    """A Flickr NSID and display name, the same for the same hash (one photographer per burst)."""
+    return (f"{h % 10**8:08d}@N0{h >> 30 & 7}",
+            f"{FIRST_NAMES[(h >> 8) % len(FIRST_NAMES)]} {LAST_NAMES[(h >> 24) % len(LAST_NAMES)]}")
 
 
 @dataclass(frozen=True)
@@ -184,7 +192,8 @@ class FakeFlickr:
             picked = sorted(noise, key=lambda p: _digest(slug, p.name))[:share]
             entries = [(path, False) for path in files] + [(path, True) for path in picked]
             entries.sort(key=lambda entry: _digest(slug, entry[0].name, "order"))
-            photos = sorted((self._photo(folder.name, slug, path, is_noise, index, home)
+            burst = {path: rank // BURST for rank, path in enumerate(files)}
+            photos = sorted((self._photo(folder.name, slug, path, is_noise, index, home, burst.get(path, -1))
                              for index, (path, is_noise) in enumerate(entries)), key=_posted)
             mountains[slug] = _Mountain(slug, photos, len(photos) if self.visible is None else self.visible)
         if not mountains:
@@ -193,9 +202,9 @@ class FakeFlickr:
 
     @staticmethod
     def _photo(name: str, slug: str, path: Path, noise: bool, index: int,
-               home: tuple[float, float] | None) -> FakePhoto:
+               home: tuple[float, float] | None, burst: int) -> FakePhoto:
         h = _digest(slug, path.name)
-        owner, owner_name = OWNERS[h % len(OWNERS)]
+        owner, owner_name = _owner(_digest(slug, "burst", str(burst)) if burst >= 0 else h)
         geotagged = home is not None and not noise and h % 5 < 3
         title = f"{name} trip, day {h % 9 + 1}" if noise else f"{name} from camp {h % 4 + 1}"
         tags = "travel city street" if noise else f"{slug.replace('-', '')} mountain himalaya karakoram"

@@ -4,7 +4,7 @@ Called by the Cloud Run Job (``training_job/main.py``), by ``mountainid train`` 
 embedded ``mountainid run`` (:func:`maybe_train`). The run holds the training lease from start
 to finish, writes a complete version folder, and moves ``models/LATEST`` only when the new
 model's test top-1 is at least the live model's on the *same* test photos (the live model is
-re-evaluated on today's test split, which grows with the bucket). Every figure is of the answer
+re-evaluated on today's test split, which grows with the bucket, less any photo it trained on). Every figure is of the answer
 as served: the classifier fused with keypoint verification against the training split
 (``mountainid.verification``), the fusion weight and the confidence threshold chosen on validation.
 """
@@ -156,7 +156,9 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
 
     version = new_version()
     live = registry.live()
-    live_top1 = _live_top1(registry, live[0], parts["test"], keypoints["test"], store, settings) if live else None
+    compared = _compare_with_live(registry, live[0], parts["test"], keypoints["test"], test_fused, y_test, store,
+                                  settings) if live else None
+    live_top1, new_top1, compared_n = compared if compared else (None, test["top1"], test["n"])
     names = _names(settings, labels)
     metrics = {
         "version": version, "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -168,7 +170,8 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
                                     "classifier_top1")},
         "train": {"n": len(x_train)}, "accepted_photos": len(examples), "excluded_classes": dataset.excluded,
         "dataset_fingerprint": dataset.fingerprint(), "feature_id": extractor.feature_id, "tier": config.tier,
-        "live_at_training": {"version": live[0], "test_top1_same_split": live_top1} if live else None,
+        "live_at_training": {"version": live[0], "test_top1_same_photos": live_top1, "test_top1_new": new_top1,
+                             "compared_on": compared_n} if live else None,
         **duplicates.report(),
     }
     lease.renew()
@@ -187,9 +190,10 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
     })
     figures = {"version": version, "test_top1": round(test["top1"], 4), "test_top3": round(test["top3"], 4),
                "test_n": test["n"], "live_version": live[0] if live else None,
-               "live_test_top1": None if live_top1 is None else round(live_top1, 4)}
+               "live_test_top1": None if live_top1 is None else round(live_top1, 4),
+               "new_top1_same_photos": round(new_top1, 4), "compared_on": compared_n}
     result = TrainingResult("kept", version, metrics["test"], live[0] if live else None, live_top1)
-    if live_top1 is not None and test["top1"] < live_top1:
+    if live_top1 is not None and new_top1 < live_top1:
         event(log, "model kept: new model is worse than the live one on the same test split", **figures)
         return result
     try:
@@ -225,26 +229,37 @@ def _probs(head, features: np.ndarray, classes: int) -> np.ndarray:
     return np.asarray(head(features, training=False))
 
 
-def _live_top1(registry: Registry, version: str, test: list[Example], keypoints: list[LocalFeatures | None],
-               store: BlobStore, settings: Settings) -> float | None:
-    """The live model's top-1 on today's test photos; None if it cannot be loaded (then it is replaced)."""
+def _compare_with_live(registry: Registry, version: str, test: list[Example], keypoints: list[LocalFeatures | None],
+                       new_probs: np.ndarray, targets: np.ndarray, store: BlobStore,
+                       settings: Settings) -> tuple[float, float, int] | None:
+    """(live top-1, new top-1, photos) on today's test photos that the live model never trained on.
+
+    Usually that is the whole test split; when the split rule changed since the live model was trained
+    (e.g. photos grouped by photographer), its old training photos are left out of the comparison, so
+    it cannot win on photos it has seen. None if the live model cannot be loaded (then it is replaced).
+    """
     from mountainid.predict import Predictor  # the live model is evaluated exactly as it is served
 
     try:
         live = Predictor.load(store, version, settings)
-    except ModelLoadError as error:
+        manifest = json.loads(registry.read(version, "dataset.json"))
+    except (ModelLoadError, ValueError, KeyError) as error:
         event(log, "live model unusable: it will be replaced", version=version, error=str(error),
               level=logging.WARNING)
         return None
-    if not test:
-        return 0.0
-    features, usable = load_features(store, [(e.photo_id, e.object_name) for e in test], live.extractor, settings)
+    seen = {entry.split("/", 1)[-1] for split in ("train", "val") for entry in manifest.get("splits", {}).get(split, [])}
+    fair = [i for i, e in enumerate(test) if e.photo_id not in seen]
+    if not fair:
+        return 0.0, 0.0, 0
+    photos = [test[i] for i in fair]
+    features, usable = load_features(store, [(e.photo_id, e.object_name) for e in photos], live.extractor, settings)
     probs = live.probabilities(features) if len(features) else np.zeros((0, len(live.labels)))
-    probs = live.verified_probabilities(probs, [k for k, ok in zip(keypoints, usable, strict=True) if ok])
+    probs = live.verified_probabilities(probs, [keypoints[i] for i, ok in zip(fair, usable, strict=True) if ok])
     index = {slug: i for i, slug in enumerate(live.labels)}
     predicted = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
-    targets = [index.get(e.slug, -1) for e, ok in zip(test, usable, strict=True) if ok]
-    return float(np.sum(predicted == np.asarray(targets)) / len(test))
+    live_targets = [index.get(e.slug, -1) for e, ok in zip(photos, usable, strict=True) if ok]
+    new_right = new_probs[fair].argmax(axis=1) == targets[fair]
+    return (float(np.sum(predicted == np.asarray(live_targets)) / len(fair)), float(new_right.mean()), len(fair))
 
 
 def _gallery_files(store: BlobStore, settings: Settings, dataset: Dataset, train: list[Example],

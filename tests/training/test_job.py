@@ -147,3 +147,20 @@ def test_maybe_train_at_start_then_only_after_enough_new_photos(seeded: BlobStor
     assert counts["accepted"] >= settings.retrain_min_new_photos
     assert maybe_train(settings, seeded, bus, FAST) is not None
     assert len(build_dataset(list_accepted(seeded), 5).examples) > first.test["n"]
+
+
+def test_the_gate_compares_only_on_test_photos_the_live_model_never_trained_on(seeded: BlobStore, settings) -> None:
+    """If the split rule changed (say, to one split per photographer) since the live model was trained,
+    some of today's test photos were its training photos: it must not win on those."""
+    bus = InProcessBus()
+    live = train_and_register(settings, seeded, bus, FAST)
+    registry = Registry(seeded)
+    manifest = json.loads(registry.read(live.version, "dataset.json"))
+    moved = manifest["splits"]["test"][:5]
+    manifest["splits"]["train"] += moved  # as if these had been training photos of the live model
+    seeded.put(registry.path(live.version, "dataset.json"), json.dumps(manifest).encode())
+    again = train_and_register(settings, seeded, bus, FAST)
+    compared = registry.info(again.version)["live_at_training"]
+    assert compared["version"] == live.version
+    assert compared["compared_on"] == again.test["n"] - len(moved)
+    assert again.status == ("promoted" if compared["test_top1_new"] >= compared["test_top1_same_photos"] else "kept")

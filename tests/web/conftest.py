@@ -28,6 +28,7 @@ from mountainid.training.features import FeatureSpec
 from mountainid.training.folders import import_folder
 from mountainid.training.job import JobConfig, train_and_register
 from mountainid.training.train import HeadConfig
+from mountainid.vision.image import load_image
 from web import create_app
 from web.server import ServerThread
 
@@ -88,6 +89,20 @@ def trained_bucket(shared_dir: Path, weights_path: Path, tmp_path_factory: pytes
     result = train_and_register(settings, store, InProcessBus(), QUICK)
     assert result.promoted, result
     return bucket
+
+
+@pytest.fixture(scope="session")
+def reframed_training_photo(predictor: Predictor, trained_bucket: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another shot of the view of a gallery photo (cropped by an eighth a side, half the size, re-encoded):
+    verification must find that training photo and show it as the evidence."""
+    store = LocalBlobStore(trained_bucket)
+    photo_id = predictor.verifier.photo_ids[0]
+    original = store.get(next(n for n in store.list_names("accepted/") if n.endswith(f"/{photo_id}.jpg")))
+    image = load_image(original, 40_000_000)
+    w, h = image.size
+    path = tmp_path_factory.mktemp("reframed") / f"{photo_id}.jpg"
+    image.crop((w // 8, h // 8, w - w // 8, h - h // 8)).resize((w // 2, h // 2)).save(path, quality=80)
+    return path
 
 
 @pytest.fixture()

@@ -59,6 +59,22 @@ def test_api_answers_what_the_model_answers(client, predictor: Predictor, k2_hel
     assert Image.open(io.BytesIO(image.data)).size[0] > 0
 
 
+def test_the_answer_carries_its_evidence(client, predictor: Predictor, reframed_training_photo: Path) -> None:
+    """The API gives the best-verified training photo and the matched points (as fractions of each
+    photo's size); the page draws them."""
+    data = reframed_training_photo.read_bytes()
+    expected = predictor.predict(data)
+    evidence = post_photo(client, data).get_json()["evidence"]
+    assert evidence["photo"]["photo_id"] == reframed_training_photo.stem == expected.evidence.photo.photo_id
+    assert evidence["inliers"] == expected.evidence.inliers >= 15
+    assert all(0 <= value <= 1 for match in evidence["matches"] for value in match)
+    assert expected.guesses[0].slug == evidence["photo"]["slug"]  # evidence for the answer given
+    page = post_photo(client, data, path="/").get_data(as_text=True)
+    assert f'data-inliers="{expected.evidence.inliers}"' in page
+    assert page.count("<line ") == len(expected.evidence.matches)
+    assert 'href="data:image/jpeg;base64,' in page and f'href="/photos/{evidence["photo"]["object_name"]}"' in page
+
+
 def test_raw_body_gives_the_same_answer_as_multipart(client, k2_heldout: Path) -> None:
     data = k2_heldout.read_bytes()
     raw = client.post("/api/v1/predict", data=data, content_type="image/jpeg").get_json()
@@ -73,6 +89,7 @@ def test_street_photo_is_not_a_mountain_in_api_and_page(client, predictor: Predi
     assert body["verdict"] == "not-a-mountain" and body["location"] is None and body["credited_photos"] == []
     page = post_photo(client, data, path="/").get_data(as_text=True)
     assert "This does not look like a mountain." in page and 'data-verdict="not-a-mountain"' in page
+    assert 'id="evidence"' not in page  # no matched points are drawn for a photo that is no mountain
 
 
 def test_page_renders_answer_with_location_bars_and_credits(client, predictor: Predictor,
@@ -149,6 +166,8 @@ def test_model_page_and_api(client, predictor: Predictor) -> None:
         assert name in page
     test = predictor.info["test"]
     assert f"{test['top1'] * 100:.1f}%" in page
+    assert f"against {test['classifier_top1'] * 100:.1f}% for the classifier alone" in page
+    assert f"checked against the {len(predictor.verifier)} training photos" in page
     body = client.get("/api/v1/model").get_json()
     assert body["version"] == predictor.version and body["labels"] == predictor.labels
     assert body["test"] == test and body["created"] == predictor.info["created"]
@@ -213,7 +232,7 @@ def test_only_safe_names_reach_the_store(client, url: str) -> None:
 
 
 def test_model_files_other_than_plots_are_not_served(client, predictor: Predictor) -> None:
-    for name in ("model.keras", "metrics.json", "gallery.npz", "COMPLETE"):
+    for name in ("model.keras", "metrics.json", "gallery.npz", "verification.npz", "COMPLETE"):
         assert client.get(f"/models/{predictor.version}/{name}").status_code == 404
     assert client.get(f"/models/{predictor.version}/curves.png").status_code == 200
 

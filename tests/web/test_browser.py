@@ -10,7 +10,6 @@ import pytest
 
 from mountainid.predict import Predictor
 from mountainid.store import LocalBlobStore
-from mountainid.vision.image import load_image
 from tests.web.conftest import web_settings
 from web import create_app
 
@@ -78,21 +77,14 @@ def test_upload_k2_then_a_street_photo(page, predictor: Predictor, k2_heldout: P
 
 
 def test_the_answer_shows_why_the_matched_points_between_upload_and_training_photo(
-        page, predictor: Predictor, trained_bucket: Path, tmp_path: Path) -> None:
-    """Another shot of a training photo's view (cropped, smaller): the page draws the two side by side
-    with a line per agreeing point, and credits the training photo."""
+        page, predictor: Predictor, reframed_training_photo: Path, tmp_path: Path) -> None:
+    """Another shot of a training photo's view: the page draws the two side by side with a line per
+    agreeing point, and credits the training photo."""
     page, problems = page
-    store = LocalBlobStore(trained_bucket)
-    photo_id = predictor.verifier.photo_ids[0]
-    original = store.get(next(n for n in store.list_names("accepted/") if n.endswith(f"/{photo_id}.jpg")))
-    image = load_image(original, 40_000_000)
-    w, h = image.size
-    upload = tmp_path / "reframed.jpg"
-    image.crop((w // 8, h // 8, w - w // 8, h - h // 8)).resize((w // 2, h // 2)).save(upload, quality=80)
-    expected = predictor.predict(upload.read_bytes()).evidence
-    assert expected is not None and expected.photo.photo_id == photo_id
+    expected = predictor.predict(reframed_training_photo.read_bytes()).evidence
+    assert expected is not None and expected.photo.photo_id == reframed_training_photo.stem
 
-    page.set_input_files("#photo", str(upload))
+    page.set_input_files("#photo", str(reframed_training_photo))
     evidence = page.locator("#evidence")
     evidence.wait_for()
     assert int(evidence.get_attribute("data-inliers")) == expected.inliers

@@ -1,0 +1,104 @@
+"""The answer as served, from a trained bucket: accuracy through ``predict()``, verification's share,
+confidence, photos of other mountains and streets, latency, and the gallery in memory or in the bucket.
+
+``benchmarks/train.py`` prints these after training; on a bucket it kept (``--bucket DIR``) this
+measures them again without retraining:
+
+    .venv/bin/python benchmarks/answers.py --bucket DIR [--version VERSION]
+
+Lines: the test split through ``predict()`` (upload bytes to answer, the gallery in memory), the fused
+and the classifier-alone top-1 from ``metrics.json``, the gallery's memory, the same test photos with the
+gallery left in the bucket (``MOUNTAINID_GALLERY_MEMORY_MB=0``: a shortlist read per upload), how often
+photos of mountains the model does not know (``scenes/mountain``) are named outright, street photos
+answered "not a mountain", and predict latency (p50, one request at a time, warm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("MOUNTAINID_SHARED", REPO.parent / "shared")).resolve()
+WEIGHTS = SHARED / "models" / "imagenet" / "mobilenet_v2_1.0_224_imagenet.weights.h5"
+
+
+def report(store, version: str, settings) -> None:
+    """Print the answer's figures for one model version of ``store``."""
+    from mountainid.predict import SHORTLIST, SHORTLIST_CLASSES, Predictor
+
+    predictor = Predictor.load(store, version, settings)
+    shortlisted = Predictor.load(store, version, dataclasses.replace(settings, gallery_memory_mb=0))
+    metrics = json.loads(store.get(f"models/{version}/metrics.json"))
+    test = json.loads(store.get(f"models/{version}/dataset.json"))["splits"]["test"]
+    right = {"memory": 0, "bucket": 0, "sure": 0, "sure_right": 0}
+    timings: dict[str, list[float]] = {"memory": [], "bucket": []}
+    predictor.predict(store.get(f"accepted/{test[0]}.jpg"))  # warm-up
+    for entry in test:
+        data, slug = store.get(f"accepted/{entry}.jpg"), entry.split("/")[0]
+        for mode, model in (("memory", predictor), ("bucket", shortlisted)):
+            started = time.perf_counter()
+            answer = model.predict(data)
+            timings[mode].append((time.perf_counter() - started) * 1000)
+            right[mode] += answer.guesses[0].slug == slug
+            if mode == "memory" and answer.sure:
+                right["sure"] += 1
+                right["sure_right"] += answer.guesses[0].slug == slug
+    n = len(test)
+    figures = metrics["test"]
+    print(f"test split through predict(), n={n}: top1={right['memory'] / n:.3f}; answered outright "
+          f"{right['sure'] / n:.1%}, right {right['sure_right'] / max(right['sure'], 1):.1%} of those "
+          f"(threshold {predictor.unknown_threshold:.2f}, chosen on validation)")
+    gallery = predictor.verifier
+    if gallery is not None:
+        print(f"verification (metrics.json, test): fused top1={figures['top1']:.3f}, classifier alone "
+              f"{figures['classifier_top1']:.3f} ({(figures['top1'] - figures['classifier_top1']) * 100:+.1f} points); "
+              f"weight {predictor.fusion_weight:g} chosen on validation; gallery {len(gallery)} training photos, "
+              f"{gallery.nbytes / 1e6:.0f} MB in memory ({gallery.nbytes / len(gallery) / 1e3:.0f} kB per photo)")
+        print(f"gallery left in the bucket (verified per upload against the {SHORTLIST} most similar training "
+              f"photos of the {SHORTLIST_CLASSES} likeliest mountains, keypoints read per request): top1="
+              f"{right['bucket'] / n:.3f} against {right['memory'] / n:.3f} in memory; predict p50 "
+              f"{statistics.median(timings['bucket']):.0f} ms against {statistics.median(timings['memory']):.0f} ms; "
+              f"memory held 0 MB (about {SHORTLIST * gallery.nbytes / len(gallery) / 1e6:.0f} MB per request)")
+    others = {}
+    for scene in ("mountain", "street"):
+        answers = [predictor.predict(path.read_bytes()) for path in sorted((SHARED / "data" / "scenes" / scene).iterdir())]
+        others[scene] = (sum(a.is_mountain and a.sure for a in answers), sum(not a.is_mountain for a in answers),
+                         len(answers))
+    named, _, total = others["mountain"]
+    _, rejected, streets = others["street"]
+    print(f"other mountains (scenes/mountain) named outright as one of the peaks: {named}/{total} "
+          f"({named / total:.1%}); street photos answered 'not a mountain': {rejected}/{streets}")
+    latencies = timings["memory"]
+    print(f"predict latency (upload bytes to answer, verification included): p50 {statistics.median(latencies):.0f} ms, "
+          f"max {max(latencies):.0f} ms over {len(latencies)} test photos (one request at a time)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bucket", type=Path, required=True, help="a local bucket with a trained model")
+    parser.add_argument("--version", help="the model version (default: the live one)")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+    from mountainid import logs
+    from mountainid.config import load_settings
+    from mountainid.registry import Registry
+    from mountainid.store import LocalBlobStore
+
+    settings = load_settings({"MOUNTAINID_BUCKET": str(args.bucket), "MOUNTAINID_CATALOG": "peaks14",
+                              "MOUNTAINID_LOG_LEVEL": "WARNING",
+                              "MOUNTAINID_WEIGHTS": os.environ.get("MOUNTAINID_WEIGHTS", str(WEIGHTS))})
+    logs.configure(settings)
+    store = LocalBlobStore(args.bucket)
+    version = args.version or Registry(store).live()[0]
+    report(store, version, settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""The two ways a served model verifies: its whole keypoint gallery in memory, or, once the gallery
+outgrows MOUNTAINID_GALLERY_MEMORY_MB, a shortlist per upload whose keypoints are read from the bucket."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mountainid.filter import local_features_name
+from mountainid.predict import SHORTLIST, Predictor
+from mountainid.store import LocalBlobStore
+from tests.web.conftest import web_settings
+
+
+def test_a_gallery_too_big_for_memory_is_verified_against_a_shortlist_read_from_the_bucket(
+        predictor: Predictor, bucket_copy: Path, weights_path: Path, reframed_training_photo: Path) -> None:
+    store = LocalBlobStore(bucket_copy)
+    shortlisted = Predictor.load(store, predictor.version, web_settings(weights_path, bucket_copy,
+                                                                        MOUNTAINID_GALLERY_MEMORY_MB="0"))
+    assert predictor.verifier is not None and shortlisted.verifier is None  # nothing held in memory
+    assert len(predictor.verifier) > SHORTLIST  # so the shortlist really is a part of the gallery
+    data = reframed_training_photo.read_bytes()
+    whole, short = predictor.predict(data), shortlisted.predict(data)
+    assert short.evidence is not None and short.evidence.photo.photo_id == reframed_training_photo.stem
+    assert short.guesses[0].slug == whole.guesses[0].slug
+    assert abs(short.evidence.inliers - whole.evidence.inliers) <= 0.2 * whole.evidence.inliers
+
+    # A damaged keypoint file costs that photo's evidence, never the answer (training repairs the file).
+    store.put(local_features_name(reframed_training_photo.stem), b"damaged")
+    damaged = shortlisted.predict(data)
+    assert damaged.guesses and (damaged.evidence is None
+                                or damaged.evidence.photo.photo_id != reframed_training_photo.stem)
