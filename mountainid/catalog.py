@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from mountainid.config import ConfigError
+
 CATALOG_DIR = Path(__file__).with_name("catalogs")
 _SLUG_OK = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
@@ -31,19 +33,31 @@ def is_slug(value: str) -> bool:
     return bool(_SLUG_OK.match(value))
 
 
+class CatalogError(ConfigError, ValueError):
+    """A catalog (or a photo folder's mountains) cannot be used; one line naming the file and field."""
+
+
 @dataclass(frozen=True)
 class Mountain:
+    """A mountain; where it is (coordinates, elevation) is optional: a photo folder may only name it."""
+
     name: str
     slug: str
     search: str
-    latitude: float
-    longitude: float
-    elevation_m: int
+    latitude: float | None = None
+    longitude: float | None = None
+    elevation_m: int | None = None
 
     @property
-    def map_url(self) -> str:
+    def map_url(self) -> str | None:
+        if self.latitude is None or self.longitude is None:
+            return None
         return (f"https://www.openstreetmap.org/?mlat={self.latitude}&mlon={self.longitude}"
                 f"#map=11/{self.latitude}/{self.longitude}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "slug": self.slug, "search": self.search, "latitude": self.latitude,
+                "longitude": self.longitude, "elevation_m": self.elevation_m}
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,11 @@ class Catalog:
     def slugs(self) -> list[str]:
         return [m.slug for m in self.mountains]
 
+    def merged(self, other: Catalog) -> Catalog:
+        """This catalog with ``other``'s mountains added (``other`` wins where both know a slug)."""
+        theirs = {m.slug for m in other.mountains}
+        return Catalog(self.name, tuple(m for m in self.mountains if m.slug not in theirs) + other.mountains)
+
 
 def load_catalog(name_or_path: str) -> Catalog:
     """Load a bundled catalog by name ("mountains11", "peaks14") or any YAML file by path."""
@@ -77,19 +96,53 @@ def load_catalog(name_or_path: str) -> Catalog:
         path = CATALOG_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         bundled = ", ".join(sorted(p.stem for p in CATALOG_DIR.glob("*.yaml")))
-        raise FileNotFoundError(f"catalog {name_or_path!r} not found (bundled: {bundled}; or give a .yaml path)")
-    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    mountains = []
-    for entry in doc["mountains"]:
-        slug = entry.get("slug") or slugify(entry["name"])
-        if not is_slug(slug):
-            raise ValueError(f"{path}: slug {slug!r} of {entry['name']!r} must be lowercase letters, digits, dashes")
-        mountains.append(Mountain(
-            name=entry["name"], slug=slug, search=entry.get("search", entry["name"]),
-            latitude=float(entry["latitude"]), longitude=float(entry["longitude"]),
-            elevation_m=int(entry["elevation_m"]),
-        ))
+        raise CatalogError(f"catalog {name_or_path!r} not found (bundled: {bundled}; or give a .yaml path "
+                           "in MOUNTAINID_CATALOG)")
+    return parse_catalog(path.read_text(encoding="utf-8"), str(path), path.stem)
+
+
+def parse_catalog(text: str, source: str, default_name: str) -> Catalog:
+    """Mountains from YAML text (``mountains: [{name, slug?, search?, latitude?, longitude?,
+    elevation_m?}]``); raises CatalogError naming ``source`` and the entry and field at fault."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise CatalogError(f"{source}: not valid YAML ({' '.join(str(error).split())})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("mountains"), list):
+        raise CatalogError(f"{source}: expected a 'mountains:' list of entries with at least a 'name'")
+    mountains = [_mountain(entry, f"{source}: mountains[{index}]") for index, entry in enumerate(doc["mountains"])]
     slugs = [m.slug for m in mountains]
-    if len(set(slugs)) != len(slugs):
-        raise ValueError(f"{path}: duplicate slugs in {slugs}")
-    return Catalog(name=doc.get("name", path.stem), mountains=tuple(mountains))
+    duplicates = sorted({slug for slug in slugs if slugs.count(slug) > 1})
+    if duplicates:
+        raise CatalogError(f"{source}: duplicate slugs {duplicates}")
+    return Catalog(name=str(doc.get("name") or default_name), mountains=tuple(mountains))
+
+
+def _mountain(entry: object, where: str) -> Mountain:
+    if not isinstance(entry, dict) or not str(entry.get("name") or "").strip():
+        raise CatalogError(f"{where}: every mountain needs a 'name'")
+    name = str(entry["name"]).strip()
+    try:
+        slug = str(entry.get("slug") or slugify(name))
+    except ValueError as error:
+        raise CatalogError(f"{where}: {error}") from None
+    if not is_slug(slug):
+        raise CatalogError(f"{where}: slug {slug!r} of {name!r} must be lowercase letters, digits, dashes")
+
+    def number(field: str, kind: type, low: float, high: float) -> float | int | None:
+        value = entry.get(field)
+        if value is None:
+            return None
+        try:
+            parsed = kind(value)
+        except (TypeError, ValueError):
+            raise CatalogError(f"{where} ({name}): '{field}' must be a number, got {value!r}") from None
+        if not low <= parsed <= high:
+            raise CatalogError(f"{where} ({name}): '{field}' {parsed} is outside {low}..{high}")
+        return parsed
+
+    latitude, longitude = number("latitude", float, -90, 90), number("longitude", float, -180, 180)
+    if (latitude is None) != (longitude is None):
+        raise CatalogError(f"{where} ({name}): give both 'latitude' and 'longitude', or neither")
+    return Mountain(name=name, slug=slug, search=str(entry.get("search") or name), latitude=latitude,
+                    longitude=longitude, elevation_m=number("elevation_m", int, -500, 9000))

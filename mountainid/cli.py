@@ -28,8 +28,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def settings_epilog() -> str:
+    """The settings that decide where everything goes, with the values this process would use."""
+    try:
+        settings = get_settings()
+    except ConfigError as error:
+        return f"settings: {error}"
+    return ("settings that matter (environment variables; every one is in the README, 'Configuration'):\n"
+            f"  MOUNTAINID_BUCKET={settings.bucket}   a local folder, or gs://NAME for Cloud Storage\n"
+            f"  MOUNTAINID_CATALOG={settings.catalog}   bundled catalog name or a .yaml file; photo folders "
+            "may name any mountain\n"
+            f"  MOUNTAINID_WEIGHTS={settings.weights}   MobileNetV2 ImageNet weights: 'imagenet' downloads "
+            "them, offline give a .weights.h5 path")
+
+
 def build_parser(command: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mountainid", description="MountainID: which mountain is this?")
+    parser = argparse.ArgumentParser(prog="mountainid", description="MountainID: which mountain is this?",
+                                     epilog=settings_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in COMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mountainid.catalog import Catalog, Mountain
 from mountainid.config import Settings
 from mountainid.filter import local_features_name, mountain_score
 from mountainid.logs import event
@@ -93,7 +94,8 @@ class Prediction:
 class Predictor:
     """One loaded model version; immutable after load, so hot-swap = replacing a reference."""
 
-    def __init__(self, version: str, labels: list[str], names: dict[str, str], info: dict, head,
+    def __init__(self, version: str, labels: list[str], names: dict[str, str], mountains: dict[str, dict],
+                 info: dict, head,
                  extractor: FeatureExtractor, gallery: np.ndarray, gallery_rows: list[dict],
                  verifier: Gallery | None, settings: Settings, keypoint_store: BlobStore | None = None) -> None:
         import tensorflow as tf
@@ -101,6 +103,8 @@ class Predictor:
         self.version = version
         self.labels = labels
         self.names = names
+        # Where the model's mountains are, as it was trained (folder mountains included); empty for old versions.
+        self.catalog = Catalog(version, tuple(Mountain(**m) for m in mountains.values()))
         self.info = info
         self.unknown_threshold = float(info["unknown_threshold"])
         self.extractor = extractor
@@ -147,7 +151,8 @@ class Predictor:
         if extractor.feature_id != config["feature_id"]:
             raise ModelLoadError(version, f"trained on features {config['feature_id']} but these weights give "
                                           f"{extractor.feature_id} (check MOUNTAINID_WEIGHTS)")
-        predictor = cls(version, list(labels_doc["labels"]), dict(labels_doc["names"]), info, head, extractor,
+        predictor = cls(version, list(labels_doc["labels"]), dict(labels_doc["names"]),
+                        dict(labels_doc.get("mountains", {})), info, head, extractor,
                         gallery.astype(np.float32), gallery_rows, verifier, settings, keypoint_store)
         predictor._probe()
         event(log, "model loaded", version=version, classes=len(predictor.labels),

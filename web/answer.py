@@ -161,7 +161,8 @@ def build_answer(prediction: Prediction, catalog: Catalog, upload_id: str, uploa
         verdict, headline = "not-sure", "Not sure: it might be one of these."
     else:
         verdict, headline = "mountain", f"This looks like {best.name}."
-    location = catalog.find(best.slug) if best and verdict != "not-a-mountain" else None
+    found = catalog.find(best.slug) if best and verdict != "not-a-mountain" else None
+    location = found if found and found.map_url else None  # a mountain known by name only has no map card
     photos = [CreditedPhoto.of(p) for p in prediction.similar] if verdict != "not-a-mountain" else []
     evidence = None
     if prediction.evidence is not None and upload is not None and verdict != "not-a-mountain":
@@ -242,7 +243,8 @@ def identify(*, page: bool = False) -> Answer:
     with svc.prediction_slots:  # decoding is the memory peak: only so many at once
         prediction = predictor.predict(data)
     stored = store_upload(svc.store, upload_id, data, prediction, svc.settings) if svc.settings.store_uploads else None
-    answer = build_answer(prediction, svc.catalog, upload_id, data if page else None, svc.settings.max_image_pixels)
+    answer = build_answer(prediction, svc.catalog.merged(predictor.catalog), upload_id, data if page else None,
+                          svc.settings.max_image_pixels)
     best = prediction.guesses[0] if prediction.guesses else None
     event(log, "photo identified", photo_id=upload_id, model_version=prediction.model_version,
           verdict=answer.verdict, guess=best.slug if best else None,

@@ -32,7 +32,7 @@ def model() -> Response:
         "training": training_progress(services().store),
         "created": info.get("created"),
         "labels": predictor.labels,
-        "mountains": mountain_list(predictor.labels),
+        "mountains": mountain_list(predictor.labels, predictor.catalog),
         "test": info.get("test"),
         "unknown_threshold": predictor.unknown_threshold,
         "plots": {name.removesuffix(".png"): url_for("pages.model_plot", version=predictor.version,

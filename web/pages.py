@@ -6,6 +6,7 @@ import re
 
 from flask import Blueprint, Response, abort, render_template, request
 
+from mountainid.catalog import Catalog
 from mountainid.store import NotFound
 from mountainid.training.progress import current as training_progress
 from web.answer import identify
@@ -44,7 +45,7 @@ def identify_page() -> str:
 @bp.get("/model")
 def model_page() -> str:
     predictor = services().holder.predictor
-    mountains = mountain_list(predictor.labels) if predictor else []
+    mountains = mountain_list(predictor.labels, predictor.catalog) if predictor else []
     return render_template("model.html", predictor=predictor, info=predictor.info if predictor else {},
                            mountains=mountains, training=training_progress(services().store))
 
@@ -80,9 +81,9 @@ def _from_store(name: str, mimetype: str, max_age: int) -> Response:
     return response
 
 
-def mountain_list(labels: list[str]) -> list[dict[str, object]]:
-    """The model's classes with what the catalog knows about each (a class may be missing from it)."""
-    catalog = services().catalog
+def mountain_list(labels: list[str], known: Catalog) -> list[dict[str, object]]:
+    """The model's classes with what the site's catalog and the model know about each (maybe nothing)."""
+    catalog = services().catalog.merged(known)
     mountains = []
     for slug in labels:
         found = catalog.find(slug)

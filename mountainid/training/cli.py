@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -88,18 +89,19 @@ def job_config(args: argparse.Namespace):
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
     from mountainid.events import open_bus
     from mountainid.store import open_store
-    from mountainid.training.folders import FolderError, import_folder
+    from mountainid.training.folders import import_folder, labelled_files
     from mountainid.training.job import train_and_register
+    from mountainid.vision.backbone import get_backbone
 
+    config = job_config(args)
+    if args.photos:  # the folder, its mountains and the weights are checked before anything is written
+        labelled_files(Path(args.photos), load_catalog(settings.catalog))
+        get_backbone(settings.weights)
     store, bus = open_store(settings), open_bus(settings)
     try:
         if args.photos:
-            try:
-                import_folder(store, settings, Path(args.photos), load_catalog(settings.catalog))
-            except FolderError as error:
-                print(f"mountainid train: {error}")
-                return 2
-        result = train_and_register(settings, store, bus, job_config(args))
+            import_folder(store, settings, Path(args.photos), load_catalog(settings.catalog))
+        result = train_and_register(settings, store, bus, config)
     finally:
         bus.close()
     low, high = result.test.get("top1_interval", (float("nan"), float("nan")))
@@ -115,7 +117,7 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from mountainid.registry import ModelLoadError, Registry
     from mountainid.store import open_store
     from mountainid.training.evaluate import metrics, summary_line
-    from mountainid.training.folders import FolderError, labelled_files
+    from mountainid.training.folders import labelled_files
     from mountainid.vision.image import BadImage, decode_for_model
     from mountainid.vision.local import extract_from_bytes
 
@@ -125,14 +127,14 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     if version is None:
         live = Registry(store).live()
         if live is None:
-            print("mountainid evaluate: no model has been promoted yet; train one or pass --model")
+            print("mountainid evaluate: no model has been promoted yet; train one or pass --model", file=sys.stderr)
             return 2
         version = live[0]
     try:
         predictor = Predictor.load(store, version, settings)
         files = labelled_files(Path(args.photos_dir), load_catalog(settings.catalog))
-    except (ModelLoadError, FolderError) as error:
-        print(f"mountainid evaluate: {error}")
+    except ModelLoadError as error:
+        print(f"mountainid evaluate: {error}", file=sys.stderr)
         return 2
     images, keypoints, slugs = [], [], []
     for item in files:
@@ -164,7 +166,10 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
 def configure(name: str, parser: argparse.ArgumentParser) -> None:
     if name == "train":
         parser.add_argument("--photos", metavar="DIR",
-                            help="first import this folder (one subfolder per mountain) through the filter")
+                            help="first import this folder through the filter: DIR/<mountain>/<photo>, one subfolder "
+                                 "per mountain, any name (it is the name shown); a catalog entry of that name adds "
+                                 "its location, and an optional DIR/mountains.yaml (mountains: [{name, latitude, "
+                                 "longitude, elevation_m}]) adds or overrides it")
         add_training_flags(parser)
         parser.set_defaults(func=run_train)
     else:

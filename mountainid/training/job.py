@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from mountainid import verification
-from mountainid.catalog import load_catalog
+from mountainid.catalog import Mountain, load_catalog
 from mountainid.config import Settings
 from mountainid.events import EventBus
 from mountainid.logs import event
@@ -31,6 +31,7 @@ from mountainid.training import evaluate, plots
 from mountainid.training.dataset import Dataset, Example, build_dataset, list_accepted
 from mountainid.training.duplicates import find_duplicates
 from mountainid.training.features import FeatureExtractor, FeatureSpec, load_features, load_local_features
+from mountainid.training.folders import bucket_catalog
 from mountainid.training.progress import Progress
 from mountainid.training.train import HeadConfig, train_head
 from mountainid.verification import VERIFICATION_FILE, Gallery
@@ -159,7 +160,8 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
     compared = _compare_with_live(registry, live[0], parts["test"], keypoints["test"], test_fused, y_test, store,
                                   settings) if live else None
     live_top1, new_top1, compared_n = compared if compared else (None, test["top1"], test["n"])
-    names = _names(settings, labels)
+    mountains = _mountains(settings, store, labels)
+    names = {slug: mountain["name"] for slug, mountain in mountains.items()}
     metrics = {
         "version": version, "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "labels": labels, "names": names, "unknown_threshold": threshold, "fusion_weight": weight,
@@ -177,7 +179,7 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
     lease.renew()
     registry.write_version(version, {
         "model.keras": _keras_bytes(head),
-        "labels.json": _json({"labels": labels, "names": names}),
+        "labels.json": _json({"labels": labels, "names": names, "mountains": mountains}),
         "config.json": _json({"features": config.features.to_dict(), "feature_id": extractor.feature_id,
                               "head": config.head.to_dict(), "min_photos_per_class": settings.min_photos_per_class}),
         "dataset.json": _json(dataset.manifest()),
@@ -279,11 +281,11 @@ def _gallery_files(store: BlobStore, settings: Settings, dataset: Dataset, train
     return {"gallery.npz": buffer.getvalue(), "gallery.json": _json(rows)}
 
 
-def _names(settings: Settings, labels: list[str]) -> dict[str, str]:
-    """Display names from the catalog; a slug the catalog does not know keeps its slug."""
-    catalog = load_catalog(settings.catalog)
-    found = {m.slug: m.name for m in catalog.mountains}
-    return {slug: found.get(slug, slug) for slug in labels}
+def _mountains(settings: Settings, store: BlobStore, labels: list[str]) -> dict[str, dict]:
+    """What the model says about each of its mountains: the packaged catalog, then the mountains photo
+    folders brought into the bucket; a slug neither knows keeps its slug as its name."""
+    catalog = load_catalog(settings.catalog).merged(bucket_catalog(store))
+    return {slug: (catalog.find(slug) or Mountain(slug, slug, slug)).to_dict() for slug in labels}
 
 
 def _json(value: object) -> bytes:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mountainid.config import ConfigError
 from mountainid.logs import event
 
 log = logging.getLogger(__name__)
@@ -24,8 +25,8 @@ INPUT_SIZE = 224
 EMBEDDING_DIM = 1280
 
 
-class BackboneError(RuntimeError):
-    """The weights could not be loaded; raised at start-up, naming the path."""
+class BackboneError(ConfigError):
+    """The weights could not be loaded; raised at start-up, naming the path and the setting to fix."""
 
 
 def weights_fingerprint(weights: str) -> str:
@@ -82,7 +83,11 @@ class Backbone:
             full = keras.applications.MobileNetV2(input_shape=(input_size, input_size, 3),
                                                   weights=weights, include_top=True, classes=1000)
             self.fingerprint = weights_fingerprint(weights)
-        except Exception as error:  # h5py/keras raise many types for a bad file
+        except Exception as error:  # h5py/keras raise many types for a bad file, urllib for no network
+            if weights == "imagenet":
+                raise BackboneError(f"cannot download the ImageNet weights ({str(error).splitlines()[0]}); offline, "
+                                    "set MOUNTAINID_WEIGHTS to a MobileNetV2 .weights.h5 file, e.g. ../shared/models/"
+                                    "imagenet/mobilenet_v2_1.0_224_imagenet.weights.h5") from error
             raise BackboneError(f"cannot load ImageNet weights from {weights}: {error}") from error
         # Found by type, not name: Keras numbers layer names per process ("…_1" for a second model).
         pooled = next(layer for layer in full.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D))

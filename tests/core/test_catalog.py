@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mountainid.catalog import is_slug, load_catalog, slugify
+from mountainid.catalog import CatalogError, is_slug, load_catalog, slugify
 
 
 @pytest.mark.parametrize(("name", "slug"), [
@@ -57,5 +57,31 @@ def test_duplicate_or_unsafe_entries_are_refused(tmp_path: Path) -> None:
 
 
 def test_unknown_catalog_lists_the_bundled_ones() -> None:
-    with pytest.raises(FileNotFoundError, match="mountains11, peaks14"):
+    with pytest.raises(CatalogError, match="mountains11, peaks14"):
         load_catalog("nowhere")
+
+
+def test_coordinates_are_optional_and_a_name_is_enough(tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text("mountains:\n  - name: Hausberg\n  - {name: Matterhorn, latitude: 45.9763, longitude: 7.6586}\n")
+    catalog = load_catalog(str(path))
+    home = catalog.by_slug("hausberg")
+    assert (home.latitude, home.elevation_m, home.map_url) == (None, None, None)
+    assert catalog.by_slug("matterhorn").map_url and catalog.by_slug("matterhorn").elevation_m is None
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("mountains:\n  - {latitude: 1, longitude: 2}\n", "mountains[0]: every mountain needs a 'name'"),
+    ("mountains:\n  - {name: X, latitude: north, longitude: 2}\n", "mountains[0] (X): 'latitude' must be a number"),
+    ("mountains:\n  - {name: X, latitude: 95, longitude: 2}\n", "'latitude' 95.0 is outside"),
+    ("mountains:\n  - {name: X, latitude: 45}\n", "give both 'latitude' and 'longitude'"),
+    ("mountains: [\n", "not valid YAML"),
+    ("peaks:\n  - name: X\n", "expected a 'mountains:' list"),
+])
+def test_a_broken_catalog_names_file_entry_and_field(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(str(path))
+    assert str(caught.value).startswith(str(path)) and message in str(caught.value)
+    assert "\n" not in str(caught.value)  # one line

@@ -1,0 +1,92 @@
+"""Bring your own mountains: any folder names train into a model that names them on the site, a
+``mountains.yaml`` places them on the map, and every mistake stops with one line before anything is written."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mountainid.config import load_settings
+from mountainid.serving import ModelHolder
+from mountainid.store import LocalBlobStore
+from tests.training.conftest import cli_args, training_env
+from web import create_app
+
+REPO = Path(__file__).resolve().parents[2]
+MADE_UP = {"Hausberg": "K2", "Zuckerhütl": "Nanga Parbat", "Schneekoppe": "Lhotse"}
+PER_MOUNTAIN = 10
+
+
+def own_folder(root: Path, shared_dir: Path, names: dict[str, str] = MADE_UP) -> Path:
+    for name, source in names.items():
+        (root / name).mkdir(parents=True)
+        for path in sorted((shared_dir / "data" / "peaks14" / source).iterdir())[:PER_MOUNTAIN]:
+            shutil.copy(path, root / name / path.name)
+    return root
+
+
+def test_made_up_mountains_are_trained_named_and_placed_without_a_catalog(tmp_path, shared_dir,
+                                                                          weights_path) -> None:
+    photos = own_folder(tmp_path / "mine", shared_dir)
+    (photos / "mountains.yaml").write_text("mountains:\n  - {name: Zuckerhütl, latitude: 46.9655, longitude: 11.1524,"
+                                           " elevation_m: 3507}\n", encoding="utf-8")
+    settings = load_settings(training_env(weights_path, str(tmp_path / "bucket")))  # the catalog knows none
+    args = cli_args("train", ["--photos", str(photos), "--cut", "", "--augment-views", "0", "--epochs", "40",
+                              "--learning-rate", "3e-3", "--dropout", "0.2"])
+    assert args.func(args, settings) == 0
+    store = LocalBlobStore(tmp_path / "bucket")
+    holder = ModelHolder(store, settings)
+    predictor = holder.check_now()
+    assert sorted(predictor.names.values()) == sorted(MADE_UP)
+    client = create_app(settings, store, holder, watch=False).test_client()
+
+    held_out = max((shared_dir / "data" / "peaks14" / "K2").iterdir())  # not among the 10 copied
+    body = client.post("/api/v1/predict", data=held_out.read_bytes(), content_type="image/jpeg").get_json()
+    assert body["guesses"][0]["name"] in MADE_UP and {g["name"] for g in body["guesses"]} <= set(MADE_UP)
+    if body["guesses"][0]["name"] != "Zuckerhütl":
+        assert body["location"] is None  # known by name only: no map card, no made-up coordinates
+
+    splits = json.loads(store.get(f"models/{predictor.version}/dataset.json"))["splits"]
+    own = store.get(f"accepted/{next(e for e in splits['train'] if e.startswith('zuckerhutl/'))}.jpg")
+    page = client.post("/", data={"photo": (io.BytesIO(own), "z.jpg")}, content_type="multipart/form-data")
+    html = page.get_data(as_text=True)
+    assert "Zuckerhütl" in html and "46.9655, 11.1524" in html and "3,507 m" in html  # placed by mountains.yaml
+    model_page = client.get("/model").get_data(as_text=True)
+    assert all(name in model_page for name in MADE_UP)
+
+
+def _mountainid(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mountainid.cli", *argv], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=300, check=False)
+
+
+@pytest.mark.parametrize("case", ["broken mountains.yaml", "same mountain twice", "no such catalog",
+                                  "weights missing"])
+def test_a_mistake_stops_with_one_line_on_stderr_and_writes_nothing(tmp_path, shared_dir, weights_path,
+                                                                   case: str) -> None:
+    photos = own_folder(tmp_path / "mine", shared_dir, {"Hausberg": "K2"})
+    env = training_env(weights_path, str(tmp_path / "bucket"))
+    expected = {"broken mountains.yaml": f"{photos / 'mountains.yaml'}: mountains[0] (Hausberg): 'latitude' must be",
+                "same mountain twice": "are the same mountain (hausberg)",
+                "no such catalog": "catalog 'nosuch' not found",
+                "weights missing": "set MOUNTAINID_WEIGHTS"}[case]
+    if case == "broken mountains.yaml":
+        (photos / "mountains.yaml").write_text("mountains:\n  - {name: Hausberg, latitude: north, longitude: 11}\n")
+    elif case == "same mountain twice":
+        shutil.copytree(photos / "Hausberg", photos / "hausberg ")
+    elif case == "no such catalog":
+        env["MOUNTAINID_CATALOG"] = "nosuch"
+    else:
+        env["MOUNTAINID_WEIGHTS"] = str(tmp_path / "nowhere.weights.h5")
+    result = _mountainid(env, "train", "--photos", str(photos))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("mountainid train: "), result.stderr
+    assert expected in result.stderr
+    assert not (tmp_path / "bucket").exists()  # nothing written, not even the bucket folder
