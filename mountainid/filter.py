@@ -22,7 +22,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -257,13 +257,17 @@ def _record(store: BlobStore, photo: RawPhoto, verdict: Verdict, embedding: np.n
     return Outcome(status, photo.name, photo.photo_id, photo.slug, verdict.reason, verdict.score)
 
 
-def filter_pending(store: BlobStore, settings: Settings, backbone: Backbone, batch_size: int = 32) -> dict[str, int]:
-    """Judge every raw/ photo that has no result yet (catch-up after downtime); counts by outcome."""
+def filter_pending(store: BlobStore, settings: Settings, load_backbone: Callable[[], Backbone],
+                   batch_size: int = 32) -> dict[str, int]:
+    """Judge every raw/ photo that has no result yet (catch-up after downtime); counts by outcome.
+
+    The backbone is loaded (seconds) only when there is something to judge."""
     judged = {RawPhoto.parse(RAW + name.split("/", 1)[1]) for prefix in (ACCEPTED, REJECTED)
               for name in store.list_names(prefix)}
     pending = [photo for photo in map(RawPhoto.parse, store.list_names(RAW))
                if photo is not None and photo not in judged]
     counts: Counter[str] = Counter()
+    backbone = load_backbone() if pending else None
     for start in range(0, len(pending), batch_size):
         for outcome in judge_photos(store, pending[start:start + batch_size], settings, backbone):
             outcome.log(catch_up=True)
@@ -394,7 +398,7 @@ def _filter_command(args: argparse.Namespace, settings: Settings) -> int:
     from mountainid.vision.backbone import get_backbone
 
     store = open_store(settings)
-    counts = filter_pending(store, settings, get_backbone(settings.weights), args.batch_size)
+    counts = filter_pending(store, settings, lambda: get_backbone(settings.weights), args.batch_size)
     total = sum(counts.values())
     print(f"{store.uri(RAW)}: judged {total} pending photo(s): "
           + (", ".join(f"{status}={n}" for status, n in sorted(counts.items())) or "nothing to do"))

@@ -94,7 +94,7 @@ class EmbeddedPipeline:
             self.bus.publish_json(self.settings.topic_ingest_tick, tick)
             delivered = self.bus.drain()
             # Catch up on photos a previous, interrupted run stored but never judged.
-            caught_up = filter_pending(self.store, self.settings, get_backbone(self.settings.weights))
+            caught_up = filter_pending(self.store, self.settings, lambda: get_backbone(self.settings.weights))
             result = maybe_train(self.settings, self.store, self.bus, self.fast)
             trained = "not due" if result is None else result.status
             self.bus.drain()  # model-published reaches its subscribers (the web service)
