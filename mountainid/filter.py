@@ -31,7 +31,7 @@ from cloudevents.http import CloudEvent
 
 from mountainid.config import Settings
 from mountainid.events.cloudevents import PUBSUB_PUBLISHED, pubsub_payload
-from mountainid.logs import event
+from mountainid.logs import Bar, event, item_level
 from mountainid.store import BlobStore, NotFound, PreconditionFailed
 from mountainid.vision import local
 from mountainid.vision.backbone import Backbone
@@ -155,7 +155,7 @@ class Outcome:
         values = {"photo_id": self.photo_id, "slug": self.slug, "outcome": self.status, "object": self.name,
                   "score": None if self.score is None else round(self.score, 3), "reason": self.reason,
                   **extra}
-        level = logging.WARNING if self.status in ("missing", "ignored") and self.photo_id else logging.INFO
+        level = logging.WARNING if self.status in ("missing", "ignored") and self.photo_id else item_level()
         event(log, messages[self.status], level=level, **{k: v for k, v in values.items() if v not in (None, "")})
 
 
@@ -268,10 +268,12 @@ def filter_pending(store: BlobStore, settings: Settings, load_backbone: Callable
                if photo is not None and photo not in judged]
     counts: Counter[str] = Counter()
     backbone = load_backbone() if pending else None
-    for start in range(0, len(pending), batch_size):
-        for outcome in judge_photos(store, pending[start:start + batch_size], settings, backbone):
-            outcome.log(catch_up=True)
-            counts[outcome.status] += 1
+    with Bar("filter", len(pending)) as bar:
+        for start in range(0, len(pending), batch_size):
+            for outcome in judge_photos(store, pending[start:start + batch_size], settings, backbone):
+                outcome.log(catch_up=True)
+                counts[outcome.status] += 1
+            bar.advance(len(pending[start:start + batch_size]))
     event(log, "filter caught up", pending=len(pending), **counts)
     return dict(counts)
 

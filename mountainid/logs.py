@@ -3,6 +3,9 @@
 Call :func:`event` with a short message and the facts as keyword arguments (always the photo id
 when there is one). In JSON mode each line is an object Cloud Logging understands
 (``severity``, ``message`` plus the fields as ``jsonPayload``).
+
+At a terminal (text logs to a TTY) long work shows a :class:`Bar` instead of a line per photo or
+epoch: those lines drop to DEBUG there (:func:`item_level`), and each stage still logs its summary.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any
+import time
+from typing import Any, Self
 
 from mountainid.config import Settings
 
@@ -57,3 +61,53 @@ def event(logger: logging.Logger, message: str, *, level: int = logging.INFO, ex
           **fields: Any) -> None:
     """Log one structured line: ``event(log, "photo stored", photo_id="123", slug="k2")``."""
     logger.log(level, message, extra={_FIELDS: fields}, exc_info=exc_info)
+
+
+def _terminal() -> Any:
+    """The stream of a text log handler that is a terminal, or None (logs to a file, JSON, tests)."""
+    for handler in logging.getLogger().handlers:
+        stream = getattr(handler, "stream", None)
+        if isinstance(handler.formatter, TextFormatter) and stream is not None and stream.isatty():
+            return stream
+    return None
+
+
+def item_level() -> int:
+    """The level of a per-photo or per-epoch line: INFO in logs, DEBUG at a terminal where a bar shows it."""
+    return logging.DEBUG if _terminal() is not None else logging.INFO
+
+
+class Bar:
+    """``with Bar("filter", 537) as bar: bar.advance(32)``: a progress bar with counts and an ETA at a
+    terminal; nothing anywhere else."""
+
+    WIDTH = 28
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label, self.total, self.done, self.note = label, total, 0, ""
+        self._stream = _terminal() if total > 0 else None
+        self._started = time.perf_counter()
+
+    def __enter__(self) -> Self:
+        self._draw()
+        return self
+
+    def advance(self, count: int = 1, note: str = "") -> None:
+        self.done = min(self.total, self.done + count)
+        self.note = note or self.note
+        self._draw()
+
+    def _draw(self) -> None:
+        if self._stream is None:
+            return
+        filled = self.WIDTH * self.done // self.total
+        elapsed = time.perf_counter() - self._started
+        eta = f"ETA {elapsed / self.done * (self.total - self.done):4.0f} s" if self.done else "ETA    ? s"
+        self._stream.write(f"\r{self.label:<10} [{'#' * filled}{'.' * (self.WIDTH - filled)}] "
+                           f"{self.done}/{self.total} {eta} {self.note}\x1b[K")
+        self._stream.flush()
+
+    def __exit__(self, *_: object) -> None:
+        if self._stream is not None:
+            self._stream.write("\n")
+            self._stream.flush()

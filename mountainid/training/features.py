@@ -23,7 +23,7 @@ from PIL import Image
 
 from mountainid.config import Settings
 from mountainid.filter import embedding_name, local_features_name
-from mountainid.logs import event
+from mountainid.logs import Bar, event
 from mountainid.store import BlobStore, NotFound
 from mountainid.vision import efficientnet_lite
 from mountainid.vision.backbone import EMBEDDING_DIM, INPUT_SIZE, Backbone, get_backbone, weights_fingerprint
@@ -248,7 +248,7 @@ def load_features(store: BlobStore, photos: list[tuple[str, str]], extractor: Fe
     dtype = np.float16 if extractor.spec.cut else np.float32  # activation maps are big: half precision
     vectors: list[np.ndarray | None] = [vector for vector, _ in cached]
     chunk = 64  # bounded memory: decode and embed a chunk at a time
-    with ThreadPoolExecutor(IO_WORKERS) as pool:
+    with ThreadPoolExecutor(IO_WORKERS) as pool, Bar(f"features{f' v{view}' if view else ''}", len(missing)) as bar:
         for start in range(0, len(missing), chunk):
             indices = missing[start:start + chunk]
             images = list(pool.map(decode, indices))
@@ -262,6 +262,7 @@ def load_features(store: BlobStore, photos: list[tuple[str, str]], extractor: Fe
             list(pool.map(lambda item: store.put(cache_name(photos[item[0]][0]), encode_vector(item[1], dtype),
                                                  content_type="application/x-npy"),
                           zip([i for i, _ in good], computed, strict=True)))
+            bar.advance(len(indices))
     usable = [vector is not None for vector in vectors]
     event(log, "features ready", feature_id=extractor.feature_id, view=view, photos=len(photos),
           cached=len(photos) - len(missing), computed=sum(usable[i] for i in missing),
@@ -295,8 +296,11 @@ def load_local_features(store: BlobStore, photos: list[tuple[str, str]],
         store.put(name, features.to_bytes(), content_type="application/octet-stream")
         return features, status
 
-    with ThreadPoolExecutor(IO_WORKERS) as pool:
-        results = list(pool.map(one, photos))
+    with ThreadPoolExecutor(IO_WORKERS) as pool, Bar("keypoints", len(photos)) as bar:
+        results = []
+        for result in pool.map(one, photos):
+            results.append(result)
+            bar.advance()
     event(log, "keypoints ready", extractor=EXTRACTOR_ID, photos=len(photos),
           **Counter(status for _, status in results))
     return [features for features, _ in results]

@@ -21,7 +21,7 @@ from pathlib import Path
 from mountainid.catalog import Catalog, CatalogError, Mountain, parse_catalog, slugify
 from mountainid.config import Settings
 from mountainid.filter import ACCEPTED, RAW, REJECTED, RawPhoto, judge_photos
-from mountainid.logs import event
+from mountainid.logs import Bar, event
 from mountainid.store import BlobStore, NotFound, PreconditionFailed
 from mountainid.vision.backbone import get_backbone
 
@@ -123,9 +123,11 @@ def import_folder(store: BlobStore, settings: Settings, folder: Path, base: Cata
     judged = {name for prefix in (ACCEPTED, REJECTED) for name in store.list_names(prefix)}
     todo = [p for p in pending if p.accepted_name not in judged and p.rejected_name not in judged]
     counts: Counter[str] = Counter(already_judged=len(pending) - len(todo))
-    for start in range(0, len(todo), JUDGE_BATCH):
-        for outcome in judge_photos(store, todo[start:start + JUDGE_BATCH], settings, backbone):
-            outcome.log(source="folder")
-            counts[outcome.status] += 1
+    with Bar("filter", len(todo)) as bar:
+        for start in range(0, len(todo), JUDGE_BATCH):
+            for outcome in judge_photos(store, todo[start:start + JUDGE_BATCH], settings, backbone):
+                outcome.log(source="folder")
+                counts[outcome.status] += 1
+            bar.advance(len(todo[start:start + JUDGE_BATCH]))
     event(log, "photo folder imported", folder=str(folder), photos=len(files), **counts)
     return counts

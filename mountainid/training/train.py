@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from mountainid.logs import event
+from mountainid.logs import Bar, event, item_level
 from mountainid.training.features import FeatureExtractor, mobilenet
 from mountainid.vision import efficientnet_lite
 
@@ -113,16 +113,22 @@ def _epoch_logger(epochs: int, on_epoch: Callable[[int, int, float], None] | Non
     class EpochLog(keras.callbacks.Callback):
         def on_train_begin(self, logs=None) -> None:
             self.started = time.perf_counter()
+            self.bar = Bar("training", epochs).__enter__()
 
         def on_epoch_end(self, epoch: int, logs=None) -> None:
             logs = logs or {}
             elapsed = time.perf_counter() - self.started
             eta = elapsed / (epoch + 1) * (epochs - epoch - 1)
-            event(log, "epoch finished", epoch=epoch + 1, epochs=epochs, loss=round(float(logs["loss"]), 4),
-                  val_accuracy=round(float(logs["val_accuracy"]), 4) if "val_accuracy" in logs else None,
-                  seconds=round(elapsed, 1), eta_s=round(eta))
+            accuracy = round(float(logs["val_accuracy"]), 4) if "val_accuracy" in logs else None
+            event(log, "epoch finished", level=item_level(), epoch=epoch + 1, epochs=epochs,
+                  loss=round(float(logs["loss"]), 4), val_accuracy=accuracy, seconds=round(elapsed, 1),
+                  eta_s=round(eta))
+            self.bar.advance(note=f"loss {float(logs['loss']):.3f} val_accuracy {accuracy}")
             if on_epoch:
                 on_epoch(epoch + 1, epochs, eta)
+
+        def on_train_end(self, logs=None) -> None:
+            self.bar.__exit__()
 
     return EpochLog()
 

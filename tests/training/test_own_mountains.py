@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import pty
+import re
 import shutil
 import subprocess
 import sys
@@ -90,3 +92,37 @@ def test_a_mistake_stops_with_one_line_on_stderr_and_writes_nothing(tmp_path, sh
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("mountainid train: "), result.stderr
     assert expected in result.stderr
     assert not (tmp_path / "bucket").exists()  # nothing written, not even the bucket folder
+
+
+def test_a_terminal_sees_progress_bars_and_logs_one_line_per_epoch(tmp_path, shared_dir, weights_path) -> None:
+    photos = own_folder(tmp_path / "mine", shared_dir, {"Hausberg": "K2", "Schneekoppe": "Lhotse"})
+    argv = [sys.executable, "-m", "mountainid.cli", "train", "--photos", str(photos), "--cut", "",
+            "--augment-views", "0", "--epochs", "5", "--patience", "50"]
+    env = {**os.environ, **training_env(weights_path, str(tmp_path / "bucket"))}
+    leader, follower = pty.openpty()  # stderr is a terminal, as when a person runs it
+    process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=follower)
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    process.wait(timeout=300)
+    terminal = seen.decode("utf-8", "replace")
+    assert process.returncode == 0, terminal[-2000:]
+    assert re.search(r"filter +\[#{28}\] 20/20 ETA", terminal)  # counts and an ETA, filled at the end
+    assert re.search(r"training +\[#{28}\] 5/5 ETA +0 s loss \d", terminal)
+    assert "photo accepted" not in terminal and "epoch finished" not in terminal  # per-photo lines: DEBUG here
+    assert "photo folder imported" in terminal  # the stage's one summary line stays
+
+    env.update(MOUNTAINID_LOG_FORMAT="json", MOUNTAINID_BUCKET=str(tmp_path / "bucket-json"))
+    logged = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert logged.returncode == 0 and "\r" not in logged.stderr and "[###" not in logged.stderr
+    lines = [json.loads(line) for line in logged.stderr.splitlines() if line.startswith("{")]
+    assert [line["epoch"] for line in lines if line["message"] == "epoch finished"] == [1, 2, 3, 4, 5]
+    accepted = [line for line in lines if line["message"] == "photo accepted"]
+    assert len(accepted) >= 18 and all(line["photo_id"] for line in accepted)  # one line per photo, with its id
