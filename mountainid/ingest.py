@@ -50,7 +50,7 @@ from mountainid.flickr.client import (
     FlickrUnavailable,
     PhotoUnavailable,
 )
-from mountainid.logs import event
+from mountainid.logs import Bar, event, item_level
 from mountainid.store import BlobStore, PreconditionFailed, StoreError, open_store
 from mountainid.vision.image import BadImage, load_image
 
@@ -260,7 +260,7 @@ class _Run:
         """Store one photo; runs on a download thread. Logs one line, always with the photo id."""
         started = time.perf_counter()
         outcome, reason, size = self._store_photo(slug, photo)
-        level = logging.WARNING if outcome is Outcome.FAILED else logging.INFO
+        level = logging.WARNING if outcome is Outcome.FAILED else item_level()
         why = {"reason": reason} if reason else {}
         event(log, f"photo {outcome.value}", level=level, photo_id=photo.id, slug=slug, **why, bytes=size,
               ms=round((time.perf_counter() - started) * 1000, 1))
@@ -354,12 +354,14 @@ def run_ingest(settings: Settings, store: BlobStore, catalog: Catalog, *,
     if budget < 1:
         raise ValueError(f"photos_per_run must be at least 1, got {budget}")
     report = IngestReport()
-    with _client(settings, client) as flickr, \
+    with _client(settings, client) as flickr, Bar("ingest", len(chosen)) as bar, \
             ThreadPoolExecutor(max(settings.download_workers, 1), thread_name_prefix="ingest") as pool:
         run = _Run(settings, store, flickr, pool, budget)
         for mountain in chosen:
+            bar.advance(0, mountain.slug)
             try:
                 report.mountains[mountain.slug] = run.mountain(mountain)
+                bar.advance(note=f"{mountain.slug}: {report.mountains[mountain.slug].stored} new")
             except FlickrRejected as error:
                 report.mountains[mountain.slug] = MountainReport(mountain.slug, errors=1,
                                                                    stopped=f"search rejected: {error}")
