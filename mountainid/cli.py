@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from mountainid import logs
@@ -26,6 +27,25 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("web.cli", "serve the website and API from the configured store"),
     "local-cloud": ("mountainid.e2e", "run the whole pipeline on local emulators, end to end, and report each stage"),
 }
+
+
+# Commands that load TensorFlow in this process (not `serve`: its workers fork and import it themselves).
+TENSORFLOW_COMMANDS = {"run", "filter", "filter-eval", "train", "evaluate"}
+
+
+def import_tensorflow_quietly() -> None:
+    """TensorFlow's C++ start-up lines (absl, oneDNN) go straight to file descriptor 2 at import, below
+    any log level: at a terminal, import it once with that descriptor on /dev/null so a person sees only
+    our lines. Python errors still surface as exceptions."""
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 def settings_epilog() -> str:
@@ -63,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mountainid: {error}", file=sys.stderr)
         return 2
     logs.configure(settings)
+    if args.command in TENSORFLOW_COMMANDS and sys.stderr.isatty():
+        import_tensorflow_quietly()
     try:
         return int(args.func(args, settings) or 0)
     except ConfigError as error:

@@ -118,6 +118,7 @@ def test_a_terminal_sees_progress_bars_and_logs_one_line_per_epoch(tmp_path, sha
     assert re.search(r"training +\[#{28}\] 5/5 ETA +0 s loss \d", terminal)
     assert "photo accepted" not in terminal and "epoch finished" not in terminal  # per-photo lines: DEBUG here
     assert "photo folder imported" in terminal  # the stage's one summary line stays
+    assert "absl::InitializeLog" not in terminal and "oneDNN" not in terminal  # no TensorFlow start-up noise
 
     env.update(MOUNTAINID_LOG_FORMAT="json", MOUNTAINID_BUCKET=str(tmp_path / "bucket-json"))
     logged = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
