@@ -67,7 +67,8 @@ def _terminal() -> Any:
     """The stream of a text log handler that is a terminal, or None (logs to a file, JSON, tests)."""
     for handler in logging.getLogger().handlers:
         stream = getattr(handler, "stream", None)
-        if isinstance(handler.formatter, TextFormatter) and stream is not None and stream.isatty():
+        if isinstance(handler.formatter, TextFormatter) and stream is not None and not stream.closed \
+                and stream.isatty():
             return stream
     return None
 
