@@ -65,18 +65,45 @@ def report(store, version: str, settings) -> None:
               f"{right['bucket'] / n:.3f} against {right['memory'] / n:.3f} in memory; predict p50 "
               f"{statistics.median(timings['bucket']):.0f} ms against {statistics.median(timings['memory']):.0f} ms; "
               f"memory held 0 MB (about {SHORTLIST * gallery.nbytes / len(gallery) / 1e6:.0f} MB per request)")
-    others = {}
-    for scene in ("mountain", "street"):
-        answers = [predictor.predict(path.read_bytes()) for path in sorted((SHARED / "data" / "scenes" / scene).iterdir())]
-        others[scene] = (sum(a.is_mountain and a.sure for a in answers), sum(not a.is_mountain for a in answers),
-                         len(answers))
-    named, _, total = others["mountain"]
-    _, rejected, streets = others["street"]
-    print(f"other mountains (scenes/mountain) named outright as one of the peaks: {named}/{total} "
-          f"({named / total:.1%}); street photos answered 'not a mountain': {rejected}/{streets}")
+    scenes = {scene: [predictor.predict(path.read_bytes())
+                      for path in sorted((SHARED / "data" / "scenes" / scene).iterdir())]
+              for scene in ("mountain", "street")}
+    named = sum(a.is_mountain and a.sure for a in scenes["mountain"])
+    rejected = sum(not a.is_mountain for a in scenes["street"])
+    print(f"other mountains (scenes/mountain) named outright as one of the peaks: {named}/{len(scenes['mountain'])} "
+          f"({named / len(scenes['mountain']):.1%}); street photos answered 'not a mountain': "
+          f"{rejected}/{len(scenes['street'])}")
+    rule_now(store, version, settings, predictor, scenes["mountain"])
     latencies = timings["memory"]
     print(f"predict latency (upload bytes to answer, verification included): p50 {statistics.median(latencies):.0f} ms, "
           f"max {max(latencies):.0f} ms over {len(latencies)} test photos (one request at a time)")
+
+
+def rule_now(store, version: str, settings, predictor, other_mountains: list) -> None:
+    """What today's threshold rule (``choose_answer_threshold``) picks on this version's validation split,
+    and what it gives on its test split and on photos of other mountains: for a version trained under an
+    older rule."""
+    import numpy as np
+
+    from mountainid.training.evaluate import choose_answer_threshold, confident_figures
+    from mountainid.training.features import load_features, load_local_features
+
+    splits = json.loads(store.get(f"models/{version}/dataset.json"))["splits"]
+
+    def fused(split: str) -> tuple[np.ndarray, np.ndarray]:
+        photos = [(entry.split("/")[1], f"accepted/{entry}.jpg") for entry in splits[split]]
+        features, usable = load_features(store, photos, predictor.extractor, settings)
+        keypoints = [k for k, ok in zip(load_local_features(store, photos, settings), usable, strict=True) if ok]
+        targets = [predictor.labels.index(e.split("/")[0]) for e, ok in zip(splits[split], usable, strict=True) if ok]
+        return predictor.verified_probabilities(predictor.probabilities(features), keypoints), np.array(targets)
+
+    threshold = choose_answer_threshold(*fused("val"))
+    test = confident_figures(*fused("test"), threshold)
+    named = sum(a.is_mountain and max(g.probability for g in a.guesses) >= threshold for a in other_mountains)
+    print(f"today's threshold rule on this version's validation split: {threshold:.2f} (stored: "
+          f"{predictor.unknown_threshold:.2f}); at it, test coverage={test['coverage']:.3f} "
+          f"confident_precision={test['confident_precision']:.3f}; other mountains named outright "
+          f"{named}/{len(other_mountains)} ({named / len(other_mountains):.1%})")
 
 
 def main() -> None:

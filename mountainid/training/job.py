@@ -149,7 +149,7 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
     weight = verification.choose_weight(val_probs, val_scores, y_val)  # on validation, never test
     val_fused, test_fused = verification.fuse(val_probs, val_scores, weight), verification.fuse(test_probs,
                                                                                                  test_scores, weight)
-    threshold = evaluate.choose_unknown_threshold(val_fused, y_val)
+    threshold = evaluate.choose_answer_threshold(val_fused, y_val)
     val = evaluate.metrics(val_fused, y_val, labels, threshold)
     test = evaluate.metrics(test_fused, y_test, labels, threshold)
     for figures, probs, targets in ((val, val_probs, y_val), (test, test_probs, y_test)):

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from mountainid.training.evaluate import choose_unknown_threshold, confident_figures, metrics, summary_line
+from mountainid.training.evaluate import (
+    choose_answer_threshold,
+    choose_unknown_threshold,
+    confident_figures,
+    metrics,
+    open_set_threshold,
+    summary_line,
+)
 
 
 def probs_of(confidences: list[float], correct: list[bool]) -> tuple[np.ndarray, np.ndarray]:
@@ -36,3 +44,18 @@ def test_summary_line_carries_the_confident_figures() -> None:
     probs, targets = probs_of([0.95, 0.9, 0.6, 0.55], [True, True, False, True])
     figures = metrics(probs, targets, ["a", "b"], threshold=0.9)
     assert summary_line(figures) == "top1=0.750 top3=1.000 n=4 confident_precision=1.000 coverage=0.500"
+
+
+def test_the_answer_threshold_also_keeps_unknown_mountains_from_being_named() -> None:
+    """A model that is right but torn between two neighbours: without its own mountain, one neighbour
+    dominates, so a photo of a mountain it does not know would be named; the threshold rises above that."""
+    targets = np.arange(40) % 4
+    probs = np.full((40, 4), 0.02)
+    probs[np.arange(40), targets] = 0.60
+    probs[np.arange(40), (targets + 1) % 4] = 0.36  # the neighbour takes the rest
+    precise = choose_unknown_threshold(probs, targets)
+    assert precise <= 0.60  # every answer is right: precision alone would answer all
+    answer = choose_answer_threshold(probs, targets)
+    assert answer > 0.60 and answer == pytest.approx(open_set_threshold(probs, targets), abs=1e-5)
+    # Unknown-mountain stand-ins (own class out, renormalised) reach 0.36 / 0.40 = 0.9: above every answer here.
+    assert confident_figures(probs, targets, answer)["coverage"] == 0.0

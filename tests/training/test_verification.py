@@ -14,7 +14,7 @@ from mountainid.predict import Predictor
 from mountainid.registry import Registry
 from mountainid.store import BlobStore, LocalBlobStore
 from mountainid.training.dataset import list_accepted
-from mountainid.training.evaluate import choose_unknown_threshold
+from mountainid.training.evaluate import choose_answer_threshold
 from mountainid.training.features import load_features, load_local_features
 from mountainid.training.job import train_and_register
 from mountainid.verification import choose_weight, fuse
@@ -80,7 +80,7 @@ def test_the_gallery_holds_the_training_split_and_validation_chooses_weight_and_
     info = registry.info(result.version)
     assert info["fusion_weight"] == choose_weight(probs, scores, targets)
     fused = fuse(probs, scores, info["fusion_weight"])
-    assert info["unknown_threshold"] == pytest.approx(choose_unknown_threshold(fused, targets))
+    assert info["unknown_threshold"] == pytest.approx(choose_answer_threshold(fused, targets))
     assert info["val"]["top1"] == pytest.approx(float(np.mean(fused.argmax(axis=1) == targets)))
     # The gain of verification is stated next to the classifier's own figure.
     assert info["val"]["classifier_top1"] == pytest.approx(float(np.mean(probs.argmax(axis=1) == targets)))
