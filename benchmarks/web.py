@@ -60,9 +60,10 @@ def train_small_model(bucket: Path) -> None:
 
 
 def server_env(bucket: Path, port: int) -> dict[str, str]:
+    """The service's environment as the web image sets it (MALLOC_ARENA_MAX from its Dockerfile)."""
     return {**os.environ, "MOUNTAINID_BUCKET": str(bucket), "MOUNTAINID_WEIGHTS": str(WEIGHTS),
             "MOUNTAINID_CATALOG": "peaks14", "MOUNTAINID_MIN_PHOTOS_PER_CLASS": "5", "PORT": str(port),
-            "MOUNTAINID_LOG_LEVEL": "WARNING", "TF_CPP_MIN_LOG_LEVEL": "2"}
+            "MOUNTAINID_LOG_LEVEL": "WARNING", "TF_CPP_MIN_LOG_LEVEL": "2", "MALLOC_ARENA_MAX": "2"}
 
 
 def free_port() -> int:
