@@ -30,7 +30,7 @@ from mountainid.catalog import Catalog, load_catalog
 from mountainid.config import ConfigError, Settings
 from mountainid.events import InProcessBus
 from mountainid.events.cloudevents import finalized_object
-from mountainid.logs import event
+from mountainid.logs import Bar, event
 from mountainid.store import BlobInfo, LocalBlobStore
 from mountainid.training.job import FAST_TIER, FINETUNE_TIER, JobConfig, maybe_train
 
@@ -63,6 +63,7 @@ class EmbeddedPipeline:
         self.bus.subscribe(settings.topic_ingest_tick, self._ingest)
         self.bus.subscribe(settings.topic_raw_photos, self._filter)
         self._cycle_lock = threading.Lock()
+        self._filter_bar: Bar | None = None  # at a terminal: the photos an ingest queued for the filter
 
     def _notify(self, blob: BlobInfo) -> None:
         # infra/ sets up the bucket notification for raw/ only; do the same here.
@@ -80,8 +81,19 @@ class EmbeddedPipeline:
         from mountainid.vision.backbone import get_backbone
 
         ref = finalized_object(cloud_event)
-        if ref is not None:
-            handle_raw_object(self.store, ref.name, ref.generation, self.settings, get_backbone(self.settings.weights))
+        if ref is None:
+            return
+        if self._filter_bar is None:  # the first of a batch: the rest are queued behind it
+            self._filter_bar = Bar("filter", self.bus.pending() + 1).__enter__()
+        handle_raw_object(self.store, ref.name, ref.generation, self.settings, get_backbone(self.settings.weights))
+        self._filter_bar.advance()
+        if self._filter_bar.done >= self._filter_bar.total:
+            self._end_filter_bar()
+
+    def _end_filter_bar(self) -> None:
+        if self._filter_bar is not None:
+            self._filter_bar.__exit__()
+            self._filter_bar = None
 
     def cycle(self, photos_per_run: int | None = None) -> dict[str, object]:
         """One scheduler period: tick -> ingest -> filter (every photo), then train if it is time."""
@@ -93,6 +105,7 @@ class EmbeddedPipeline:
             tick = {} if photos_per_run is None else {"photos_per_run": photos_per_run}
             self.bus.publish_json(self.settings.topic_ingest_tick, tick)
             delivered = self.bus.drain()
+            self._end_filter_bar()
             # Catch up on photos a previous, interrupted run stored but never judged.
             caught_up = filter_pending(self.store, self.settings, lambda: get_backbone(self.settings.weights))
             result = maybe_train(self.settings, self.store, self.bus, self.fast)
