@@ -13,7 +13,6 @@ similar training photos among the likeliest mountains) whose keypoints are read 
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mountainid.arrays import load_arrays
 from mountainid.catalog import Catalog, Mountain
 from mountainid.config import Settings
 from mountainid.filter import local_features_name, mountain_score
@@ -134,7 +134,7 @@ class Predictor:
             info = registry.info(version)
             config = json.loads(registry.read(version, "config.json"))
             labels_doc = json.loads(registry.read(version, "labels.json"))
-            gallery = np.load(io.BytesIO(registry.read(version, "gallery.npz")), allow_pickle=False)["embeddings"]
+            gallery = load_arrays(registry.read(version, "gallery.npz"))["embeddings"]
             gallery_rows = json.loads(registry.read(version, "gallery.json"))
             head = _load_keras(registry.read(version, "model.keras"))
             verifier, keypoint_store = None, None

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mountainid.arrays import load_arrays
 from mountainid.vision.local import LocalFeatures, rootsift
 
 GALLERY_KEYPOINTS = 1000  # per training photo in the index (0.5 MB each as float32); 600 lost 3 points on val
@@ -138,11 +139,11 @@ class Gallery:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, storable: bool = False) -> Gallery:
-        with np.load(io.BytesIO(data), allow_pickle=False) as stored:
-            offsets, points, descriptors = stored["offsets"], stored["points"], stored["descriptors"]
-            features = [LocalFeatures(points[start:end], descriptors[start:end], (int(w), int(h)))
-                        for start, end, (w, h) in zip(offsets[:-1], offsets[1:], stored["sizes"], strict=True)]
-            return cls([str(p) for p in stored["photo_ids"]], stored["classes"], features, storable=storable)
+        stored = load_arrays(data)
+        offsets, points, descriptors = stored["offsets"], stored["points"], stored["descriptors"]
+        features = [LocalFeatures(points[start:end], descriptors[start:end], (int(w), int(h)))
+                    for start, end, (w, h) in zip(offsets[:-1], offsets[1:], stored["sizes"], strict=True)]
+        return cls([str(p) for p in stored["photo_ids"]], stored["classes"], features, storable=storable)
 
 
 def fuse(probs: np.ndarray, scores: np.ndarray, weight: float) -> np.ndarray:

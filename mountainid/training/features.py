@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image
 
+from mountainid.arrays import load_array
 from mountainid.config import Settings
 from mountainid.filter import embedding_name, local_features_name
 from mountainid.logs import Bar, event
@@ -195,7 +196,7 @@ def encode_vector(vector: np.ndarray, dtype: type = np.float32) -> bytes:
 def decode_vector(data: bytes, dim: int) -> np.ndarray | None:
     """The cached vector, or None if it is not a finite float vector of the expected length."""
     try:
-        vector = np.load(io.BytesIO(data), allow_pickle=False)
+        vector = load_array(data)
     except (ValueError, OSError, EOFError):
         return None
     if vector.shape != (dim,) or not np.issubdtype(vector.dtype, np.floating) or not np.isfinite(vector).all():

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from mountainid.arrays import load_arrays
 from mountainid.vision.image import load_image
 
 MAX_SIDE = 640  # the probe's setting: 84-87 ms a photo on this CPU, 1,000-1,500 keypoints
@@ -55,8 +56,8 @@ class LocalFeatures:
     def from_bytes(cls, data: bytes) -> LocalFeatures:
         """Raises CorruptFeatures for anything but what :meth:`to_bytes` wrote."""
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as stored:
-                points, descriptors, size = (stored[name] for name in _FIELDS)
+            stored = load_arrays(data)
+            points, descriptors, size = (stored[name] for name in _FIELDS)
         except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as error:  # all mean "not readable"
             raise CorruptFeatures(f"unreadable local features ({type(error).__name__}: {error})") from None
         if (points.ndim != 2 or points.shape[1:] != (2,) or descriptors.shape != (len(points), 128)
