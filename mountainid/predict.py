@@ -202,6 +202,11 @@ class Predictor:
                           self._similar(embedding[0], guesses[0].slug),
                           self._evidence(gallery, verified, int(order[0]), keypoints, embedding[0]))
 
+    @property
+    def verifies(self) -> bool:
+        """Whether this version checks answers against its training photos (in memory or from the bucket)."""
+        return self.verifier is not None or self._keypoint_store is not None
+
     def verified_probabilities(self, probs: np.ndarray, keypoints: list[LocalFeatures | None]) -> np.ndarray:
         """The head's probabilities (N, labels) fused with verification against the whole gallery, as
         :meth:`predict` answers when the gallery fits in memory (evaluation, the training gate)."""

@@ -141,7 +141,7 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         try:
             data = item.path.read_bytes()
             images.append(decode_for_model(data, predictor.extractor.input_size, *limits))
-            keypoints.append(extract_from_bytes(data, *limits) if predictor.verifier else None)
+            keypoints.append(extract_from_bytes(data, *limits) if predictor.verifies else None)
             slugs.append(item.slug)
         except BadImage as error:
             event(log, "photo skipped", path=str(item.path), reason=error.reason, level=logging.WARNING)
