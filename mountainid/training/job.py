@@ -4,9 +4,10 @@ Called by the Cloud Run Job (``training_job/main.py``), by ``mountainid train`` 
 embedded ``mountainid run`` (:func:`maybe_train`). The run holds the training lease from start
 to finish, writes a complete version folder, and moves ``models/LATEST`` only when the new
 model's test top-1 is at least the live model's on the *same* test photos (the live model is
-re-evaluated on today's test split, which grows with the bucket, less any photo it trained on). Every figure is of the answer
-as served: the classifier fused with keypoint verification against the training split
-(``mountainid.verification``), the fusion weight and the confidence threshold chosen on validation.
+re-evaluated on today's test split, which grows with the bucket, less any photo it trained on).
+Every figure is of the answer as served: the classifier fused with keypoint verification against
+the training split (``mountainid.verification``), the fusion weight and the confidence threshold
+chosen on validation.
 """
 
 from __future__ import annotations
