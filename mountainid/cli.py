@@ -35,8 +35,8 @@ TENSORFLOW_COMMANDS = {"run", "filter", "filter-eval", "train", "evaluate"}
 
 def import_tensorflow_quietly() -> None:
     """TensorFlow's C++ start-up lines (absl, oneDNN) go straight to file descriptor 2 at import, below
-    any log level: at a terminal, import it once with that descriptor on /dev/null so a person sees only
-    our lines. Python errors still surface as exceptions."""
+    any log level: import it once with that descriptor on /dev/null so a person (or a script reading
+    stderr) sees only our lines. Python errors still surface as exceptions."""
     saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 2)
     try:
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mountainid: {error}", file=sys.stderr)
         return 2
     logs.configure(settings)
-    if args.command in TENSORFLOW_COMMANDS and sys.stderr.isatty():
+    if args.command in TENSORFLOW_COMMANDS:
         import_tensorflow_quietly()
     try:
         return int(args.func(args, settings) or 0)

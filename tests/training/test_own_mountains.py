@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from mountainid.config import load_settings
+from mountainid.localcloud import free_port
 from mountainid.serving import ModelHolder
 from mountainid.store import LocalBlobStore
 from tests.training.conftest import cli_args, training_env
@@ -70,7 +71,7 @@ def _mountainid(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("case", ["broken mountains.yaml", "same mountain twice", "no such catalog",
-                                  "weights missing"])
+                                  "weights missing", "imagenet offline"])
 def test_a_mistake_stops_with_one_line_on_stderr_and_writes_nothing(tmp_path, shared_dir, weights_path,
                                                                    case: str) -> None:
     photos = own_folder(tmp_path / "mine", shared_dir, {"Hausberg": "K2"})
@@ -78,19 +79,27 @@ def test_a_mistake_stops_with_one_line_on_stderr_and_writes_nothing(tmp_path, sh
     expected = {"broken mountains.yaml": f"{photos / 'mountains.yaml'}: mountains[0] (Hausberg): 'latitude' must be",
                 "same mountain twice": "are the same mountain (hausberg)",
                 "no such catalog": "catalog 'nosuch' not found",
-                "weights missing": "set MOUNTAINID_WEIGHTS"}[case]
+                "weights missing": "set MOUNTAINID_WEIGHTS",
+                "imagenet offline": "cannot download the ImageNet weights"}[case]
     if case == "broken mountains.yaml":
         (photos / "mountains.yaml").write_text("mountains:\n  - {name: Hausberg, latitude: north, longitude: 11}\n")
     elif case == "same mountain twice":
         shutil.copytree(photos / "Hausberg", photos / "hausberg ")
     elif case == "no such catalog":
         env["MOUNTAINID_CATALOG"] = "nosuch"
-    else:
+    elif case == "weights missing":
         env["MOUNTAINID_WEIGHTS"] = str(tmp_path / "nowhere.weights.h5")
+    else:  # the default 'imagenet' with no way out: an empty Keras cache and a proxy that refuses connections
+        refused = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+        env.update(MOUNTAINID_WEIGHTS="imagenet", KERAS_HOME=str(tmp_path / "keras"), HTTPS_PROXY=refused,
+                   https_proxy=refused)
     result = _mountainid(env, "train", "--photos", str(photos))
-    assert result.returncode == 2 and result.stdout == ""
+    tried = "Downloading data from https://storage.googleapis.com/" if case == "imagenet offline" else ""
+    assert result.returncode == 2 and result.stdout.startswith(tried) and result.stdout.count("\n") == bool(tried)
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("mountainid train: "), result.stderr
     assert expected in result.stderr
+    if case == "imagenet offline":  # says which variable to set, and to what
+        assert "set MOUNTAINID_WEIGHTS to a MobileNetV2 .weights.h5 file" in result.stderr
     assert not (tmp_path / "bucket").exists()  # nothing written, not even the bucket folder
 
 
