@@ -13,7 +13,7 @@ def test_defaults_are_the_embedded_mode() -> None:
     assert settings.events == "inprocess"
     assert settings.catalog == "mountains11"
     assert settings.licenses == tuple(range(1, 17))  # everything but "All Rights Reserved", CC 4.0 included
-    assert (settings.ingest_max_attempts, settings.catch_up_limit) == (5, 500)
+    assert (settings.ingest_max_attempts, settings.catch_up_limit) == (5, 200)
     assert settings.log_format == "text"
 
 
