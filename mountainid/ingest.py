@@ -223,8 +223,8 @@ class IngestReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"stored": self.stored, "already_present": self.present, "skipped": self.skipped,
-                "given_up": self.given_up, "errors": self.errors, "seconds": round(self.seconds, 3), "stopped": self.stopped,
-                "mountains": {slug: dataclasses.asdict(r) for slug, r in self.mountains.items()}}
+                "given_up": self.given_up, "errors": self.errors, "seconds": round(self.seconds, 3),
+                "stopped": self.stopped, "mountains": {slug: dataclasses.asdict(r) for slug, r in self.mountains.items()}}
 
 
 class UnknownMountain(ValueError):

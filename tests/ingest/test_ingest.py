@@ -12,6 +12,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ from mountainid.ingest import (
     run_ingest,
     skipped_name,
 )
-from mountainid.store import BlobInfo, BlobStore, LocalBlobStore
+from mountainid.store import BlobInfo, BlobStore, LocalBlobStore, StoreError
 from tests.concurrency import run_together
 
 PEAKS = load_catalog("peaks14")
@@ -247,6 +248,30 @@ def test_photo_failing_on_every_run_is_given_up_after_max_attempts_and_recorded(
     report = run_ingest(settings, store, PEAKS, mountains=["k2"])
     assert report.ok and report.given_up == 0
     assert fake_flickr.hits["photo"] - hits == len(expected) - 5, "the photo given up is not fetched again"
+
+
+class RecordlessStore(LocalBlobStore):
+    """A local store whose writes under state/ingest/skipped/ fail: the one fault no fake causes."""
+
+    def put(self, name: str, data: bytes, **options: Any) -> int:
+        if name.startswith("state/ingest/skipped/"):
+            raise StoreError(f"{name}: 503 Service Unavailable")
+        return super().put(name, data, **options)
+
+
+def test_a_photo_whose_record_cannot_be_written_is_held_not_lost(
+        tmp_path: Path, fake_flickr: FakeFlickr, flickr_settings: Callable[..., Settings]) -> None:
+    settings = flickr_settings(MOUNTAINID_PHOTOS_PER_RUN="2", MOUNTAINID_INGEST_MAX_ATTEMPTS="1")
+    bad = allowed(fake_flickr, settings, "k2")[0]
+    fake_flickr.inject(Fault("photo", "http", times=None, photo_id=bad.id, status=500))
+    report = run_ingest(settings, RecordlessStore(tmp_path / "bucket"), PEAKS, mountains=["k2"])
+    store = LocalBlobStore(tmp_path / "bucket")
+    assert (report.given_up, report.mountains["k2"].errors) == (0, 1) and bad.id in (report.mountains["k2"].stopped or "")
+    assert not Cursor.from_json(store.get(cursor_name("k2"))).covers(_as_flickr(bad))
+
+    report = run_ingest(settings, store, PEAKS, mountains=["k2"])  # the store heals: recorded, then passed
+    assert report.given_up == 1 and store.exists(skipped_name("k2", bad.id))
+    assert Cursor.from_json(store.get(cursor_name("k2"))).covers(_as_flickr(bad))
 
 
 def test_photo_failing_twice_then_succeeding_is_stored_and_its_count_resets(
