@@ -295,7 +295,7 @@ deploy_ingest() {
     --memory=1Gi --cpu=1 --timeout=540s --max-instances=1 --concurrency=1 \
     "$(env_vars_flag MOUNTAINID_CATALOG MOUNTAINID_PHOTOS_PER_RUN MOUNTAINID_LICENSES \
       MOUNTAINID_DOWNLOAD_WORKERS MOUNTAINID_FLICKR_RETRIES MOUNTAINID_FLICKR_TIMEOUT_S \
-      MOUNTAINID_MAX_IMAGE_BYTES MOUNTAINID_LOG_LEVEL)" \
+      MOUNTAINID_INGEST_MAX_ATTEMPTS MOUNTAINID_MAX_IMAGE_BYTES MOUNTAINID_LOG_LEVEL)" \
     --set-secrets="FLICKR_API_KEY=$SECRET_FLICKR_KEY:latest,FLICKR_API_SECRET=$SECRET_FLICKR_SECRET:latest"
   allow_trigger "$FN_INGEST"
 }
@@ -312,7 +312,7 @@ deploy_filter() {
     --no-allow-unauthenticated --ingress-settings=internal-only \
     --memory=2Gi --cpu=1 --timeout=120s --max-instances=10 --concurrency=1 \
     "$(env_vars_flag MOUNTAINID_WEIGHTS=imagenet MOUNTAINID_FILTER_THRESHOLD MOUNTAINID_MAX_IMAGE_PIXELS \
-      MOUNTAINID_MAX_IMAGE_BYTES MOUNTAINID_LOG_LEVEL)"
+      MOUNTAINID_MAX_IMAGE_BYTES MOUNTAINID_CATCH_UP_LIMIT MOUNTAINID_LOG_LEVEL)"
   allow_trigger "$FN_FILTER"
 }
 

@@ -258,14 +258,22 @@ def _record(store: BlobStore, photo: RawPhoto, verdict: Verdict, embedding: np.n
 
 
 def filter_pending(store: BlobStore, settings: Settings, load_backbone: Callable[[], Backbone],
-                   batch_size: int = 32) -> dict[str, int]:
-    """Judge every raw/ photo that has no result yet (catch-up after downtime); counts by outcome.
+                   batch_size: int = 32, limit: int | None = None) -> dict[str, int]:
+    """Judge the raw/ photos that have no result yet (catch-up after downtime); counts by outcome.
 
-    The backbone is loaded (seconds) only when there is something to judge."""
+    At most ``limit`` (None: all) per call, so a big backlog never outlasts a function's time-out:
+    the rest wait for the next call. First in, first judged: by the time each photo was written to
+    raw/, which the listing already carries (no request per photo), so no photo waits more than
+    backlog / limit calls whatever its Flickr date. The backbone is loaded (seconds) only when there
+    is something to judge."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"a catch-up limit must be at least 1, got {limit}")
     judged = {RawPhoto.parse(RAW + name.split("/", 1)[1]) for prefix in (ACCEPTED, REJECTED)
               for name in store.list_names(prefix)}
-    pending = [photo for photo in map(RawPhoto.parse, store.list_names(RAW))
-               if photo is not None and photo not in judged]
+    waiting = [(blob.updated, photo) for blob in store.list(RAW)
+               if (photo := RawPhoto.parse(blob.name)) is not None and photo not in judged]
+    waiting.sort(key=lambda item: (item[0], item[1].name))
+    pending = [photo for _, photo in waiting[:limit]]
     counts: Counter[str] = Counter()
     backbone = load_backbone() if pending else None
     with Bar("filter", len(pending)) as bar:
@@ -274,7 +282,9 @@ def filter_pending(store: BlobStore, settings: Settings, load_backbone: Callable
                 outcome.log(catch_up=True)
                 counts[outcome.status] += 1
             bar.advance(len(pending[start:start + batch_size]))
-    event(log, "filter caught up", pending=len(pending), **counts)
+    remaining = len(waiting) - len(pending)
+    event(log, "filter caught up" if not remaining else "filter catch-up stopped at its limit: the rest next time",
+          pending=len(waiting), limit=limit, remaining=remaining, **counts)
     return dict(counts)
 
 

@@ -11,6 +11,10 @@ that are done. What keeps it safe to run any number of times, even two at once:
   skipped for good: a 404, not an image, truncated). At the first photo that failed in a way that
   may heal (Flickr 5xx or time-outs after retries, a store error) that mountain stops; the next run
   starts from that photo. Photos stored past it are found again and count as already present.
+* So a photo that fails on every run cannot hold its mountain for ever, the cursor counts the runs
+  its head photo failed on; at ``Settings.ingest_max_attempts`` the photo is given up: recorded
+  under ``state/ingest/skipped/<slug>/<id>.json`` (reason, attempts, time, its metadata) for an
+  operator, logged once as a warning, and passed like any skipped photo.
 * The cursor is written with a generation precondition; on a lost race it is re-read and merged
   (the further of the two wins), so concurrent runs never move it backwards or corrupt it.
 
@@ -58,6 +62,9 @@ log = logging.getLogger(__name__)
 
 RAW_PREFIX = "raw"
 CURSOR_PREFIX = "state/ingest"
+SKIPPED_PREFIX = f"{CURSOR_PREFIX}/skipped"
+# Version 1 gained "attempts" without a bump: a cursor written before reads as no failures, and code
+# from before ignores the field (it only resets the counts), so old and new runs can share a bucket.
 CURSOR_VERSION = 1
 CURSOR_WRITE_ATTEMPTS = 20
 VALIDATE_DRAFT_SIZE = 256  # decode downscaled: still reads every byte (so truncation shows), 4x faster
@@ -81,13 +88,22 @@ def cursor_name(slug: str) -> str:
     return f"{CURSOR_PREFIX}/{slug}.json"
 
 
+def skipped_name(slug: str, photo_id: str) -> str:
+    return f"{SKIPPED_PREFIX}/{slug}/{photo_id}.json"
+
+
 @dataclass(frozen=True)
 class Cursor:
-    """Where a mountain's ingest stands: everything uploaded before ``uploaded``, plus ``done`` at it."""
+    """Where a mountain's ingest stands: everything uploaded before ``uploaded``, plus ``done`` at it.
+
+    ``attempts``: photo id -> runs it failed on while it was the next photo (the head), reset when
+    the cursor moves.
+    """
 
     uploaded: int = 0
     done: frozenset[str] = frozenset()
     query: str = ""
+    attempts: Mapping[str, int] = field(default_factory=dict, hash=False)
 
     def covers(self, photo: FlickrPhoto) -> bool:
         return photo.uploaded < self.uploaded or (photo.uploaded == self.uploaded and photo.id in self.done)
@@ -95,22 +111,34 @@ class Cursor:
     def past(self, photo: FlickrPhoto) -> Cursor:
         """The cursor once ``photo`` (the next in upload order) is done."""
         if photo.uploaded > self.uploaded:
-            return dataclasses.replace(self, uploaded=photo.uploaded, done=frozenset({photo.id}))
+            return dataclasses.replace(self, uploaded=photo.uploaded, done=frozenset({photo.id}), attempts={})
         if photo.uploaded == self.uploaded:
-            return dataclasses.replace(self, done=self.done | {photo.id})
+            return dataclasses.replace(self, done=self.done | {photo.id}, attempts={})
         return self
 
+    def failed(self, photo_id: str) -> Cursor:
+        """The cursor held at ``photo_id``, which failed once more (counts of an earlier head are stale)."""
+        return dataclasses.replace(self, attempts={photo_id: self.attempts.get(photo_id, 0) + 1})
+
     def merged(self, other: Cursor) -> Cursor:
-        """The further of two cursors for the same search: both only ever cover done photos."""
+        """The further of two cursors for the same search: both only ever cover done photos.
+
+        At the same date the done ids add up, and a photo not done keeps the larger of its two
+        counts: two runs that failed it at once count one attempt, never lose one.
+        """
         if other.query != self.query or other.uploaded < self.uploaded:
             return self
         if other.uploaded > self.uploaded:
             return other
-        return dataclasses.replace(self, done=self.done | other.done)
+        done = self.done | other.done
+        attempts = {photo_id: max(self.attempts.get(photo_id, 0), other.attempts.get(photo_id, 0))
+                    for photo_id in self.attempts.keys() | other.attempts.keys() if photo_id not in done}
+        return dataclasses.replace(self, done=done, attempts=attempts)
 
     def to_json(self) -> bytes:
         return json.dumps({"version": CURSOR_VERSION, "min_upload_date": self.uploaded,
                            "done_at_date": sorted(self.done), "query": self.query,
+                           "attempts": dict(sorted(self.attempts.items())),
                            "updated": datetime.now(UTC).isoformat(timespec="seconds")},
                           indent=1).encode("utf-8")
 
@@ -120,7 +148,11 @@ class Cursor:
         if doc.get("version") != CURSOR_VERSION:
             raise ValueError(f"cursor version {doc.get('version')!r}, expected {CURSOR_VERSION}")
         done = frozenset(str(photo_id) for photo_id in doc["done_at_date"])
-        return cls(int(doc["min_upload_date"]), done, str(doc["query"]))
+        attempts = doc.get("attempts", {})  # absent in cursors written before attempts were counted
+        if not isinstance(attempts, dict):
+            raise TypeError(f"cursor attempts must be an object, got {attempts!r}")
+        return cls(int(doc["min_upload_date"]), done, str(doc["query"]),
+                   {str(photo_id): int(count) for photo_id, count in attempts.items()})
 
 
 class Outcome(Enum):
@@ -128,6 +160,7 @@ class Outcome(Enum):
     PRESENT = "already-present"
     SKIPPED = "skipped"  # for good: the cursor moves past it
     FAILED = "failed"  # may heal: the cursor stops before it
+    GIVEN_UP = "given-up"  # failed on ingest_max_attempts runs: recorded under state/, then passed
 
 
 @dataclass
@@ -136,6 +169,7 @@ class MountainReport:
     stored: int = 0
     present: int = 0
     skipped: int = 0
+    given_up: int = 0  # photos that failed once too often, recorded under state/ingest/skipped/
     errors: int = 0  # photos that failed, or 1 when the search itself did
     stopped: str | None = None  # why this mountain stopped early (the next run resumes there)
     cursor: int = 0  # upload date the next run searches from
@@ -147,6 +181,8 @@ class MountainReport:
             self.present += 1
         elif outcome is Outcome.SKIPPED:
             self.skipped += 1
+        elif outcome is Outcome.GIVEN_UP:
+            self.given_up += 1
         else:
             self.errors += 1
 
@@ -173,17 +209,22 @@ class IngestReport:
         return self._total("skipped")
 
     @property
+    def given_up(self) -> int:
+        return self._total("given_up")
+
+    @property
     def errors(self) -> int:
         return self._total("errors")
 
     @property
     def ok(self) -> bool:
-        return self.errors == 0 and self.stopped is None
+        """Nothing failed and nothing was lost (a photo given up waits for an operator)."""
+        return self.errors == 0 and self.given_up == 0 and self.stopped is None
 
     def as_dict(self) -> dict[str, Any]:
         return {"stored": self.stored, "already_present": self.present, "skipped": self.skipped,
-                "errors": self.errors, "seconds": round(self.seconds, 3), "stopped": self.stopped,
-                "mountains": {slug: dataclasses.asdict(r) for slug, r in self.mountains.items()}}
+                "given_up": self.given_up, "errors": self.errors, "seconds": round(self.seconds, 3),
+                "stopped": self.stopped, "mountains": {slug: dataclasses.asdict(r) for slug, r in self.mountains.items()}}
 
 
 class UnknownMountain(ValueError):
@@ -224,15 +265,22 @@ class _Run:
         photos = self._new_photos(mountain, cursor)  # FlickrUnavailable ends the run (caller)
         futures = [self.pool.submit(self._handle, mountain.slug, photo) for photo in photos]
         advanced = cursor
+        limit = self.settings.ingest_max_attempts
         for photo, future in zip(photos, futures):
-            outcome = future.result() if not future.cancelled() else None
-            if outcome is None:
+            if future.cancelled():
                 continue
-            report.count(outcome)
+            outcome, reason = future.result()
             if outcome is Outcome.FAILED and report.stopped is None:
-                report.stopped = f"photo {photo.id} failed; the next run resumes there"
-                for later in futures:
-                    later.cancel()
+                attempts = advanced.attempts.get(photo.id, 0) + 1
+                if attempts >= limit and self._give_up(mountain.slug, photo, reason, attempts):
+                    outcome = Outcome.GIVEN_UP
+                else:
+                    report.stopped = f"photo {photo.id} failed (attempt {attempts} of {limit}); " \
+                                     "the next run resumes there"
+                    advanced = advanced.failed(photo.id)
+                    for later in futures:
+                        later.cancel()
+            report.count(outcome)
             if report.stopped is None:
                 advanced = advanced.past(photo)
         if advanced != cursor:
@@ -256,7 +304,7 @@ class _Run:
             page += 1
         return sorted(found.values(), key=lambda p: p.uploaded)[: self.budget]
 
-    def _handle(self, slug: str, photo: FlickrPhoto) -> Outcome:
+    def _handle(self, slug: str, photo: FlickrPhoto) -> tuple[Outcome, str]:
         """Store one photo; runs on a download thread. Logs one line, always with the photo id."""
         started = time.perf_counter()
         outcome, reason, size = self._store_photo(slug, photo)
@@ -264,7 +312,24 @@ class _Run:
         why = {"reason": reason} if reason else {}
         event(log, f"photo {outcome.value}", level=level, photo_id=photo.id, slug=slug, **why, bytes=size,
               ms=round((time.perf_counter() - started) * 1000, 1))
-        return outcome
+        return outcome, reason
+
+    def _give_up(self, slug: str, photo: FlickrPhoto, reason: str, attempts: int) -> bool:
+        """Record a photo that failed on ``attempts`` runs where an operator finds it (with what a retry
+        needs: its metadata and image URL). False when the record could not be written: then the
+        photo holds the cursor as before, so it is never lost without a trace."""
+        name = skipped_name(slug, photo.id)
+        record = {"photo_id": photo.id, "mountain": slug, "reason": reason, "attempts": attempts,
+                  "skipped": datetime.now(UTC).isoformat(timespec="seconds"), "photo": photo_metadata(slug, photo)}
+        try:
+            self.store.put(name, json.dumps(record, indent=1).encode("utf-8"), content_type="application/json")
+        except Exception as error:  # noqa: BLE001 - any store failure: keep holding, retry next run
+            event(log, "given-up record not written: photo held", level=logging.WARNING, photo_id=photo.id,
+                  slug=slug, attempts=attempts, error=str(error))
+            return False
+        event(log, "photo given up", level=logging.WARNING, photo_id=photo.id, slug=slug, attempts=attempts,
+              reason=reason, record=name)
+        return True
 
     def _store_photo(self, slug: str, photo: FlickrPhoto) -> tuple[Outcome, str, int]:
         if not _PHOTO_ID.match(photo.id):
@@ -374,7 +439,8 @@ def run_ingest(settings: Settings, store: BlobStore, catalog: Catalog, *,
                 break
     report.seconds = time.perf_counter() - started
     event(log, "ingest run finished", level=logging.INFO if report.ok else logging.WARNING,
-          stored=report.stored, already_present=report.present, skipped=report.skipped, errors=report.errors,
+          stored=report.stored, already_present=report.present, skipped=report.skipped,
+          given_up=report.given_up, errors=report.errors,
           mountains=len(report.mountains), seconds=round(report.seconds, 2), stopped=report.stopped)
     return report
 

@@ -48,7 +48,7 @@ def _backbone() -> Backbone:
 def filter_photo(cloud_event: CloudEvent) -> None:
     settings = get_settings()
     if is_catch_up_request(cloud_event):
-        filter_pending(_store(), settings, _backbone)
+        filter_pending(_store(), settings, _backbone, limit=settings.catch_up_limit)  # within the time-out
         return
     ref = finalized_object(cloud_event)
     if ref is None or (settings.uses_gcs and ref.bucket != settings.bucket_name):

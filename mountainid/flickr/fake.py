@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 FIRST_UPLOAD = 1_600_000_000  # 2020-09-13: the fake's first upload
 UPLOAD_STEP_S = 600  # two photos share each upload second, then ten minutes pass
-LICENSE_POOL = (0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)  # about one in six "All Rights Reserved"
+# About one in six "All Rights Reserved"; the rest spread over the reusable ids, CC 4.0 (11-16) included.
+LICENSE_POOL = (0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16)
 FIRST_NAMES = ("Ana", "Pemba", "Li", "Karim", "Sofia", "Tom", "Mira", "Jonas", "Dawa", "Elena", "Hiro", "Nadia")
 LAST_NAMES = ("Ortiz", "Sherpa", "Wei", "Baig", "Rossi", "Walker", "Shah", "Berg", "Tamang", "Novak", "Sato", "Khan")
 BURST = 3  # consecutive photos (by file name) of one mountain share a photographer, like a real burst

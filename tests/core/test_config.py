@@ -12,7 +12,8 @@ def test_defaults_are_the_embedded_mode() -> None:
     assert not settings.uses_gcs
     assert settings.events == "inprocess"
     assert settings.catalog == "mountains11"
-    assert settings.licenses == tuple(range(1, 11))  # everything but "All Rights Reserved"
+    assert settings.licenses == tuple(range(1, 17))  # everything but "All Rights Reserved", CC 4.0 included
+    assert (settings.ingest_max_attempts, settings.catch_up_limit) == (5, 200)
     assert settings.log_format == "text"
 
 
@@ -36,6 +37,7 @@ def test_values_are_parsed_and_typed() -> None:
 @pytest.mark.parametrize(("name", "value"), [
     ("MOUNTAINID_PHOTOS_PER_RUN", "many"), ("MOUNTAINID_FILTER_THRESHOLD", "high"),
     ("MOUNTAINID_STORE_UPLOADS", "perhaps"), ("MOUNTAINID_LICENSES", "4,x"), ("MOUNTAINID_EVENTS", "kafka"),
+    ("MOUNTAINID_INGEST_MAX_ATTEMPTS", "0"), ("MOUNTAINID_CATCH_UP_LIMIT", "-1"), ("MOUNTAINID_CATCH_UP_LIMIT", "all"),
 ])
 def test_malformed_values_name_their_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):

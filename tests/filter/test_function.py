@@ -51,7 +51,7 @@ def function(fake_gcs_events: FakeGcsServer, pubsub_emulator: PubSubEmulator, bu
     """filter_photo under functions-framework, pushed to by a subscription on the raw/ topic."""
     server = FunctionsFrameworkServer(MAIN, "filter_photo", env={
         **fake_gcs_events.env, "MOUNTAINID_BUCKET": f"gs://{bucket}", "GOOGLE_CLOUD_PROJECT": PROJECT,
-        "MOUNTAINID_WEIGHTS": str(weights_path), "MOUNTAINID_LOG_FORMAT": "json"})
+        "MOUNTAINID_WEIGHTS": str(weights_path), "MOUNTAINID_LOG_FORMAT": "json", "MOUNTAINID_CATCH_UP_LIMIT": "1"})
     try:
         server.start()
     except LocalCloudError as error:
@@ -144,14 +144,17 @@ def test_weights_that_pass_the_start_check_but_do_not_fit_fail_each_event_loudly
 
 def test_a_scheduled_catch_up_judges_photos_whose_notification_was_lost(
         function: FunctionsFrameworkServer, gcs: GcsBlobStore, k2_photos: list[bytes]) -> None:
-    gcs.put("raw/k2/3001.jpg", k2_photos[2])
-    _wait_for(gcs, ["accepted/k2/3001.jpg"], function)
-    # As if the notification had never arrived: the photo is in raw/ with no result.
-    for name in gcs.list_names("accepted/k2/3001") + [n for n in gcs.list_names("embeddings/") if "/3001." in n]:
+    """At most MOUNTAINID_CATCH_UP_LIMIT photos per request (1 here), the one written first first."""
+    for photo_id, photo in (("3001", k2_photos[2]), ("3002", k2_photos[0])):
+        gcs.put(f"raw/k2/{photo_id}.jpg", photo)
+        _wait_for(gcs, [f"accepted/k2/{photo_id}.jpg"], function)
+    # As if the notifications had never arrived: the photos are in raw/ with no result.
+    for name in gcs.list_names("accepted/k2/300") + [n for n in gcs.list_names("embeddings/") if "/300" in n]:
         gcs.delete(name)
     request = pubsub_event(PROJECT, RAW_TOPIC, b"{}", {CATCH_UP_ATTRIBUTE: "catch-up"})  # what Cloud Scheduler sends
     headers, body = to_structured(request)
-    response = requests.post(function.url, headers=headers, data=body, timeout=60)
-    assert response.status_code == 200, response.text
-    assert gcs.exists("accepted/k2/3001.jpg")
-    assert [n for n in gcs.list_names("embeddings/") if "/3001." in n]
+    for judged in (["3001"], ["3001", "3002"]):
+        response = requests.post(function.url, headers=headers, data=body, timeout=60)
+        assert response.status_code == 200, response.text
+        assert gcs.list_names("accepted/k2/300") == [f"accepted/k2/{photo_id}.jpg" for photo_id in judged]
+    assert len([n for n in gcs.list_names("embeddings/") if "/300" in n]) == 2

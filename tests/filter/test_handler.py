@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import time
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
@@ -250,3 +252,33 @@ def test_catch_up_judges_only_photos_without_a_result(
                                                            "rejected/k2/p3.jpg"]
     # Nothing pending: the backbone is not even loaded (a second `mountainid run` starts in seconds).
     assert filter_pending(local_store, settings, lambda: pytest.fail("loaded the backbone for nothing")) == {}
+
+
+def test_catch_up_works_off_a_backlog_oldest_first_at_most_limit_per_run(
+        store: BlobStore, make_settings: Callable[..., Settings], backbone: Backbone, k2_photos: list[bytes],
+        street_photos: list[bytes], caplog: pytest.LogCaptureFixture) -> None:
+    """A backlog larger than one run: the first judges the ``limit`` photos written first, the next the
+    rest, none twice; what is left is logged."""
+    settings = make_settings()
+    written = ["p5", "p4", "p3", "p2", "p1"]  # the order they reach raw/, not their names' order
+    for photo_id, photo in zip(written, k2_photos + street_photos[:2]):
+        store.put(f"raw/k2/{photo_id}.jpg", photo)
+        time.sleep(0.02)  # distinct write times, even with a coarse file-system clock
+
+    def judged() -> dict[str, int]:
+        """Photo id -> generation of its result."""
+        return {blob.name.rsplit("/", 1)[1].removesuffix(".jpg"): blob.generation
+                for prefix in ("accepted/", "rejected/") for blob in store.list(prefix)}
+
+    caplog.set_level(logging.INFO, logger="mountainid.filter")
+    first = filter_pending(store, settings, lambda: backbone, batch_size=2, limit=3)
+    assert sum(first.values()) == 3 and sorted(judged()) == sorted(written[:3])
+    summary = [r.mountainid_fields for r in caplog.records if r.getMessage().startswith("filter catch-up stopped")]
+    assert [(line["pending"], line["remaining"]) for line in summary] == [(5, 2)]  # type: ignore[attr-defined]
+
+    results = judged()
+    second = filter_pending(store, settings, lambda: backbone, batch_size=2, limit=3)
+    assert sum(second.values()) == 2 and sorted(judged()) == sorted(written)
+    assert {photo_id: judged()[photo_id] for photo_id in results} == results, "nothing judged twice"
+    assert dict(Counter(first) + Counter(second)) == {"accepted": 3, "rejected": 2}
+    assert filter_pending(store, settings, lambda: pytest.fail("nothing left"), limit=3) == {}

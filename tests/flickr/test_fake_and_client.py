@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mountainid.catalog import load_catalog
-from mountainid.config import ConfigError, Settings, load_settings
+from mountainid.config import REUSABLE_LICENSES, ConfigError, Settings, load_settings
 from mountainid.flickr import (
     FlickrAuthError,
     FlickrClient,
@@ -23,7 +23,7 @@ from mountainid.flickr import (
 from mountainid.flickr.fake import FakeFlickr, Fault
 from mountainid.vision.image import load_image
 
-ALLOWED = tuple(range(1, 11))
+ALLOWED = REUSABLE_LICENSES
 
 
 def client_for(fake: FakeFlickr, *, retries: int = 2, timeout_s: float = 2.0, max_image_bytes: int = 10**7,
@@ -37,6 +37,7 @@ def test_search_answers_like_flickr(fake_flickr: FakeFlickr) -> None:
     client = client_for(fake_flickr)
     expected = fake_flickr.photos("k2", licenses=ALLOWED)
     assert len(expected) < len(fake_flickr.photos("k2")), "some photos must be All Rights Reserved"
+    assert any(p.license >= 11 for p in expected), "some photos must carry a CC 4.0 licence (ids 11-16)"
 
     first = client.search("K2", min_upload_date=0, page=1, per_page=3)
     assert (first.page, first.total, first.pages) == (1, len(expected), -(-len(expected) // 3))

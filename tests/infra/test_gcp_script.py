@@ -252,9 +252,10 @@ def test_gpu_training_and_tuning_pass_through(again_run: subprocess.CompletedPro
     cmds = commands(again_run)
     job = one(cmds, "beta", "run", "jobs", "deploy")
     assert job.flags["--gpu"] == "1" and job.flags["--gpu-type"] == "nvidia-l4"
-    assert env_vars(one(cmds, "functions", "deploy", name="mountainid-ingest"))["MOUNTAINID_LICENSES"] == "4,5,9"
+    ingest_env = env_vars(one(cmds, "functions", "deploy", name="mountainid-ingest"))
+    assert (ingest_env["MOUNTAINID_LICENSES"], ingest_env["MOUNTAINID_INGEST_MAX_ATTEMPTS"]) == ("4,5,9", "7")
     filter_env = env_vars(one(cmds, "functions", "deploy", name="mountainid-filter"))
-    assert filter_env["MOUNTAINID_FILTER_THRESHOLD"] == "0.4"
+    assert (filter_env["MOUNTAINID_FILTER_THRESHOLD"], filter_env["MOUNTAINID_CATCH_UP_LIMIT"]) == ("0.4", "100")
     assert filter_env["MOUNTAINID_WEIGHTS"] == "imagenet"  # never the operator's local weights path
     web_env = env_vars(one(cmds, "run", "deploy"))
     assert web_env["MOUNTAINID_STORE_UPLOADS"] == "true"

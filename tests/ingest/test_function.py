@@ -13,6 +13,7 @@ import pytest
 import requests
 from cloudevents.conversion import to_structured
 
+from mountainid.config import REUSABLE_LICENSES
 from mountainid.events.cloudevents import pubsub_event
 from mountainid.events.pubsub import PubSubBus, ensure_push_subscription, ensure_topic
 from mountainid.flickr.fake import FakeFlickr
@@ -23,7 +24,6 @@ from tests.emulators import PROJECT, unique_name
 from tests.ingest.test_ingest import _as_flickr, stored_ids
 
 MAIN = Path(__file__).resolve().parents[2] / "functions" / "ingest" / "main.py"
-LICENSES = tuple(range(1, 11))
 
 
 @pytest.fixture()
@@ -51,7 +51,7 @@ def test_scheduler_tick_through_pubsub_runs_the_ingest(
     ensure_topic(PROJECT, topic, emulator_host=pubsub_emulator.host)
     ensure_push_subscription(PROJECT, topic, f"{topic}-ingest", ingest_function.push_endpoint(PROJECT, topic),
                              emulator_host=pubsub_emulator.host)
-    expected = fake_flickr.photos("k2", licenses=LICENSES)
+    expected = fake_flickr.photos("k2", licenses=REUSABLE_LICENSES)
 
     PubSubBus(PROJECT, emulator_host=pubsub_emulator.host).publish_json(topic, {"mountains": ["K2"]})
     wait_for(lambda: store.exists(cursor_name("k2")))

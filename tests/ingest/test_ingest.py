@@ -12,6 +12,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,8 +21,16 @@ from mountainid.config import ConfigError, Settings
 from mountainid.events.cloudevents import pubsub_event
 from mountainid.flickr import FlickrAuthError, FlickrPhoto
 from mountainid.flickr.fake import FakeFlickr, FakePhoto, Fault
-from mountainid.ingest import Cursor, cursor_name, handle_tick, photo_metadata, raw_name, run_ingest
-from mountainid.store import BlobInfo, BlobStore, LocalBlobStore
+from mountainid.ingest import (
+    Cursor,
+    cursor_name,
+    handle_tick,
+    photo_metadata,
+    raw_name,
+    run_ingest,
+    skipped_name,
+)
+from mountainid.store import BlobInfo, BlobStore, LocalBlobStore, StoreError
 from tests.concurrency import run_together
 
 PEAKS = load_catalog("peaks14")
@@ -75,6 +84,8 @@ def test_happy_path_stores_photos_with_metadata(store: BlobStore, fake_flickr: F
     report = run_ingest(settings, store, PEAKS, mountains=["K2", "lhotse"])
 
     assert report.ok and report.stored == 8 and set(report.mountains) == {"k2", "lhotse"}
+    licences = {int(blob.metadata["license"]) for blob in store.list("raw/")}
+    assert licences & {11, 12, 13, 14, 15, 16}, "CC 4.0 photos are reusable: the default filter lets them in"
     for slug in ("k2", "lhotse"):
         expected = allowed(fake_flickr, settings, slug)[:4]
         assert stored_ids(store, slug) == sorted(p.id for p in expected)
@@ -191,10 +202,111 @@ def test_photo_failing_transiently_holds_the_cursor_and_is_fetched_next_run(
 
     fake_flickr.faults.clear()
     report = run_ingest(settings, counting_store, PEAKS, mountains=["k2"])
-    every = allowed(fake_flickr, settings, "k2")  # 7 photos: this run covers the 5 after the first two
+    every = allowed(fake_flickr, settings, "k2")  # this run covers every photo after the first two
     assert report.ok and report.stored + report.present == len(every) - 2
     assert stored_ids(counting_store, "k2") == sorted(p.id for p in every)
     assert set(counting_store.photo_writes().values()) == {1}, "nothing written twice"
+
+
+def test_photo_failing_on_every_run_is_given_up_after_max_attempts_and_recorded(
+        store: BlobStore, fake_flickr: FakeFlickr, flickr_settings: Callable[..., Settings],
+        caplog: pytest.LogCaptureFixture) -> None:
+    settings = flickr_settings(MOUNTAINID_PHOTOS_PER_RUN="4", MOUNTAINID_INGEST_MAX_ATTEMPTS="3")
+    expected = allowed(fake_flickr, settings, "k2")
+    bad = expected[1]
+    fake_flickr.inject(Fault("photo", "http", times=None, photo_id=bad.id, status=503))
+
+    for attempt in (1, 2):  # runs 1..N-1: the photo holds its mountain's cursor, counted
+        report = run_ingest(settings, store, PEAKS, mountains=["k2"])
+        assert not report.ok and (report.mountains["k2"].errors, report.given_up) == (1, 0)
+        assert f"photo {bad.id} failed (attempt {attempt} of 3)" in (report.mountains["k2"].stopped or "")
+        cursor = Cursor.from_json(store.get(cursor_name("k2")))
+        assert cursor.covers(_as_flickr(expected[0])) and not cursor.covers(_as_flickr(bad))
+        assert cursor.attempts == {bad.id: attempt}
+        assert store.list_names("state/ingest/skipped/") == []
+
+    caplog.set_level(logging.INFO, logger="mountainid")
+    report = run_ingest(settings, store, PEAKS, mountains=["k2"])  # run N: given up, the photos after it stored
+    assert (report.given_up, report.errors, report.stored + report.present) == (1, 0, 3)
+    assert report.stopped is None
+    assert not report.ok, "a photo given up needs an operator"
+    assert report.as_dict()["given_up"] == 1
+    assert stored_ids(store, "k2") == sorted(p.id for p in expected[:5] if p is not bad)
+    cursor = Cursor.from_json(store.get(cursor_name("k2")))
+    assert cursor.covers(_as_flickr(expected[4])) and cursor.attempts == {}
+    assert store.list_names("state/ingest/skipped/") == [skipped_name("k2", bad.id)]
+    record = json.loads(store.get(skipped_name("k2", bad.id)))
+    assert (record["photo_id"], record["mountain"], record["attempts"]) == (bad.id, "k2", 3)
+    assert "503" in record["reason"] and record["skipped"].startswith("20")
+    assert record["photo"]["image_url"].startswith(fake_flickr.base_url)  # what a retry by hand needs
+    given_up = [r for r in caplog.records if r.getMessage() == "photo given up"]
+    assert len(given_up) == 1 and given_up[0].levelno == logging.WARNING
+    assert given_up[0].mountainid_fields["photo_id"] == bad.id  # type: ignore[attr-defined]
+    assert given_up[0].mountainid_fields["attempts"] == 3  # type: ignore[attr-defined]
+
+    hits = fake_flickr.hits["photo"]
+    report = run_ingest(settings, store, PEAKS, mountains=["k2"])
+    assert report.ok and report.given_up == 0
+    assert fake_flickr.hits["photo"] - hits == len(expected) - 5, "the photo given up is not fetched again"
+
+
+class RecordlessStore(LocalBlobStore):
+    """A local store whose writes under state/ingest/skipped/ fail: the one fault no fake causes."""
+
+    def put(self, name: str, data: bytes, **options: Any) -> int:
+        if name.startswith("state/ingest/skipped/"):
+            raise StoreError(f"{name}: 503 Service Unavailable")
+        return super().put(name, data, **options)
+
+
+def test_a_photo_whose_record_cannot_be_written_is_held_not_lost(
+        tmp_path: Path, fake_flickr: FakeFlickr, flickr_settings: Callable[..., Settings]) -> None:
+    settings = flickr_settings(MOUNTAINID_PHOTOS_PER_RUN="2", MOUNTAINID_INGEST_MAX_ATTEMPTS="1")
+    bad = allowed(fake_flickr, settings, "k2")[0]
+    fake_flickr.inject(Fault("photo", "http", times=None, photo_id=bad.id, status=500))
+    report = run_ingest(settings, RecordlessStore(tmp_path / "bucket"), PEAKS, mountains=["k2"])
+    store = LocalBlobStore(tmp_path / "bucket")
+    assert (report.given_up, report.mountains["k2"].errors) == (0, 1) and bad.id in (report.mountains["k2"].stopped or "")
+    assert not Cursor.from_json(store.get(cursor_name("k2"))).covers(_as_flickr(bad))
+
+    report = run_ingest(settings, store, PEAKS, mountains=["k2"])  # the store heals: recorded, then passed
+    assert report.given_up == 1 and store.exists(skipped_name("k2", bad.id))
+    assert Cursor.from_json(store.get(cursor_name("k2"))).covers(_as_flickr(bad))
+
+
+def test_photo_failing_twice_then_succeeding_is_stored_and_its_count_resets(
+        store: BlobStore, fake_flickr: FakeFlickr, flickr_settings: Callable[..., Settings]) -> None:
+    settings = flickr_settings(MOUNTAINID_PHOTOS_PER_RUN="3", MOUNTAINID_INGEST_MAX_ATTEMPTS="3")
+    expected = allowed(fake_flickr, settings, "lhotse")
+    flaky = expected[0]
+    fake_flickr.inject(Fault("photo", "http", times=None, photo_id=flaky.id, status=500))
+    for _ in range(2):
+        assert run_ingest(settings, store, PEAKS, mountains=["lhotse"]).errors == 1
+    assert Cursor.from_json(store.get(cursor_name("lhotse"))).attempts == {flaky.id: 2}
+
+    fake_flickr.faults.clear()
+    report = run_ingest(settings, store, PEAKS, mountains=["lhotse"])
+    assert report.ok and report.given_up == 0
+    assert flaky.id in stored_ids(store, "lhotse")
+    cursor = Cursor.from_json(store.get(cursor_name("lhotse")))
+    assert cursor.covers(_as_flickr(flaky)) and cursor.attempts == {}
+    assert store.list_names("state/ingest/skipped/") == []
+
+
+def test_a_cursor_written_before_attempts_were_counted_still_loads(
+        store: BlobStore, fake_flickr: FakeFlickr, flickr_settings: Callable[..., Settings]) -> None:
+    settings = flickr_settings(MOUNTAINID_PHOTOS_PER_RUN="2")
+    expected = allowed(fake_flickr, settings, "k2")
+    run_ingest(settings, store, PEAKS, mountains=["k2"])
+    old = cursor_of(store, "k2")
+    del old["attempts"]  # the cursor as the ingest wrote it until now
+    store.put(cursor_name("k2"), json.dumps(old).encode(), content_type="application/json")
+    assert Cursor.from_json(store.get(cursor_name("k2"))).attempts == {}
+
+    report = run_ingest(settings, store, PEAKS, mountains=["k2"])
+    assert report.ok and (report.stored, report.present) == (2, 0), "continued from the old cursor, not the start"
+    assert stored_ids(store, "k2") == sorted(p.id for p in expected[:4])
+    assert cursor_of(store, "k2")["attempts"] == {}
 
 
 @pytest.mark.parametrize("kind,reason", [("http", "gone: HTTP 404"), ("not-image", "not-jpeg"),
@@ -271,6 +383,15 @@ def test_cursor_merge_never_goes_backwards() -> None:
     assert a.merged(start.past(photo("3", 10))).done == {"1", "2", "3"}
     assert a.merged(Cursor(99, frozenset({"x"}), "other search")) == a
     assert Cursor.from_json(b.to_json()) == b
+    # Attempts: a lost race never loses a count, and a photo done (or passed) elsewhere drops its count.
+    held = start.past(photo("1", 10)).failed("2")
+    twice = held.failed("2")
+    assert (held.attempts, twice.attempts, held.failed("3").attempts) == ({"2": 1}, {"2": 2}, {"3": 1})
+    assert held.merged(twice) == twice and twice.merged(held) == twice
+    passed = start.past(photo("1", 10)).past(photo("2", 10))
+    assert twice.merged(passed) == passed and passed.merged(twice) == passed and passed.attempts == {}
+    assert twice.merged(b) == b and b.merged(twice) == b
+    assert Cursor.from_json(twice.to_json()) == twice
 
 
 def test_mountain_names_never_escape_their_prefix(tmp_path: Path, fake_flickr: FakeFlickr,
