@@ -98,6 +98,10 @@ class Settings:
     flickr_backoff_s: float = 1.0  # first retry delay, doubled each time          MOUNTAINID_FLICKR_BACKOFF_S
     # Runs a photo's download may fail in a way that may heal before it is skipped for good.
     ingest_max_attempts: int = 5  #                                                  MOUNTAINID_INGEST_MAX_ATTEMPTS
+    # Flickr search calls (500 photos each) one mountain's ingest run may make, walking past photos already
+    # stored (a changed search starts over). 8 pages are 4,000 results, all Flickr returns for one query
+    # anyway; 14 mountains hourly then use at most 112 of a key's 3,600 calls an hour, room for retries.
+    ingest_search_pages: int = 8  #                                                  MOUNTAINID_INGEST_SEARCH_PAGES
 
     # Vision: "imagenet" downloads Keras' weights; a path loads a local .weights.h5. MOUNTAINID_WEIGHTS
     weights: str = "imagenet"
@@ -183,6 +187,7 @@ ENV_NAMES: dict[str, str] = {
     "flickr_timeout_s": "MOUNTAINID_FLICKR_TIMEOUT_S",
     "flickr_backoff_s": "MOUNTAINID_FLICKR_BACKOFF_S",
     "ingest_max_attempts": "MOUNTAINID_INGEST_MAX_ATTEMPTS",
+    "ingest_search_pages": "MOUNTAINID_INGEST_SEARCH_PAGES",
     "weights": "MOUNTAINID_WEIGHTS",
     "classifier_weights": "MOUNTAINID_CLASSIFIER_WEIGHTS",
     "filter_threshold": "MOUNTAINID_FILTER_THRESHOLD",
@@ -231,7 +236,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"MOUNTAINID_EVENTS must be 'inprocess' or 'pubsub', got {settings.events!r}")
     if settings.log_format not in ("json", "text"):
         raise ConfigError(f"MOUNTAINID_LOG_FORMAT must be 'json' or 'text', got {settings.log_format!r}")
-    for attr in ("ingest_max_attempts", "catch_up_limit"):
+    for attr in ("ingest_max_attempts", "ingest_search_pages", "catch_up_limit"):
         if getattr(settings, attr) < 1:
             raise ConfigError(f"{ENV_NAMES[attr]} must be at least 1, got {getattr(settings, attr)}")
     return settings

@@ -1,16 +1,22 @@
 """The Flickr ingest: new photos of each mountain into ``raw/<slug>/<photo_id>.jpg``.
 
-One run, per mountain: read the cursor ``state/ingest/<slug>.json``, search Flickr for photos
-uploaded since (oldest first), download up to ``photos_per_run`` of them concurrently, check each
-is a real JPEG photo, write it with its Flickr metadata, then move the cursor past the photos
-that are done. What keeps it safe to run any number of times, even two at once:
+One run, per mountain: read the cursor ``state/ingest/<slug>.json``, list ``raw/<slug>/`` once,
+search Flickr for photos uploaded since (oldest first), download up to ``photos_per_run`` of those
+not listed concurrently, check each is a real JPEG photo, write it with its Flickr metadata, then
+move the cursor past the photos that are done. Photos listed are already stored: passed without a
+request each and not counted against ``photos_per_run``, so a mountain whose search changed walks
+past thousands stored before instead of spending its budget re-finding them. The walk is bounded
+by ``Settings.ingest_search_pages`` search calls (Flickr's quota is per key and hour); the cursor
+moves over what it walked, so the next run goes on from there. What keeps it safe to run any
+number of times, even two at once:
 
 * Photos are written with ``if_generation_match=0``: an object is never written twice, so a tick
-  delivered twice or two overlapping runs store each photo once.
+  delivered twice or two overlapping runs store each photo once (the loser of such a race has
+  downloaded the photo for nothing and counts it as already present).
 * The cursor only moves over the unbroken run of photos that are done (stored, already there, or
   skipped for good: a 404, not an image, truncated). At the first photo that failed in a way that
   may heal (Flickr 5xx or time-outs after retries, a store error) that mountain stops; the next run
-  starts from that photo. Photos stored past it are found again and count as already present.
+  starts from that photo. Photos stored past it are listed then and count as already present.
 * So a photo that fails on every run cannot hold its mountain for ever, the cursor counts the runs
   its head photo failed on; at ``Settings.ingest_max_attempts`` the photo is given up: recorded
   under ``state/ingest/skipped/<slug>/<id>.json`` (reason, attempts, time, its metadata) for an
@@ -20,7 +26,7 @@ that are done. What keeps it safe to run any number of times, even two at once:
 
 The cursor is an upload date plus the ids already done *at* that date (Flickr dates are seconds,
 and burst uploads share one), and remembers the search (text and licence filter): change either
-and the mountain starts over, finding what it stored before as already present.
+and the mountain starts over, walking past what it stored before as already present.
 """
 
 from __future__ import annotations
@@ -262,14 +268,20 @@ class _Run:
             if generation:
                 event(log, "search changed: starting over", slug=mountain.slug, was=cursor.query, now=query)
             cursor = Cursor(query=query)
-        photos = self._new_photos(mountain, cursor)  # FlickrUnavailable ends the run (caller)
-        futures = [self.pool.submit(self._handle, mountain.slug, photo) for photo in photos]
+        stored = self._stored_ids(mountain.slug)
+        photos = self._walk(mountain, cursor, stored)  # FlickrUnavailable ends the run (caller)
+        futures = {photo.id: self.pool.submit(self._handle, mountain.slug, photo)
+                   for photo in photos if photo.id not in stored}
         advanced = cursor
         limit = self.settings.ingest_max_attempts
-        for photo, future in zip(photos, futures):
-            if future.cancelled():
+        for photo in photos:
+            future = futures.get(photo.id)
+            if future is None:
+                outcome, reason = Outcome.PRESENT, ""
+            elif future.cancelled():
                 continue
-            outcome, reason = future.result()
+            else:
+                outcome, reason = future.result()
             if outcome is Outcome.FAILED and report.stopped is None:
                 attempts = advanced.attempts.get(photo.id, 0) + 1
                 if attempts >= limit and self._give_up(mountain.slug, photo, reason, attempts):
@@ -278,7 +290,7 @@ class _Run:
                     report.stopped = f"photo {photo.id} failed (attempt {attempts} of {limit}); " \
                                      "the next run resumes there"
                     advanced = advanced.failed(photo.id)
-                    for later in futures:
+                    for later in futures.values():
                         later.cancel()
             report.count(outcome)
             if report.stopped is None:
@@ -288,21 +300,40 @@ class _Run:
         report.cursor = advanced.uploaded
         return report
 
-    def _new_photos(self, mountain: Mountain, cursor: Cursor) -> list[FlickrPhoto]:
-        """Up to ``budget`` photos the cursor does not cover, in upload order."""
+    def _stored_ids(self, slug: str) -> frozenset[str]:
+        """The ids under ``raw/<slug>/``, from one listing rather than a request per photo."""
+        prefix = f"{RAW_PREFIX}/{slug}/"
+        return frozenset(name[len(prefix):].removesuffix(".jpg") for name in self.store.list_names(prefix))
+
+    def _walk(self, mountain: Mountain, cursor: Cursor, stored: frozenset[str]) -> list[FlickrPhoto]:
+        """The photos the cursor does not cover, in upload order, up to ``budget`` of them not ``stored``.
+
+        Full pages, as the stored ones do not count: one call walks 500 of them. At most
+        ``ingest_search_pages`` calls; photos walked so far are the run's, the next run goes on.
+        """
         found: dict[str, FlickrPhoto] = {}
-        per_page = min(MAX_PER_PAGE, self.budget + len(cursor.done))
-        page = 1
-        while len(found) < self.budget:
+        page = wanted = 0
+        while wanted < self.budget:
+            page += 1
             result = self.client.search(mountain.search, min_upload_date=cursor.uploaded, page=page,
-                                        per_page=per_page)
+                                        per_page=MAX_PER_PAGE)
             for photo in result.photos:
-                if not cursor.covers(photo):
-                    found.setdefault(photo.id, photo)
+                if not cursor.covers(photo) and photo.id not in found:
+                    found[photo.id] = photo
+                    wanted += photo.id not in stored
             if page >= result.pages:
                 break
-            page += 1
-        return sorted(found.values(), key=lambda p: p.uploaded)[: self.budget]
+            if page >= self.settings.ingest_search_pages:
+                event(log, "search page limit: the next run goes on", slug=mountain.slug, pages=page,
+                      walked=len(found), already_present=len(found) - wanted)
+                break
+        walked = sorted(found.values(), key=lambda p: p.uploaded)
+        to_download = 0
+        for index, photo in enumerate(walked):
+            to_download += photo.id not in stored
+            if to_download > self.budget:
+                return walked[:index]
+        return walked
 
     def _handle(self, slug: str, photo: FlickrPhoto) -> tuple[Outcome, str]:
         """Store one photo; runs on a download thread. Logs one line, always with the photo id."""
@@ -335,11 +366,6 @@ class _Run:
         if not _PHOTO_ID.match(photo.id):
             return Outcome.SKIPPED, "unsafe-photo-id", 0
         name = raw_name(slug, photo.id)
-        try:
-            if self.store.exists(name):
-                return Outcome.PRESENT, "", 0
-        except Exception as error:  # noqa: BLE001 - any store failure means "not stored": retry next run
-            return Outcome.FAILED, f"store: {error}", 0
         if photo.image_url is None:
             return Outcome.SKIPPED, "no-image-url", 0
         try:
@@ -360,7 +386,7 @@ class _Run:
                            if_generation_match=0)
         except PreconditionFailed:
             return Outcome.PRESENT, "written by a concurrent run", len(data)
-        except Exception as error:  # noqa: BLE001 - as above
+        except Exception as error:  # noqa: BLE001 - any store failure means "not stored": retry next run
             return Outcome.FAILED, f"store: {error}", len(data)
         return Outcome.STORED, "", len(data)
 

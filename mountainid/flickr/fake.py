@@ -160,6 +160,7 @@ class FakeFlickr:
     catalog: Catalog | None = None
     visible: int | None = None  # photos per mountain uploaded at start (None: all)
     api_key: str | None = None  # when set, any other key gets Flickr's code 100
+    max_per_page: int = 500  # Flickr's cap on per_page; lower, a few photos fill many pages
     port: int = 0
     faults: list[Fault] = field(default_factory=list)
     hits: Counter[str] = field(default_factory=Counter)
@@ -313,7 +314,7 @@ class FakeFlickr:
                             "Please use flickr.photos.getRecent instead.")
         try:
             page = max(1, int(params.get("page") or 1))
-            per_page = min(500, max(1, int(params.get("per_page") or 100)))
+            per_page = min(self.max_per_page, max(1, int(params.get("per_page") or 100)))
             min_date = int(params.get("min_upload_date") or 0)
             max_date = int(params.get("max_upload_date") or 2**62)
             licenses = tuple(int(code) for code in params["license"].split(",")) \

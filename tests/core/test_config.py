@@ -37,7 +37,8 @@ def test_values_are_parsed_and_typed() -> None:
 @pytest.mark.parametrize(("name", "value"), [
     ("MOUNTAINID_PHOTOS_PER_RUN", "many"), ("MOUNTAINID_FILTER_THRESHOLD", "high"),
     ("MOUNTAINID_STORE_UPLOADS", "perhaps"), ("MOUNTAINID_LICENSES", "4,x"), ("MOUNTAINID_EVENTS", "kafka"),
-    ("MOUNTAINID_INGEST_MAX_ATTEMPTS", "0"), ("MOUNTAINID_CATCH_UP_LIMIT", "-1"), ("MOUNTAINID_CATCH_UP_LIMIT", "all"),
+    ("MOUNTAINID_INGEST_MAX_ATTEMPTS", "0"), ("MOUNTAINID_INGEST_SEARCH_PAGES", "0"), ("MOUNTAINID_CATCH_UP_LIMIT", "-1"),
+    ("MOUNTAINID_CATCH_UP_LIMIT", "all"),
 ])
 def test_malformed_values_name_their_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):

@@ -173,6 +173,77 @@ def test_flickr_down_ends_the_run_cleanly_and_the_next_run_resumes(
     assert stored_ids(store, "k2") == sorted(p.id for p in k2)
 
 
+def _store_before_cc4(store: BlobStore, fake_flickr: FakeFlickr, flickr_settings: Callable[..., Settings],
+                      slug: str) -> dict[str, int]:
+    """Every photo of ``slug`` under the licences before CC 4.0 (1-10) stored: the generation of each."""
+    fake_flickr.upload_more(slugs=[slug])
+    old = flickr_settings(MOUNTAINID_LICENSES="1,2,3,4,5,6,7,8,9,10", MOUNTAINID_PHOTOS_PER_RUN="100")
+    assert run_ingest(old, store, PEAKS, mountains=[slug]).stored == len(allowed(fake_flickr, old, slug))
+    return {blob.name: blob.generation for blob in store.list(f"raw/{slug}/")}
+
+
+def test_a_changed_search_spends_its_budget_on_new_photos_not_on_stored_ones(
+        store: BlobStore, fake_flickr: FakeFlickr, flickr_settings: Callable[..., Settings]) -> None:
+    """The licence set grew (CC 4.0): the mountain starts over, but walks past what it stored under the old
+    one without downloading it, so each run stores up to its budget of new photos."""
+    before = _store_before_cc4(store, fake_flickr, flickr_settings, "k2")
+    settings = flickr_settings(MOUNTAINID_PHOTOS_PER_RUN="3")
+    photos = allowed(fake_flickr, settings, "k2")
+    new = [p for p in photos if raw_name("k2", p.id) not in before]
+    assert len(before) > 3 * 5 and len(new) > 3, "many stored, a few runs' worth new"
+    downloads = fake_flickr.hits["photo"]
+
+    report = run_ingest(settings, store, PEAKS, mountains=["k2"])
+    fourth = photos.index(new[3])  # the run walks past stored photos up to the next photo to download
+    assert report.ok and (report.stored, report.present) == (3, fourth - 3)
+    assert fake_flickr.hits["photo"] - downloads == 3, "stored photos are not downloaded again"
+    assert stored_ids(store, "k2") == sorted([*(n.rsplit("/", 1)[1][:-4] for n in before), *(p.id for p in new[:3])])
+    cursor = Cursor.from_json(store.get(cursor_name("k2")))
+    assert cursor.query.endswith("license=" + ",".join(map(str, range(1, 17))))
+    assert [cursor.covers(_as_flickr(p)) for p in photos] == [index < fourth for index in range(len(photos))]
+
+    runs = 1
+    while run_ingest(settings, store, PEAKS, mountains=["k2"]).stored:
+        runs += 1
+    assert runs == -(-len(new) // 3) and stored_ids(store, "k2") == sorted(p.id for p in photos)
+    assert fake_flickr.hits["photo"] - downloads == len(new), "each new photo downloaded once"
+    assert {name: store.info(name).generation for name in before} == before, "nothing rewritten"  # type: ignore[union-attr]
+
+
+def test_the_walk_past_stored_photos_is_bounded_by_search_pages_and_the_next_run_goes_on(
+        store: BlobStore, fake_flickr: FakeFlickr, flickr_settings: Callable[..., Settings],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """At most MOUNTAINID_INGEST_SEARCH_PAGES Flickr calls per mountain and run (the quota is per key and
+    hour), however much is stored: the cursor moves over the photos walked, the next run continues."""
+    caplog.set_level(logging.INFO, logger="mountainid")
+    before = _store_before_cc4(store, fake_flickr, flickr_settings, "lhotse")
+    fake_flickr.max_per_page = 4
+    settings = flickr_settings(MOUNTAINID_PHOTOS_PER_RUN="50", MOUNTAINID_INGEST_SEARCH_PAGES="2")
+    photos = allowed(fake_flickr, settings, "lhotse")
+    downloads, searches = fake_flickr.hits["photo"], fake_flickr.hits["search"]
+
+    report = run_ingest(settings, store, PEAKS, mountains=["lhotse"])
+    walked = photos[:8]  # two pages of four
+    new = [p for p in walked if raw_name("lhotse", p.id) not in before]
+    assert report.ok and (report.stored, report.present) == (len(new), 8 - len(new)) and report.present
+    assert (fake_flickr.hits["search"] - searches, fake_flickr.hits["photo"] - downloads) == (2, len(new))
+    cursor = Cursor.from_json(store.get(cursor_name("lhotse")))
+    assert [cursor.covers(_as_flickr(p)) for p in photos] == [index < 8 for index in range(len(photos))]
+    assert any(r.getMessage() == "search page limit: the next run goes on" for r in caplog.records)
+
+    covered = 8
+    while covered < len(photos):  # every run walks on from the last, within its two calls
+        searches = fake_flickr.hits["search"]
+        assert run_ingest(settings, store, PEAKS, mountains=["lhotse"]).ok
+        assert fake_flickr.hits["search"] - searches <= 2
+        cursor = Cursor.from_json(store.get(cursor_name("lhotse")))
+        now = sum(cursor.covers(_as_flickr(p)) for p in photos)
+        assert now > covered
+        covered = now
+    assert stored_ids(store, "lhotse") == sorted(p.id for p in photos)
+    assert fake_flickr.hits["photo"] - downloads == len(photos) - len(before), "each new photo downloaded once"
+
+
 def test_transient_search_faults_are_retried_within_the_run(
         store: BlobStore, fake_flickr: FakeFlickr, flickr_settings: Callable[..., Settings]) -> None:
     settings = flickr_settings(MOUNTAINID_FLICKR_TIMEOUT_S="0.3", MOUNTAINID_FLICKR_RETRIES="3")
@@ -224,16 +295,17 @@ def test_photo_failing_on_every_run_is_given_up_after_max_attempts_and_recorded(
         assert cursor.covers(_as_flickr(expected[0])) and not cursor.covers(_as_flickr(bad))
         assert cursor.attempts == {bad.id: attempt}
         assert store.list_names("state/ingest/skipped/") == []
+    # Stored photos do not count against the budget, so the held photo does not hold back those after it.
+    assert stored_ids(store, "k2") == sorted(p.id for p in expected if p is not bad)
 
     caplog.set_level(logging.INFO, logger="mountainid")
-    report = run_ingest(settings, store, PEAKS, mountains=["k2"])  # run N: given up, the photos after it stored
-    assert (report.given_up, report.errors, report.stored + report.present) == (1, 0, 3)
+    report = run_ingest(settings, store, PEAKS, mountains=["k2"])  # run N: given up, the cursor passes all
+    assert (report.given_up, report.errors, report.stored, report.present) == (1, 0, 0, len(expected) - 2)
     assert report.stopped is None
     assert not report.ok, "a photo given up needs an operator"
     assert report.as_dict()["given_up"] == 1
-    assert stored_ids(store, "k2") == sorted(p.id for p in expected[:5] if p is not bad)
     cursor = Cursor.from_json(store.get(cursor_name("k2")))
-    assert cursor.covers(_as_flickr(expected[4])) and cursor.attempts == {}
+    assert cursor.covers(_as_flickr(expected[-1])) and cursor.attempts == {}
     assert store.list_names("state/ingest/skipped/") == [skipped_name("k2", bad.id)]
     record = json.loads(store.get(skipped_name("k2", bad.id)))
     assert (record["photo_id"], record["mountain"], record["attempts"]) == (bad.id, "k2", 3)
@@ -245,9 +317,11 @@ def test_photo_failing_on_every_run_is_given_up_after_max_attempts_and_recorded(
     assert given_up[0].mountainid_fields["attempts"] == 3  # type: ignore[attr-defined]
 
     hits = fake_flickr.hits["photo"]
+    fake_flickr.upload_more(2, ["k2"])
+    newer = allowed(fake_flickr, settings, "k2")[len(expected):]
     report = run_ingest(settings, store, PEAKS, mountains=["k2"])
-    assert report.ok and report.given_up == 0
-    assert fake_flickr.hits["photo"] - hits == len(expected) - 5, "the photo given up is not fetched again"
+    assert newer and report.ok and report.given_up == 0 and report.stored == len(newer)
+    assert fake_flickr.hits["photo"] - hits == len(newer), "the photo given up is not fetched again"
 
 
 class RecordlessStore(LocalBlobStore):
