@@ -14,7 +14,7 @@ from tests.infra.commands import CLOUDBUILD, run_dry
 AGAIN_ENV = {"DRY_RUN_EXISTS": "1", "TRAINING_GPU": "1", "MOUNTAINID_STORE_UPLOADS": "true",
              "MOUNTAINID_LICENSES": "4,5,9", "MOUNTAINID_FILTER_THRESHOLD": "0.4",
              "MOUNTAINID_WEIGHTS": "/home/me/weights.h5", "MOUNTAINID_INGEST_MAX_ATTEMPTS": "7",
-             "MOUNTAINID_CATCH_UP_LIMIT": "100"}
+             "MOUNTAINID_INGEST_SEARCH_PAGES": "3", "MOUNTAINID_CATCH_UP_LIMIT": "100"}
 
 
 def _dry_run(*commands: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

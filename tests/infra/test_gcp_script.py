@@ -253,7 +253,8 @@ def test_gpu_training_and_tuning_pass_through(again_run: subprocess.CompletedPro
     job = one(cmds, "beta", "run", "jobs", "deploy")
     assert job.flags["--gpu"] == "1" and job.flags["--gpu-type"] == "nvidia-l4"
     ingest_env = env_vars(one(cmds, "functions", "deploy", name="mountainid-ingest"))
-    assert (ingest_env["MOUNTAINID_LICENSES"], ingest_env["MOUNTAINID_INGEST_MAX_ATTEMPTS"]) == ("4,5,9", "7")
+    assert (ingest_env["MOUNTAINID_LICENSES"], ingest_env["MOUNTAINID_INGEST_MAX_ATTEMPTS"],
+            ingest_env["MOUNTAINID_INGEST_SEARCH_PAGES"]) == ("4,5,9", "7", "3")
     filter_env = env_vars(one(cmds, "functions", "deploy", name="mountainid-filter"))
     assert (filter_env["MOUNTAINID_FILTER_THRESHOLD"], filter_env["MOUNTAINID_CATCH_UP_LIMIT"]) == ("0.4", "100")
     assert filter_env["MOUNTAINID_WEIGHTS"] == "imagenet"  # never the operator's local weights path
