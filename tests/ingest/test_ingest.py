@@ -197,7 +197,7 @@ def test_a_changed_search_spends_its_budget_on_new_photos_not_on_stored_ones(
     fourth = photos.index(new[3])  # the run walks past stored photos up to the next photo to download
     assert report.ok and (report.stored, report.present) == (3, fourth - 3)
     assert fake_flickr.hits["photo"] - downloads == 3, "stored photos are not downloaded again"
-    assert stored_ids(store, "k2") == sorted([*(n.rsplit("/", 1)[1][:-4] for n in before), *(p.id for p in new[:3])])
+    assert set(store.list_names("raw/k2/")) == set(before) | {raw_name("k2", p.id) for p in new[:3]}
     cursor = Cursor.from_json(store.get(cursor_name("k2")))
     assert cursor.query.endswith("license=" + ",".join(map(str, range(1, 17))))
     assert [cursor.covers(_as_flickr(p)) for p in photos] == [index < fourth for index in range(len(photos))]
