@@ -118,8 +118,10 @@ class LocalBlobStore(BlobStore):
                         meta.get("metadata") or {}, stat.st_mtime)
 
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+        """Walks only the folder the prefix is inside (``raw/k2/`` reads ``raw/k2``, not the bucket)."""
         names = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
+        start = self.root / prefix.rpartition("/")[0]
+        for dirpath, dirnames, filenames in os.walk(start):
             rel_dir = Path(dirpath).relative_to(self.root).as_posix()
             if rel_dir == ".":
                 dirnames[:] = [d for d in dirnames if d != META_DIR]
