@@ -105,6 +105,10 @@ class Settings:
     # Training.
     min_photos_per_class: int = 10  #                                                MOUNTAINID_MIN_PHOTOS_PER_CLASS
     retrain_min_new_photos: int = 50  #                                              MOUNTAINID_RETRAIN_MIN_NEW_PHOTOS
+    # Backfill: this process is task INDEX of COUNT, each redoing the caches of its hash shard of accepted/.
+    # Cloud Run Jobs set both for every task; locally `mountainid backfill --tasks N` starts the tasks.
+    task_index: int = 0  #                                                           CLOUD_RUN_TASK_INDEX
+    task_count: int = 1  #                                                           CLOUD_RUN_TASK_COUNT
 
     # Web.
     port: int = 8080  #                                                              PORT
@@ -179,6 +183,8 @@ ENV_NAMES: dict[str, str] = {
     "max_image_bytes": "MOUNTAINID_MAX_IMAGE_BYTES",
     "min_photos_per_class": "MOUNTAINID_MIN_PHOTOS_PER_CLASS",
     "retrain_min_new_photos": "MOUNTAINID_RETRAIN_MIN_NEW_PHOTOS",
+    "task_index": "CLOUD_RUN_TASK_INDEX",
+    "task_count": "CLOUD_RUN_TASK_COUNT",
     "port": "PORT",
     "admin_token": "MOUNTAINID_ADMIN_TOKEN",
     "store_uploads": "MOUNTAINID_STORE_UPLOADS",
@@ -219,6 +225,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"MOUNTAINID_EVENTS must be 'inprocess' or 'pubsub', got {settings.events!r}")
     if settings.log_format not in ("json", "text"):
         raise ConfigError(f"MOUNTAINID_LOG_FORMAT must be 'json' or 'text', got {settings.log_format!r}")
+    if not 0 <= settings.task_index < settings.task_count:
+        raise ConfigError(f"CLOUD_RUN_TASK_INDEX must be from 0 to CLOUD_RUN_TASK_COUNT - 1, got index "
+                          f"{settings.task_index} of {settings.task_count}")
     return settings
 
 

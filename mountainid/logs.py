@@ -80,16 +80,19 @@ def item_level() -> int:
 
 class Bar:
     """``with Bar("filter", 537) as bar: bar.advance(32)``: a progress bar with counts and an ETA at a
-    terminal; nothing anywhere else."""
+    terminal; nothing anywhere else. A bar opened while another is shown stays hidden: the outer one
+    (a backfill over chunks) already tells the progress, and two bars would overwrite one line."""
 
     WIDTH = 28
+    _shown = 0  # bars drawing at the terminal now
 
     def __init__(self, label: str, total: int) -> None:
         self.label, self.total, self.done, self.note = label, total, 0, ""
-        self._stream = _terminal() if total > 0 else None
+        self._stream = _terminal() if total > 0 and not Bar._shown else None
         self._started = time.perf_counter()
 
     def __enter__(self) -> Self:
+        Bar._shown += self._stream is not None
         self._draw()
         return self
 
@@ -110,5 +113,6 @@ class Bar:
 
     def __exit__(self, *_: object) -> None:
         if self._stream is not None:
+            Bar._shown -= 1
             self._stream.write("\n")
             self._stream.flush()
