@@ -170,12 +170,14 @@ def run_local(settings: Settings, store: BlobStore, tasks: int) -> list[TaskSumm
     summaries: list[TaskSummary] = []
     with Bar("backfill", sum(map(len, shards))) as bar:
         while True:
+            # Looked at before reading: what a worker sent before it exited is in the queue by then.
+            running = any(worker.is_alive() for worker in workers)
             try:
                 item = queue.get(timeout=0.5)
             except Empty:
-                if any(worker.is_alive() for worker in workers):
+                if running:
                     continue
-                break  # every worker has exited and everything they sent has been read
+                break
             if isinstance(item, int):
                 bar.advance(item)
             elif isinstance(item, TaskSummary):
