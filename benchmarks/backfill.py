@@ -5,12 +5,15 @@ order, round-robin over the mountains) go into ``accepted/`` of a temporary loca
 ``embeddings/`` and ``localfeatures/`` are deleted, so each run computes every embedding and every keypoint
 set. A run is the whole command in a fresh process, start-up and backbone loading included (each worker
 loads its own). Prints the median of each, and the ratio. Target: 2 workers at least 1.6x faster than 1.
+Each run's CPU time (user + system, workers included) is printed too: divided by the wall time it tells
+how many cores the run kept busy, which bounds what a second worker can gain on a 2-core machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -40,16 +43,21 @@ def fill_accepted(store: LocalBlobStore, photos: int) -> None:
 
 
 def backfill_s(bucket: Path, tasks: int) -> float:
+    """Wall time of one run (caches deleted first); prints it with the run's CPU time."""
     for prefix in (EMBEDDINGS, LOCAL_FEATURES):
         shutil.rmtree(bucket / prefix, ignore_errors=True)
     env = {**os.environ, "MOUNTAINID_BUCKET": str(bucket), "MOUNTAINID_WEIGHTS": str(WEIGHTS),
            "MOUNTAINID_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO)}
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "mountainid.cli", "backfill", "--tasks", str(tasks)], env=env,
                             capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert result.returncode == 0, result.stderr[-2000:]
-    print(f"  --tasks {tasks}: {seconds:6.1f} s   {result.stdout.strip()}")
+    cpu = cpu_after.ru_utime + cpu_after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
+    print(f"  --tasks {tasks}: {seconds:6.1f} s wall, {cpu:6.1f} s CPU ({cpu / seconds:.2f} cores busy)   "
+          f"{result.stdout.strip().split(': ', 1)[-1]}")
     return seconds
 
 

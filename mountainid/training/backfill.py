@@ -36,6 +36,7 @@ from mountainid.logs import Bar, event
 from mountainid.store import BlobInfo, BlobStore, open_store
 from mountainid.training import features
 from mountainid.training.dataset import Example, list_accepted
+from mountainid.vision.backbone import check_weights
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def backfill(store: BlobStore, settings: Settings, photos: list[Photo], task: in
     """Make the embedding (current feature id) and keypoints of every photo valid in the cache; ``advance``
     hears how many photos each finished chunk held. Logs one summary line."""
     started = time.perf_counter()
-    extractor = features.FeatureExtractor(settings)  # the filter's embedding, with the configured weights
+    extractor = features.FeatureExtractor(settings)  # the filter's embedding, under the configured weights' id
     counting = _CountingStore(store)
     unusable = 0
     with _loader_summaries_off():
@@ -217,6 +218,7 @@ def _backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     if settings.task_count > 1 and args.tasks > 1:
         raise ConfigError(f"--tasks {args.tasks} given in task {settings.task_index} of a {settings.task_count}-task "
                           "Cloud Run Job: set the number of tasks in one place")
+    check_weights(settings.weights)  # here, once, before N workers fail on it one by one
     store = open_store(settings)
     if args.tasks == 1:
         _quiet_tensorflow()

@@ -138,7 +138,7 @@ def test_a_cloud_run_task_fills_only_its_shard(tmp_path: Path, photo_dir: Path, 
     assert set(store.list_names("localfeatures/")) == names["keypoints"]
 
 
-def test_two_tasks_in_a_cloud_run_job_and_two_local_workers_is_an_error(tmp_path: Path, weights_path: Path) -> None:
+def test_bad_task_settings_and_weights_are_clear_errors_before_any_work(tmp_path: Path, weights_path: Path) -> None:
     env = {**os.environ, "MOUNTAINID_BUCKET": str(tmp_path / "bucket"), "MOUNTAINID_WEIGHTS": str(weights_path),
            "CLOUD_RUN_TASK_INDEX": "0", "CLOUD_RUN_TASK_COUNT": "4"}
     result = subprocess.run([sys.executable, "-m", "mountainid.cli", "backfill", "--tasks", "2"], cwd=REPO, env=env,
@@ -147,6 +147,10 @@ def test_two_tasks_in_a_cloud_run_job_and_two_local_workers_is_an_error(tmp_path
     result = subprocess.run([sys.executable, "-m", "mountainid.cli", "backfill"], cwd=REPO, capture_output=True,
                             env={**env, "CLOUD_RUN_TASK_INDEX": "4"}, text=True, timeout=120, check=False)
     assert result.returncode == 2 and "CLOUD_RUN_TASK_INDEX" in result.stderr, result.stderr
+    result = subprocess.run([sys.executable, "-m", "mountainid.cli", "backfill", "--tasks", "2"], cwd=REPO,
+                            capture_output=True, env={**env, "CLOUD_RUN_TASK_COUNT": "1", "MOUNTAINID_WEIGHTS": "nowhere.h5"},
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 2 and "weights file not found: nowhere.h5" in result.stderr, result.stderr
     assert not (tmp_path / "bucket").exists()
 
 
