@@ -97,6 +97,8 @@ def test_every_photo_is_in_exactly_one_shard_the_same_in_every_process() -> None
 
 def test_a_killed_task_run_again_computes_only_what_is_missing(store: BlobStore, photo_dir: Path, settings: Settings,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kill is every write failing after the 7th: the task stops as a killed one does, at a known
+    point (a SIGKILL would race the loaders' writer threads, and the counts below would vary)."""
     ids = put_accepted(store, photo_dir, 8)
     expected = cache_names(ids, FeatureExtractor(settings).feature_id)
     monkeypatch.setattr(backfill, "CHUNK", 3)  # several chunks, so the kill lands in the middle of the work
