@@ -32,7 +32,7 @@ from queue import Empty
 from mountainid import logs
 from mountainid.config import ConfigError, Settings
 from mountainid.filter import ACCEPTED, EMBEDDINGS, LOCAL_FEATURES
-from mountainid.logs import Bar, event
+from mountainid.logs import Bar, bars_hidden, event
 from mountainid.store import BlobInfo, BlobStore, open_store
 from mountainid.training import features
 from mountainid.training.dataset import Example, list_accepted
@@ -128,7 +128,7 @@ def backfill(store: BlobStore, settings: Settings, photos: list[Photo], task: in
     extractor = features.FeatureExtractor(settings)  # the filter's embedding, under the configured weights' id
     counting = _CountingStore(store)
     unusable = 0
-    with _loader_summaries_off():
+    with _loader_summaries_off(), bars_hidden():  # the caller's bar counts chunks
         for start in range(0, len(photos), CHUNK):
             chunk = photos[start:start + CHUNK]
             _, usable = features.load_features(counting, chunk, extractor, settings)

@@ -1,4 +1,4 @@
-"""Progress bars at a terminal: shown there, and only the outermost one when bars are nested."""
+"""Progress bars at a terminal: shown there, and not inside bars_hidden() (work under a bar of its own)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pty
 
 import pytest
 
-from mountainid.logs import Bar, TextFormatter
+from mountainid.logs import Bar, TextFormatter, bars_hidden
 
 
 @pytest.fixture()
@@ -24,12 +24,14 @@ def terminal(monkeypatch: pytest.MonkeyPatch):
     os.close(leader)
 
 
-def test_a_bar_inside_a_bar_stays_hidden(terminal) -> None:
+def test_bars_inside_bars_hidden_draw_nothing(terminal) -> None:
     with Bar("outer", 2) as outer:
-        with Bar("inner", 3) as inner:
+        with bars_hidden(), Bar("inner", 3) as inner:
             inner.advance(3)
         outer.advance(2)
-    with Bar("after", 1) as after:  # the outer bar is closed: a new one shows again
+    with pytest.raises(RuntimeError), bars_hidden():
+        raise RuntimeError("a failed chunk")
+    with Bar("after", 1) as after:  # bars show again after it, even after a failure inside it
         after.advance()
     shown = terminal()
     assert "outer" in shown and "2/2" in shown and "after" in shown
