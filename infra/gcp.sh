@@ -22,10 +22,10 @@ Set up a project (once, as a project owner; `bootstrap` runs them all in this or
   set-secret NAME   store a secret value read from stdin (flickr-api-key, flickr-api-secret, ...)
 
 Deploy (what cloudbuild.yaml runs; `deploy` runs them all, then verify):
-  deploy-ingest deploy-filter deploy-training deploy-web verify
+  deploy-ingest deploy-filter deploy-training deploy-backfill deploy-web verify
 
 Settings (environment): PROJECT (required), REGION [us-central1], BUCKET [PROJECT-mountainid],
-AR_REPO [mountainid], TAG [latest], TRAINING_GPU [0], ALLOW_NO_MODEL [0], INGEST_SCHEDULE, CATCH_UP_SCHEDULE,
+AR_REPO [mountainid], TAG [latest], TRAINING_GPU [0], BACKFILL_TASKS [10], ALLOW_NO_MODEL [0], INGEST_SCHEDULE, CATCH_UP_SCHEDULE,
 TRAIN_SCHEDULE, SCHEDULE_TIME_ZONE, and any MOUNTAINID_* tuning variable (passed to the deployables).
 --dry-run (or DRY_RUN=1) prints each gcloud command instead of running it.
 EOF
@@ -191,10 +191,10 @@ grant_access() {
   # an idempotent re-run of the filter) needs storage.objects.delete, which objectCreator lacks.
   bucket_role ingest roles/storage.objectUser ingest-writes-raw-state raw/ state/ingest/
   bucket_role filter roles/storage.objectViewer filter-reads-raw raw/
-  bucket_role filter roles/storage.objectUser filter-writes-results accepted/ rejected/ embeddings/
+  bucket_role filter roles/storage.objectUser filter-writes-results accepted/ rejected/ embeddings/ localfeatures/
   bucket_role training roles/storage.objectViewer training-reads-accepted accepted/
-  bucket_role training roles/storage.objectUser training-writes-models embeddings/ models/ state/training/
-  bucket_role web roles/storage.objectViewer web-reads-models-gallery models/ accepted/
+  bucket_role training roles/storage.objectUser training-writes-models embeddings/ localfeatures/ models/ state/training/
+  bucket_role web roles/storage.objectViewer web-reads-models-gallery models/ accepted/ localfeatures/
   if truthy "${MOUNTAINID_STORE_UPLOADS:-false}"; then
     bucket_role web roles/storage.objectCreator web-writes-uploads uploads/
   fi
@@ -334,6 +334,19 @@ deploy_training() {
   grant "run jobs" "$TRAINING_JOB --region=$REGION" "$(sa_member scheduler)" roles/run.invoker
 }
 
+# On demand, not scheduled (infra/README.md): fills the caches of accepted/ that are missing or corrupt
+# (after a new backbone or keypoint extractor) with the training image and the training account. Each of
+# the BACKFILL_TASKS tasks takes its own hash shard (Cloud Run sets CLOUD_RUN_TASK_INDEX/COUNT); a retried
+# task redoes only what is still missing.
+deploy_backfill() {
+  run gcloud run jobs deploy "$BACKFILL_JOB" --image="$IMAGE_TRAINING" \
+    --region="$REGION" --project="$PROJECT" --service-account="$(sa_email training)" \
+    --tasks="$BACKFILL_TASKS" --max-retries=3 --task-timeout=3600s --cpu=2 --memory=4Gi \
+    --command=mountainid --args=backfill \
+    "$(env_vars_flag MOUNTAINID_WEIGHTS=imagenet MOUNTAINID_MAX_IMAGE_PIXELS MOUNTAINID_MAX_IMAGE_BYTES \
+      MOUNTAINID_LOG_LEVEL)"
+}
+
 deploy_web() {
   # Instance-based CPU (--no-cpu-throttling) so the model poller and background hot-swap run
   # between requests; the TCP startup probe lets it start before a first model exists.
@@ -404,9 +417,10 @@ main() {
       deploy-ingest) deploy_ingest ;;
       deploy-filter) deploy_filter ;;
       deploy-training) deploy_training ;;
+      deploy-backfill) deploy_backfill ;;
       deploy-web) deploy_web ;;
       verify) verify_web ;;
-      deploy) deploy_ingest; deploy_filter; deploy_training; deploy_web; verify_web ;;
+      deploy) deploy_ingest; deploy_filter; deploy_training; deploy_backfill; deploy_web; verify_web ;;
       *) usage >&2; die "unknown command $command" ;;
     esac
   done

@@ -21,6 +21,7 @@ TRAIN_SCHEDULE=${TRAIN_SCHEDULE:-30 3 * * *}
 CATCH_UP_SCHEDULE=${CATCH_UP_SCHEDULE:-30 * * * *}
 SCHEDULE_TIME_ZONE=${SCHEDULE_TIME_ZONE:-Etc/UTC}
 TRAINING_GPU=${TRAINING_GPU:-0}
+BACKFILL_TASKS=${BACKFILL_TASKS:-10}
 ALLOW_NO_MODEL=${ALLOW_NO_MODEL:-0}
 VERIFY_ATTEMPTS=${VERIFY_ATTEMPTS:-20}
 # Topic names: the same variables (and defaults) mountainid.config reads.
@@ -32,6 +33,7 @@ TOPIC_MODEL_PUBLISHED=${MOUNTAINID_TOPIC_MODEL_PUBLISHED:-model-published}
 FN_INGEST=mountainid-ingest
 FN_FILTER=mountainid-filter
 TRAINING_JOB=mountainid-training
+BACKFILL_JOB=mountainid-backfill
 WEB_SERVICE=mountainid-web
 SUB_MODEL_LOG=model-published-log
 SCHED_INGEST=mountainid-ingest-tick

@@ -119,6 +119,10 @@ class Settings:
     # Training.
     min_photos_per_class: int = 10  #                                                MOUNTAINID_MIN_PHOTOS_PER_CLASS
     retrain_min_new_photos: int = 50  #                                              MOUNTAINID_RETRAIN_MIN_NEW_PHOTOS
+    # Backfill: this process is task INDEX of COUNT, each redoing the caches of its hash shard of accepted/.
+    # Cloud Run Jobs set both for every task; locally `mountainid backfill --tasks N` starts the tasks.
+    task_index: int = 0  #                                                           CLOUD_RUN_TASK_INDEX
+    task_count: int = 1  #                                                           CLOUD_RUN_TASK_COUNT
 
     # Web.
     port: int = 8080  #                                                              PORT
@@ -196,6 +200,8 @@ ENV_NAMES: dict[str, str] = {
     "max_image_bytes": "MOUNTAINID_MAX_IMAGE_BYTES",
     "min_photos_per_class": "MOUNTAINID_MIN_PHOTOS_PER_CLASS",
     "retrain_min_new_photos": "MOUNTAINID_RETRAIN_MIN_NEW_PHOTOS",
+    "task_index": "CLOUD_RUN_TASK_INDEX",
+    "task_count": "CLOUD_RUN_TASK_COUNT",
     "port": "PORT",
     "admin_token": "MOUNTAINID_ADMIN_TOKEN",
     "store_uploads": "MOUNTAINID_STORE_UPLOADS",
@@ -239,6 +245,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     for attr in ("ingest_max_attempts", "ingest_search_pages", "catch_up_limit"):
         if getattr(settings, attr) < 1:
             raise ConfigError(f"{ENV_NAMES[attr]} must be at least 1, got {getattr(settings, attr)}")
+    if not 0 <= settings.task_index < settings.task_count:
+        raise ConfigError(f"CLOUD_RUN_TASK_INDEX must be from 0 to CLOUD_RUN_TASK_COUNT - 1, got index "
+                          f"{settings.task_index} of {settings.task_count}")
     return settings
 
 

@@ -14,6 +14,8 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Self
 
 from mountainid.config import Settings
@@ -78,15 +80,30 @@ def item_level() -> int:
     return logging.DEBUG if _terminal() is not None else logging.INFO
 
 
+_bars_hidden = 0  # > 0 inside bars_hidden()
+
+
+@contextmanager
+def bars_hidden() -> Iterator[None]:
+    """Bars opened inside draw nothing: for work under a bar of its own that calls code with bars (a
+    backfill runs the feature loaders chunk by chunk); two bars would overwrite one line."""
+    global _bars_hidden
+    _bars_hidden += 1
+    try:
+        yield
+    finally:
+        _bars_hidden -= 1
+
+
 class Bar:
     """``with Bar("filter", 537) as bar: bar.advance(32)``: a progress bar with counts and an ETA at a
-    terminal; nothing anywhere else."""
+    terminal; nothing anywhere else (nor inside :func:`bars_hidden`)."""
 
     WIDTH = 28
 
     def __init__(self, label: str, total: int) -> None:
         self.label, self.total, self.done, self.note = label, total, 0, ""
-        self._stream = _terminal() if total > 0 else None
+        self._stream = _terminal() if total > 0 and not _bars_hidden else None
         self._started = time.perf_counter()
 
     def __enter__(self) -> Self:

@@ -61,3 +61,14 @@ def test_a_fake_flickr_server_needs_no_key() -> None:
 def test_json_logs_by_default_on_cloud_run() -> None:
     assert load_settings({"K_SERVICE": "web"}).log_format == "json"
     assert load_settings({"K_SERVICE": "web", "MOUNTAINID_LOG_FORMAT": "text"}).log_format == "text"
+
+
+def test_cloud_run_tasks_say_which_shard_this_process_is() -> None:
+    assert (load_settings({}).task_index, load_settings({}).task_count) == (0, 1)
+    settings = load_settings({"CLOUD_RUN_TASK_INDEX": "2", "CLOUD_RUN_TASK_COUNT": "5"})
+    assert (settings.task_index, settings.task_count) == (2, 5)
+    for index, count in (("5", "5"), ("0", "0"), ("-1", "2")):
+        with pytest.raises(ConfigError, match="CLOUD_RUN_TASK_INDEX must be from 0 to CLOUD_RUN_TASK_COUNT - 1"):
+            load_settings({"CLOUD_RUN_TASK_INDEX": index, "CLOUD_RUN_TASK_COUNT": count})
+    with pytest.raises(ConfigError, match="CLOUD_RUN_TASK_COUNT must be a whole number"):
+        load_settings({"CLOUD_RUN_TASK_COUNT": "many"})

@@ -80,7 +80,8 @@ def test_test_gate_build_push_and_deploy_order(cloudbuild: dict[str, Any]) -> No
     for image in ("web", "training"):
         assert {"test", f"build-{image}"} <= depends_on(cloudbuild, f"push-{image}")
         assert f"push-{image}" in depends_on(cloudbuild, f"deploy-{image}")
-    for deploy in ("deploy-ingest", "deploy-filter", "deploy-training", "deploy-web"):
+    assert "push-training" in depends_on(cloudbuild, "deploy-backfill")  # the job runs the training image
+    for deploy in ("deploy-ingest", "deploy-filter", "deploy-training", "deploy-backfill", "deploy-web"):
         assert "test" in depends_on(cloudbuild, deploy), f"{deploy} may run before the tests pass"
         assert step(cloudbuild, deploy)["args"] == ["infra/gcp.sh", deploy]
     assert "deploy-web" in depends_on(cloudbuild, "verify")

@@ -29,8 +29,8 @@ from tests.infra.deployables import (
 
 DOCKERIGNORE = ignore_patterns(REPO / ".dockerignore")
 LOCK = REPO / "requirements.lock"
-# Entry modules of each image: what its CMD imports.
-IMAGES = {"web": ["web", "web.gunicorn_conf"], "training": ["training_job.main"]}
+# Entry modules of each image: what its CMD imports (the training image also runs `mountainid backfill`).
+IMAGES = {"web": ["web", "web.gunicorn_conf"], "training": ["training_job.main", "mountainid.training.backfill"]}
 HANDLERS = {"ingest": "ingest", "filter": "filter_photo"}
 # Reached only through open_bus() with MOUNTAINID_EVENTS=pubsub, which infra/gcp.sh never sets for
 # the functions (they publish nothing: the bucket's notification carries their output onward).

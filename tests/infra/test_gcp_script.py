@@ -167,10 +167,10 @@ def test_each_service_account_reaches_only_its_prefixes(fresh_run: subprocess.Co
     expected = {
         (SA.format("ingest"), WRITES): {"raw/", "state/ingest/"},
         (SA.format("filter"), READS): {"raw/"},
-        (SA.format("filter"), WRITES): {"accepted/", "rejected/", "embeddings/"},
+        (SA.format("filter"), WRITES): {"accepted/", "rejected/", "embeddings/", "localfeatures/"},
         (SA.format("training"), READS): {"accepted/"},
-        (SA.format("training"), WRITES): {"embeddings/", "models/", "state/training/"},
-        (SA.format("web"), READS): {"models/", "accepted/"},
+        (SA.format("training"), WRITES): {"embeddings/", "localfeatures/", "models/", "state/training/"},
+        (SA.format("web"), READS): {"models/", "accepted/", "localfeatures/"},  # keypoints of a big gallery
     }
     assert bucket_grants(commands(fresh_run)) == expected
     with_uploads = {**expected, (SA.format("web"), "roles/storage.objectCreator"): {"uploads/"}}
@@ -224,8 +224,7 @@ def test_function_deploys(fresh_run: subprocess.CompletedProcess) -> None:
 
 def test_training_job_web_and_schedules(fresh_run: subprocess.CompletedProcess) -> None:
     cmds = commands(fresh_run)
-    job = one(cmds, "run", "jobs", "deploy")
-    assert job.positionals == ("mountainid-training",)
+    job = one(cmds, "run", "jobs", "deploy", name="mountainid-training")
     assert job.flags["--image"] == f"europe-west1-docker.pkg.dev/{PROJECT}/mountainid/training:b1234"
     assert job.flags["--tasks"] == "1" and job.flags["--task-timeout"] == "3600s"
     assert env_vars(job)["MOUNTAINID_EVENTS"] == "pubsub"
@@ -246,6 +245,23 @@ def test_training_job_web_and_schedules(fresh_run: subprocess.CompletedProcess) 
     assert invoker.flag("--role") == "roles/run.invoker"
     assert printed_lines(fresh_run.stdout)[-1] == [
         "curl", "-sS", "--max-time", "20", "https://mountainid-web-dry-run.a.run.app/health"]
+
+
+def test_backfill_job_runs_the_training_image_in_parallel_tasks(fresh_run: subprocess.CompletedProcess,
+                                                                again_run: subprocess.CompletedProcess) -> None:
+    """Each task backfills its own shard (Cloud Run sets CLOUD_RUN_TASK_INDEX/COUNT), as the training account,
+    which may write both caches; it is run on demand, so nothing schedules it."""
+    for run in (fresh_run, again_run):
+        job = one(commands(run), "run", "jobs", "deploy", name="mountainid-backfill")
+        assert job.flags["--image"] == f"europe-west1-docker.pkg.dev/{PROJECT}/mountainid/training:b1234"
+        assert (job.flags["--command"], job.flags["--args"]) == ("mountainid", "backfill")
+        assert job.flags["--tasks"] == "10" and int(job.flags["--max-retries"]) > 0
+        assert job.flags["--service-account"] == SA.format("training")
+        assert env_vars(job)["MOUNTAINID_WEIGHTS"] == "imagenet"
+        assert "backfill" not in " ".join(c.line for c in commands(run) if c.path[0] == "scheduler")
+    assert {"embeddings/", "localfeatures/"} <= bucket_grants(commands(fresh_run))[(SA.format("training"), WRITES)]
+    wider = run_dry("deploy-backfill", env={"BACKFILL_TASKS": "40"})
+    assert one(commands(wider), "run", "jobs", "deploy").flags["--tasks"] == "40"
 
 
 def test_gpu_training_and_tuning_pass_through(again_run: subprocess.CompletedProcess) -> None:

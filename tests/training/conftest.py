@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import pty
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -112,3 +115,22 @@ def cli_args(name: str, argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     configure(name, parser)
     return parser.parse_args(argv)
+
+
+def run_at_a_terminal(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str]:
+    """Run a command with stderr on a pseudo-terminal, as when a person runs it: (exit code, what it showed)."""
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=follower)
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    process.wait(timeout=300)
+    return process.returncode, seen.decode("utf-8", "replace")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import pty
 import re
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ from mountainid.config import load_settings
 from mountainid.localcloud import free_port
 from mountainid.serving import ModelHolder
 from mountainid.store import LocalBlobStore
-from tests.training.conftest import cli_args, training_env
+from tests.training.conftest import cli_args, run_at_a_terminal, training_env
 from web import create_app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,21 +107,8 @@ def test_a_terminal_sees_progress_bars_and_logs_one_line_per_epoch(tmp_path, sha
     argv = [sys.executable, "-m", "mountainid.cli", "train", "--photos", str(photos), "--cut", "",
             "--augment-views", "0", "--epochs", "5", "--patience", "50"]
     env = {**os.environ, **training_env(weights_path, str(tmp_path / "bucket"))}
-    leader, follower = pty.openpty()  # stderr is a terminal, as when a person runs it
-    process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=follower)
-    os.close(follower)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # EIO: the process closed the terminal
-            break
-        if not chunk:
-            break
-        seen += chunk
-    process.wait(timeout=300)
-    terminal = seen.decode("utf-8", "replace")
-    assert process.returncode == 0, terminal[-2000:]
+    returncode, terminal = run_at_a_terminal(argv, env, REPO)
+    assert returncode == 0, terminal[-2000:]
     assert re.search(r"filter +\[#{28}\] 20/20 ETA", terminal)  # counts and an ETA, filled at the end
     assert re.search(r"training +\[#{28}\] 5/5 ETA +0 s loss \d", terminal)
     assert "photo accepted" not in terminal and "epoch finished" not in terminal  # per-photo lines: DEBUG here
