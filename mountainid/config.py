@@ -105,6 +105,8 @@ class Settings:
     # Training.
     min_photos_per_class: int = 10  #                                                MOUNTAINID_MIN_PHOTOS_PER_CLASS
     retrain_min_new_photos: int = 50  #                                              MOUNTAINID_RETRAIN_MIN_NEW_PHOTOS
+    # Below this many test photos compared, the live model is never replaced: the difference is noise.
+    promotion_min_test: int = 50  #                                                  MOUNTAINID_PROMOTION_MIN_TEST
 
     # Web.
     port: int = 8080  #                                                              PORT
@@ -179,6 +181,7 @@ ENV_NAMES: dict[str, str] = {
     "max_image_bytes": "MOUNTAINID_MAX_IMAGE_BYTES",
     "min_photos_per_class": "MOUNTAINID_MIN_PHOTOS_PER_CLASS",
     "retrain_min_new_photos": "MOUNTAINID_RETRAIN_MIN_NEW_PHOTOS",
+    "promotion_min_test": "MOUNTAINID_PROMOTION_MIN_TEST",
     "port": "PORT",
     "admin_token": "MOUNTAINID_ADMIN_TOKEN",
     "store_uploads": "MOUNTAINID_STORE_UPLOADS",
@@ -219,6 +222,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"MOUNTAINID_EVENTS must be 'inprocess' or 'pubsub', got {settings.events!r}")
     if settings.log_format not in ("json", "text"):
         raise ConfigError(f"MOUNTAINID_LOG_FORMAT must be 'json' or 'text', got {settings.log_format!r}")
+    if settings.promotion_min_test < 0:
+        raise ConfigError(f"MOUNTAINID_PROMOTION_MIN_TEST must be 0 or more, got {settings.promotion_min_test}")
     return settings
 
 

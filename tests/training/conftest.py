@@ -12,6 +12,7 @@ import dataclasses
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mountainid.catalog import load_catalog
@@ -37,7 +38,8 @@ TINY_FINE_TUNE = dataclasses.replace(FINETUNE_TIER, features=FeatureSpec(160, cu
 def training_env(weights_path: Path, bucket: str) -> dict[str, str]:
     return {"MOUNTAINID_BUCKET": bucket, "MOUNTAINID_WEIGHTS": str(weights_path),
             "MOUNTAINID_CATALOG": "peaks14", "MOUNTAINID_MIN_PHOTOS_PER_CLASS": "5",
-            "MOUNTAINID_RETRAIN_MIN_NEW_PHOTOS": "10"}
+            "MOUNTAINID_RETRAIN_MIN_NEW_PHOTOS": "10",
+            "MOUNTAINID_PROMOTION_MIN_TEST": "10"}  # the set's test split holds about 20 photos
 
 
 @pytest.fixture(scope="session")
@@ -112,3 +114,10 @@ def cli_args(name: str, argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     configure(name, parser)
     return parser.parse_args(argv)
+
+
+def right(both: int, live_only: int, new_only: int, neither: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-photo correctness of a live and a new model over the same photos, from the four counts."""
+    live = [True] * both + [True] * live_only + [False] * new_only + [False] * neither
+    new = [True] * both + [False] * live_only + [True] * new_only + [False] * neither
+    return np.array(live), np.array(new)
