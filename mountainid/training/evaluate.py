@@ -6,6 +6,9 @@ confidence at which the answers given there were right at least ``CONFIDENT_PREC
 time, raised if needed so that a photo of a mountain the model does not know (simulated by taking
 each validation photo's own mountain out of its answer) is named outright at most ``OPEN_SET_NAMED``
 of the time.
+
+Also the paired statistics of two models scored on the same photos, on which the promotion gate
+(:mod:`mountainid.training.gate`) decides.
 """
 
 from __future__ import annotations
@@ -42,22 +45,19 @@ def mcnemar_p(live_only: int, new_only: int) -> float:
     return min(1.0, 2 * tail / 2 ** discordant)
 
 
-def paired_difference_interval(live_right: np.ndarray, new_right: np.ndarray, resamples: int = 10_000,
-                               seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Paired bootstrap interval of top-1 (new) - top-1 (live) over the same photos, resampled together.
+def paired_difference_interval(live_only: int, new_only: int, n: int, resamples: int = 10_000, seed: int = 0,
+                               level: float = 0.95) -> tuple[float, float]:
+    """Paired bootstrap interval of top-1 (new) - top-1 (live) over the same ``n`` photos, resampled together.
 
-    A photo's difference is -1, 0 or +1, so a resample is a multinomial draw of those three counts:
-    the same distribution as resampling photo indices, without an n-by-resamples matrix. Seeded: a run's
-    figures are reproducible.
+    A photo's difference is -1 (right for the live model only), +1 (the new one only) or 0, so a
+    resample is a multinomial draw of those three counts: the same distribution as resampling photo
+    indices, without an n-by-resamples matrix. Seeded: a run's figures are reproducible.
     """
-    live_right, new_right = np.asarray(live_right, bool), np.asarray(new_right, bool)
-    n = len(live_right)
     if n == 0:
         return -1.0, 1.0
-    counts = np.array([np.sum(live_right & ~new_right), np.sum(new_right & ~live_right)])
-    drawn = np.random.default_rng(seed).multinomial(n, np.append(counts, n - counts.sum()) / n, size=resamples)
-    differences = (drawn[:, 1] - drawn[:, 0]) / n
-    low, high = np.quantile(differences, [(1 - level) / 2, (1 + level) / 2])
+    drawn = np.random.default_rng(seed).multinomial(n, np.array([live_only, new_only, n - live_only - new_only]) / n,
+                                                    size=resamples)
+    low, high = np.quantile((drawn[:, 1] - drawn[:, 0]) / n, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
 
 

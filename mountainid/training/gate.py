@@ -67,4 +67,4 @@ def decide(live_right: np.ndarray, new_right: np.ndarray, min_test: int) -> Gate
     else:
         promote, reason = True, "not significantly worse"
     return Gate(promote, reason, n, float(live_right.mean()) if n else 0.0, float(new_right.mean()) if n else 0.0,
-                live_only, new_only, p_value, paired_difference_interval(live_right, new_right), min_test)
+                live_only, new_only, p_value, paired_difference_interval(live_only, new_only, n), min_test)

@@ -12,7 +12,6 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from mountainid.catalog import load_catalog
@@ -114,10 +113,3 @@ def cli_args(name: str, argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     configure(name, parser)
     return parser.parse_args(argv)
-
-
-def right(both: int, live_only: int, new_only: int, neither: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-photo correctness of a live and a new model over the same photos, from the four counts."""
-    live = [True] * both + [True] * live_only + [False] * new_only + [False] * neither
-    new = [True] * both + [False] * live_only + [True] * new_only + [False] * neither
-    return np.array(live), np.array(new)

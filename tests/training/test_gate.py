@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 
 from mountainid.training.gate import decide
-from tests.training.conftest import right
 
 MIN_TEST = 50  # the default of MOUNTAINID_PROMOTION_MIN_TEST
+
+
+def right(both: int, live_only: int, new_only: int, neither: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-photo correctness of a live and a new model over the same photos, from the four counts."""
+    live = [True] * both + [True] * live_only + [False] * new_only + [False] * neither
+    new = [True] * both + [False] * live_only + [True] * new_only + [False] * neither
+    return np.array(live), np.array(new)
 
 
 def test_a_clearly_better_model_is_promoted() -> None:
