@@ -106,7 +106,7 @@ def test_gate_promotes_an_equal_model_and_keeps_the_live_one_on_too_few_test_pho
                                                                        **worse.gate.figures()}
 
 
-def test_gate_promotes_a_better_model_and_logs_the_paired_figures(seeded: BlobStore, settings, caplog) -> None:
+def test_gate_promotes_a_better_model_and_replaces_an_unusable_one(seeded: BlobStore, settings, caplog) -> None:
     caplog.set_level(logging.INFO)
     bus = InProcessBus()
     first = train_and_register(settings, seeded, bus, WORSE)
@@ -119,6 +119,12 @@ def test_gate_promotes_a_better_model_and_logs_the_paired_figures(seeded: BlobSt
                     and r.mountainid_fields["version"] == better.version)
     assert decision.mountainid_fields["mcnemar_p"] == round(better.gate.p_value, 4)
     assert decision.mountainid_fields["right_only_new"] == better.gate.right_only_new
+    registry = Registry(seeded)
+    seeded.put(registry.path(better.version, "dataset.json"), b"{ damaged")  # the live model cannot be compared
+    replacing = train_and_register(settings, seeded, bus, WORSE)
+    assert replacing.promoted and replacing.gate.reason == "live model unusable"
+    assert registry.live()[0] == replacing.version
+    assert registry.info(replacing.version)["live_at_training"]["version"] == better.version
 
 
 def test_upload_failure_leaves_the_old_model_live_and_no_loadable_half_version(seeded: BlobStore, settings,
