@@ -123,6 +123,8 @@ class Settings:
     # Cloud Run Jobs set both for every task; locally `mountainid backfill --tasks N` starts the tasks.
     task_index: int = 0  #                                                           CLOUD_RUN_TASK_INDEX
     task_count: int = 1  #                                                           CLOUD_RUN_TASK_COUNT
+    # Below this many test photos compared, the live model is never replaced: the difference is noise.
+    promotion_min_test: int = 50  #                                                  MOUNTAINID_PROMOTION_MIN_TEST
 
     # Web.
     port: int = 8080  #                                                              PORT
@@ -202,6 +204,7 @@ ENV_NAMES: dict[str, str] = {
     "retrain_min_new_photos": "MOUNTAINID_RETRAIN_MIN_NEW_PHOTOS",
     "task_index": "CLOUD_RUN_TASK_INDEX",
     "task_count": "CLOUD_RUN_TASK_COUNT",
+    "promotion_min_test": "MOUNTAINID_PROMOTION_MIN_TEST",
     "port": "PORT",
     "admin_token": "MOUNTAINID_ADMIN_TOKEN",
     "store_uploads": "MOUNTAINID_STORE_UPLOADS",
@@ -248,6 +251,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not 0 <= settings.task_index < settings.task_count:
         raise ConfigError(f"CLOUD_RUN_TASK_INDEX must be from 0 to CLOUD_RUN_TASK_COUNT - 1, got index "
                           f"{settings.task_index} of {settings.task_count}")
+    if settings.promotion_min_test < 0:
+        raise ConfigError(f"MOUNTAINID_PROMOTION_MIN_TEST must be 0 or more, got {settings.promotion_min_test}")
     return settings
 
 

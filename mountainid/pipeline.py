@@ -121,8 +121,8 @@ class EmbeddedPipeline:
     def fine_tune(self) -> str:
         """The slow tier (EfficientNet-Lite2), trained while the site serves the fast tier's model.
 
-        It goes through the same gate: promoted only if not worse than the live model on the same
-        test photos, then ``model-published`` makes the site hot-swap it in. Returns the run's status.
+        It goes through the same gate: promoted unless significantly worse than the live model on the
+        same test photos, then ``model-published`` makes the site hot-swap it in. Returns the run's status.
         """
         with self._cycle_lock:
             result = maybe_train(self.settings, self.store, self.bus, self.fine_tune_config)

@@ -105,10 +105,12 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         bus.close()
     low, high = result.test.get("top1_interval", (float("nan"), float("nan")))
+    gate = result.gate.figures() if result.gate else {}
     print(f"{result.status} tier={args.tier} version={result.version} "
           f"test_top1={result.test.get('top1', float('nan')):.3f} (95% {low:.3f}-{high:.3f}) "
           f"test_top3={result.test.get('top3', float('nan')):.3f} test_n={result.test.get('n', 0)} "
-          f"live={result.live_version} live_top1={result.live_top1} seconds={result.seconds}")
+          f"live={result.live_version} live_top1={result.live_top1} mcnemar_p={gate.get('mcnemar_p')} "
+          f"gate={gate.get('reason')!r} seconds={result.seconds}")
     return 0 if result.status in ("promoted", "kept") else 1
 
 

@@ -2,9 +2,10 @@
 
 Called by the Cloud Run Job (``training_job/main.py``), by ``mountainid train`` and by the
 embedded ``mountainid run`` (:func:`maybe_train`). The run holds the training lease from start
-to finish, writes a complete version folder, and moves ``models/LATEST`` only when the new
-model's test top-1 is at least the live model's on the *same* test photos (the live model is
-re-evaluated on today's test split, which grows with the bucket, less any photo it trained on).
+to finish, writes a complete version folder, and moves ``models/LATEST`` only when the promotion
+gate (:mod:`mountainid.training.gate`) finds the new model not significantly worse than the live one
+on the *same* test photos (the live model is re-evaluated on today's test split, which grows with the
+bucket, less any photo it trained on).
 Every figure is of the answer as served: the classifier fused with keypoint verification against
 the training split (``mountainid.verification``), the fusion weight and the confidence threshold
 chosen on validation.
@@ -33,6 +34,7 @@ from mountainid.training.dataset import Dataset, Example, build_dataset, list_ac
 from mountainid.training.duplicates import find_duplicates
 from mountainid.training.features import FeatureExtractor, FeatureSpec, load_features, load_local_features
 from mountainid.training.folders import bucket_catalog
+from mountainid.training.gate import Gate, decide
 from mountainid.training.progress import Progress
 from mountainid.training.train import HeadConfig, train_head
 from mountainid.verification import VERIFICATION_FILE, Gallery
@@ -80,6 +82,7 @@ class TrainingResult:
     live_version: str | None = None
     live_top1: float | None = None
     seconds: float = 0.0
+    gate: Gate | None = None  # the promotion decision and its figures (None: the run stopped before it)
 
     @property
     def promoted(self) -> bool:
@@ -89,7 +92,7 @@ class TrainingResult:
 def train_and_register(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig = JobConfig(),
                        accepted: list[Example] | None = None) -> TrainingResult:
     """Train on everything accepted so far (``accepted``: the listing the caller already made);
-    register the model; promote it if it is not worse."""
+    register the model; promote it unless it is significantly worse than the live one."""
     started = time.perf_counter()
     lease = Lease(store, config.lease_s)
     try:
@@ -160,7 +163,10 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
     live = registry.live()
     compared = _compare_with_live(registry, live[0], parts["test"], keypoints["test"], test_fused, y_test, store,
                                   settings) if live else None
-    live_top1, new_top1, compared_n = compared if compared else (None, test["top1"], test["n"])
+    if compared is None:  # nothing to compare with: the new model replaces no model, or an unusable one
+        gate = Gate(True, "live model unusable" if live else "no live model", test["n"], new_top1=test["top1"])
+    else:
+        gate = decide(*compared, settings.promotion_min_test)
     mountains = _mountains(settings, store, labels)
     names = {slug: mountain["name"] for slug, mountain in mountains.items()}
     metrics = {
@@ -173,8 +179,7 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
                                     "classifier_top1")},
         "train": {"n": len(x_train)}, "accepted_photos": len(examples), "excluded_classes": dataset.excluded,
         "dataset_fingerprint": dataset.fingerprint(), "feature_id": extractor.feature_id, "tier": config.tier,
-        "live_at_training": {"version": live[0], "test_top1_same_photos": live_top1, "test_top1_new": new_top1,
-                             "compared_on": compared_n} if live else None,
+        "live_at_training": {"version": live[0], **gate.figures()} if live else None,
         **duplicates.report(),
     }
     lease.renew()
@@ -192,12 +197,10 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
         VERIFICATION_FILE: gallery.to_bytes(),
     })
     figures = {"version": version, "test_top1": round(test["top1"], 4), "test_top3": round(test["top3"], 4),
-               "test_n": test["n"], "live_version": live[0] if live else None,
-               "live_test_top1": None if live_top1 is None else round(live_top1, 4),
-               "new_top1_same_photos": round(new_top1, 4), "compared_on": compared_n}
-    result = TrainingResult("kept", version, metrics["test"], live[0] if live else None, live_top1)
-    if live_top1 is not None and new_top1 < live_top1:
-        event(log, "model kept: new model is worse than the live one on the same test split", **figures)
+               "test_n": test["n"], "live_version": live[0] if live else None, **gate.figures()}
+    result = TrainingResult("kept", version, metrics["test"], live[0] if live else None, gate.live_top1, gate=gate)
+    if not gate.promote:
+        event(log, "model kept: the promotion gate kept the live model", **figures)
         return result
     try:
         lease.renew()  # still ours: nobody else can be promoting
@@ -234,8 +237,9 @@ def _probs(head, features: np.ndarray, classes: int) -> np.ndarray:
 
 def _compare_with_live(registry: Registry, version: str, test: list[Example], keypoints: list[LocalFeatures | None],
                        new_probs: np.ndarray, targets: np.ndarray, store: BlobStore,
-                       settings: Settings) -> tuple[float, float, int] | None:
-    """(live top-1, new top-1, photos) on today's test photos that the live model never trained on.
+                       settings: Settings) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per photo, is the live model right and is the new one, on today's test photos that the live model
+    never trained on (the gate pairs them: a photo both get right or both get wrong says nothing).
 
     Usually that is the whole test split; when the split rule changed since the live model was trained
     (e.g. photos grouped by photographer), its old training photos are left out of the comparison, so
@@ -253,16 +257,17 @@ def _compare_with_live(registry: Registry, version: str, test: list[Example], ke
     seen = {entry.split("/", 1)[-1] for split in ("train", "val") for entry in manifest.get("splits", {}).get(split, [])}
     fair = [i for i, e in enumerate(test) if e.photo_id not in seen]
     if not fair:
-        return 0.0, 0.0, 0
+        return np.zeros(0, bool), np.zeros(0, bool)
     photos = [test[i] for i in fair]
     features, usable = load_features(store, [(e.photo_id, e.object_name) for e in photos], live.extractor, settings)
     probs = live.probabilities(features) if len(features) else np.zeros((0, len(live.labels)))
     probs = live.verified_probabilities(probs, [keypoints[i] for i, ok in zip(fair, usable, strict=True) if ok])
     index = {slug: i for i, slug in enumerate(live.labels)}
-    predicted = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
-    live_targets = [index.get(e.slug, -1) for e, ok in zip(photos, usable, strict=True) if ok]
-    new_right = new_probs[fair].argmax(axis=1) == targets[fair]
-    return (float(np.sum(predicted == np.asarray(live_targets)) / len(fair)), float(new_right.mean()), len(fair))
+    live_targets = np.asarray([index.get(e.slug, -1) for e in photos])  # -1: a mountain it does not know
+    readable = np.asarray(usable, bool)
+    live_right = np.zeros(len(fair), bool)  # a photo the live model cannot read counts against it
+    live_right[readable] = probs.argmax(axis=1) == live_targets[readable]
+    return live_right, new_probs[fair].argmax(axis=1) == targets[fair]
 
 
 def _gallery_files(store: BlobStore, settings: Settings, dataset: Dataset, train: list[Example],

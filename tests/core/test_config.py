@@ -15,6 +15,7 @@ def test_defaults_are_the_embedded_mode() -> None:
     assert settings.licenses == tuple(range(1, 17))  # everything but "All Rights Reserved", CC 4.0 included
     assert (settings.ingest_max_attempts, settings.catch_up_limit) == (5, 200)
     assert settings.log_format == "text"
+    assert settings.promotion_min_test == 50
 
 
 def test_every_field_has_an_environment_variable() -> None:
@@ -26,12 +27,14 @@ def test_values_are_parsed_and_typed() -> None:
     settings = load_settings({
         "MOUNTAINID_BUCKET": "gs://my-bucket/", "MOUNTAINID_PHOTOS_PER_RUN": "7",
         "MOUNTAINID_LICENSES": "4, 5,9", "MOUNTAINID_STORE_UPLOADS": "yes", "MOUNTAINID_FILTER_THRESHOLD": "0.3",
+        "MOUNTAINID_PROMOTION_MIN_TEST": "0",
     })
     assert settings.uses_gcs and settings.bucket_name == "my-bucket"
     assert settings.photos_per_run == 7
     assert settings.licenses == (4, 5, 9)
     assert settings.store_uploads is True
     assert settings.filter_threshold == pytest.approx(0.3)
+    assert settings.promotion_min_test == 0  # compare on any number of photos
 
 
 @pytest.mark.parametrize(("name", "value"), [
@@ -39,6 +42,7 @@ def test_values_are_parsed_and_typed() -> None:
     ("MOUNTAINID_STORE_UPLOADS", "perhaps"), ("MOUNTAINID_LICENSES", "4,x"), ("MOUNTAINID_EVENTS", "kafka"),
     ("MOUNTAINID_INGEST_MAX_ATTEMPTS", "0"), ("MOUNTAINID_INGEST_SEARCH_PAGES", "0"), ("MOUNTAINID_CATCH_UP_LIMIT", "-1"),
     ("MOUNTAINID_CATCH_UP_LIMIT", "all"),
+    ("MOUNTAINID_PROMOTION_MIN_TEST", "some"), ("MOUNTAINID_PROMOTION_MIN_TEST", "-1"),
 ])
 def test_malformed_values_name_their_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):

@@ -40,7 +40,8 @@ TINY_FINE_TUNE = dataclasses.replace(FINETUNE_TIER, features=FeatureSpec(160, cu
 def training_env(weights_path: Path, bucket: str) -> dict[str, str]:
     return {"MOUNTAINID_BUCKET": bucket, "MOUNTAINID_WEIGHTS": str(weights_path),
             "MOUNTAINID_CATALOG": "peaks14", "MOUNTAINID_MIN_PHOTOS_PER_CLASS": "5",
-            "MOUNTAINID_RETRAIN_MIN_NEW_PHOTOS": "10"}
+            "MOUNTAINID_RETRAIN_MIN_NEW_PHOTOS": "10",
+            "MOUNTAINID_PROMOTION_MIN_TEST": "10"}  # the set's test split holds about 20 photos
 
 
 @pytest.fixture(scope="session")

