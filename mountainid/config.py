@@ -105,6 +105,8 @@ class Settings:
     # Training.
     min_photos_per_class: int = 10  #                                                MOUNTAINID_MIN_PHOTOS_PER_CLASS
     retrain_min_new_photos: int = 50  #                                              MOUNTAINID_RETRAIN_MIN_NEW_PHOTOS
+    # Size of a consolidated feature shard (mountainid consolidate): a few large reads per training run.
+    shard_mb: int = 64  #                                                            MOUNTAINID_SHARD_MB
 
     # Web.
     port: int = 8080  #                                                              PORT
@@ -179,6 +181,7 @@ ENV_NAMES: dict[str, str] = {
     "max_image_bytes": "MOUNTAINID_MAX_IMAGE_BYTES",
     "min_photos_per_class": "MOUNTAINID_MIN_PHOTOS_PER_CLASS",
     "retrain_min_new_photos": "MOUNTAINID_RETRAIN_MIN_NEW_PHOTOS",
+    "shard_mb": "MOUNTAINID_SHARD_MB",
     "port": "PORT",
     "admin_token": "MOUNTAINID_ADMIN_TOKEN",
     "store_uploads": "MOUNTAINID_STORE_UPLOADS",
@@ -217,6 +220,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(**values, env=env)  # type: ignore[arg-type]
     if settings.events not in ("inprocess", "pubsub"):
         raise ConfigError(f"MOUNTAINID_EVENTS must be 'inprocess' or 'pubsub', got {settings.events!r}")
+    if settings.shard_mb < 1:
+        raise ConfigError(f"MOUNTAINID_SHARD_MB must be at least 1, got {settings.shard_mb}")
     if settings.log_format not in ("json", "text"):
         raise ConfigError(f"MOUNTAINID_LOG_FORMAT must be 'json' or 'text', got {settings.log_format!r}")
     return settings
