@@ -72,8 +72,7 @@ def tampered(data: bytes) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("damage", [lambda data: data[: len(data) // 2], lambda data: b"PK\x03\x04 not a zip",
-                                    tampered], ids=["truncated", "garbage", "checksum"])
+@pytest.mark.parametrize("damage", [lambda data: data[: len(data) // 2], tampered], ids=["truncated", "checksum"])
 def test_a_corrupt_shard_is_rebuilt_from_per_photo_objects_never_trusted(seeded: BlobStore, settings, caplog,
                                                                         damage) -> None:
     caplog.set_level(logging.INFO)
