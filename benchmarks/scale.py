@@ -26,7 +26,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -98,8 +97,14 @@ def child(stage: str, config: str) -> dict:
     else:
         raise ValueError(stage)
     figures["seconds"] = time.perf_counter() - started
-    figures["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+    figures["peak_mb"] = peak_mb()
     return figures
+
+
+def peak_mb() -> float:
+    """This process's peak RSS since exec (VmHWM; ru_maxrss would carry the parent's over from the fork)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
 
 
 def retrain(store, settings, config_json: str) -> dict:
@@ -243,13 +248,20 @@ def main() -> None:
     print(f"features: {job.features}\nhead: {job.head}", flush=True)
     base = {**os.environ, "MOUNTAINID_WEIGHTS": str(WEIGHTS), "MOUNTAINID_LOG_LEVEL": "WARNING",
             "TF_CPP_MIN_LOG_LEVEL": "3", "MOUNTAINID_SHARD_MB": "64"}
-    rows = []
+    rows: list[dict] = []
+
+    def record(row: dict) -> None:
+        rows.append(row)
+        if args.json:
+            with args.json.open("a") as output:
+                output.write(json.dumps(row) + "\n")
+
     from mountainid.store import LocalBlobStore
 
     for size in args.sizes:
         folder = Path(tempfile.mkdtemp(prefix=f"mountainid-scale-{size}-"))
         try:
-            rows.append(bench("local", LocalBlobStore(folder), {**base, "MOUNTAINID_BUCKET": str(folder)}, size,
+            record(bench("local", LocalBlobStore(folder), {**base, "MOUNTAINID_BUCKET": str(folder)}, size,
                               config, workers=4))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -262,11 +274,8 @@ def main() -> None:
                 bucket = f"scale-{size}"
                 storage_client(PROJECT, server.url).create_bucket(bucket)
                 env = {**base, **server.env, "MOUNTAINID_BUCKET": f"gs://{bucket}", "GOOGLE_CLOUD_PROJECT": PROJECT}
-                rows.append(bench("gcs", GcsBlobStore(bucket, PROJECT, emulator_host=server.url), env, size, config,
+                record(bench("gcs", GcsBlobStore(bucket, PROJECT, emulator_host=server.url), env, size, config,
                                   workers=16))
-    if args.json:
-        with args.json.open("a") as output:
-            output.writelines(json.dumps(row) + "\n" for row in rows)
     if args.plot:
         plot(rows, args.plot)
 

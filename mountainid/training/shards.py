@@ -182,12 +182,12 @@ def decode(shard: Shard, data: bytes, codec: Codec[T]) -> dict[str, T]:
 def listed(store: BlobStore, set_id: str) -> list[Shard]:
     """The shards of a set in the bucket (while a consolidation changes their number, both layouts)."""
     prefix = shard_prefix(set_id)
-    shards = []
+    found = []
     for name in store.list_names(prefix):
         match = _NAME.fullmatch(name[len(prefix):])
         if match and int(match[1]) < int(match[2]):
-            shards.append(Shard(set_id, int(match[1]), int(match[2])))
-    return shards
+            found.append(Shard(set_id, int(match[1]), int(match[2])))
+    return found
 
 
 def read_valid(store: BlobStore, shard: Shard, codec: Codec[T], keep: Collection[str]) -> dict[str, T] | None:
@@ -213,10 +213,10 @@ class Bulk(Generic[T]):
 def read(store: BlobStore, set_id: str, keys: Iterable[str], codec: Codec[T]) -> Bulk[T]:
     """The values of ``keys`` held by the set's valid shards, read a few shards at a time."""
     wanted = set(keys)
-    shards = listed(store, set_id) if wanted else []
+    found = listed(store, set_id) if wanted else []
     bulk: Bulk[T] = Bulk({}, [])
     with ThreadPoolExecutor(SHARD_WORKERS) as pool:
-        for shard, values in zip(shards, pool.map(lambda s: read_valid(store, s, codec, wanted), shards), strict=True):
+        for shard, values in zip(found, pool.map(lambda s: read_valid(store, s, codec, wanted), found), strict=True):
             if values is None:
                 bulk.corrupt.append(shard)
             else:
