@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("mountainid.training.cli", "train (from the bucket or a photo folder), evaluate, promote"),
     "backfill": ("mountainid.training.backfill", "recompute missing or corrupt caches of accepted/ in parallel tasks"),
     "evaluate": ("mountainid.training.cli", "top-1/top-3 of the live (or a named) model on a photo folder"),
+    "consolidate": ("mountainid.training.consolidate", "pack cached features into shards read in bulk by training"),
     "serve": ("web.cli", "serve the website and API from the configured store"),
     "local-cloud": ("mountainid.e2e", "run the whole pipeline on local emulators, end to end, and report each stage"),
 }

@@ -125,6 +125,8 @@ class Settings:
     task_count: int = 1  #                                                           CLOUD_RUN_TASK_COUNT
     # Below this many test photos compared, the live model is never replaced: the difference is noise.
     promotion_min_test: int = 50  #                                                  MOUNTAINID_PROMOTION_MIN_TEST
+    # Size of a consolidated feature shard (mountainid consolidate): a few large reads per training run.
+    shard_mb: int = 64  #                                                            MOUNTAINID_SHARD_MB
 
     # Web.
     port: int = 8080  #                                                              PORT
@@ -205,6 +207,7 @@ ENV_NAMES: dict[str, str] = {
     "task_index": "CLOUD_RUN_TASK_INDEX",
     "task_count": "CLOUD_RUN_TASK_COUNT",
     "promotion_min_test": "MOUNTAINID_PROMOTION_MIN_TEST",
+    "shard_mb": "MOUNTAINID_SHARD_MB",
     "port": "PORT",
     "admin_token": "MOUNTAINID_ADMIN_TOKEN",
     "store_uploads": "MOUNTAINID_STORE_UPLOADS",
@@ -245,7 +248,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"MOUNTAINID_EVENTS must be 'inprocess' or 'pubsub', got {settings.events!r}")
     if settings.log_format not in ("json", "text"):
         raise ConfigError(f"MOUNTAINID_LOG_FORMAT must be 'json' or 'text', got {settings.log_format!r}")
-    for attr in ("ingest_max_attempts", "ingest_search_pages", "catch_up_limit"):
+    for attr in ("ingest_max_attempts", "ingest_search_pages", "catch_up_limit", "shard_mb"):
         if getattr(settings, attr) < 1:
             raise ConfigError(f"{ENV_NAMES[attr]} must be at least 1, got {getattr(settings, attr)}")
     if not 0 <= settings.task_index < settings.task_count:

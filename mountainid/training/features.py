@@ -5,7 +5,8 @@ The default features are exactly the 1280-d embedding the filter already compute
 features (a larger input, earlier blocks, a spatial grid, flip averaging) come from the same
 shared weights and are cached the same way under their own id, so they are computed once per
 photo too. Whatever :class:`FeatureSpec` a model was trained with is saved with it, and the
-predictor recomputes exactly those features for an upload.
+predictor recomputes exactly those features for an upload. ``mountainid consolidate`` packs the
+per-photo cache into a few shards, read first (``mountainid.training.shards``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mountainid.config import Settings
 from mountainid.filter import embedding_name, local_features_name
 from mountainid.logs import Bar, event
 from mountainid.store import BlobStore, NotFound
+from mountainid.training import shards
 from mountainid.vision import efficientnet_lite
 from mountainid.vision.backbone import EMBEDDING_DIM, INPUT_SIZE, Backbone, get_backbone, weights_fingerprint
 from mountainid.vision.image import BadImage, decode_for_model
@@ -206,7 +208,8 @@ def decode_vector(data: bytes, dim: int) -> np.ndarray | None:
 
 def load_features(store: BlobStore, photos: list[tuple[str, str]], extractor: FeatureExtractor,
                   settings: Settings, view: int = 0) -> tuple[np.ndarray, list[bool]]:
-    """Features of (photo_id, object_name) pairs, from the cache where it holds a valid vector.
+    """Features of (photo_id, object_name) pairs, from the cache where it holds a valid vector: the
+    consolidated shards first (``mountainid.training.shards``), then the per-photo objects.
 
     ``view`` 0 is the photo as the predictor sees it; ``view`` n > 0 is augmented view n
     (:func:`augmented_view`), cached as ``<photo_id>-v<n>``.
@@ -218,7 +221,13 @@ def load_features(store: BlobStore, photos: list[tuple[str, str]], extractor: Fe
     def cache_name(photo_id: str) -> str:
         return embedding_name(extractor.feature_id, f"{photo_id}-v{view}" if view else photo_id)
 
+    dtype = np.float16 if extractor.spec.cut else np.float32  # activation maps are big: half precision
+    codec = shards.Vectors(extractor.dim, dtype)
+    bulk = shards.read(store, shards.vectors_set(extractor.feature_id, view), [p for p, _ in photos], codec)
+
     def read_cached(photo: tuple[str, str]) -> tuple[np.ndarray | None, bool]:
+        if photo[0] in bulk.values:
+            return bulk.values[photo[0]], False
         try:
             data = store.get(cache_name(photo[0]))
         except NotFound:
@@ -246,7 +255,6 @@ def load_features(store: BlobStore, photos: list[tuple[str, str]], extractor: Fe
                   reason=getattr(error, "reason", "missing"), level=logging.WARNING)
             return None
 
-    dtype = np.float16 if extractor.spec.cut else np.float32  # activation maps are big: half precision
     vectors: list[np.ndarray | None] = [vector for vector, _ in cached]
     chunk = 64  # bounded memory: decode and embed a chunk at a time
     with ThreadPoolExecutor(IO_WORKERS) as pool, Bar(f"features{f' v{view}' if view else ''}", len(missing)) as bar:
@@ -265,8 +273,10 @@ def load_features(store: BlobStore, photos: list[tuple[str, str]], extractor: Fe
                           zip([i for i, _ in good], computed, strict=True)))
             bar.advance(len(indices))
     usable = [vector is not None for vector in vectors]
+    shards.rebuild(store, bulk.corrupt, {p: v for (p, _), v in zip(photos, vectors, strict=True) if v is not None},
+                   codec)
     event(log, "features ready", feature_id=extractor.feature_id, view=view, photos=len(photos),
-          cached=len(photos) - len(missing), computed=sum(usable[i] for i in missing),
+          from_shards=len(bulk.values), cached=len(photos) - len(missing), computed=sum(usable[i] for i in missing),
           unusable=usable.count(False))
     matrix = np.stack([v for v in vectors if v is not None]) if any(usable) else np.zeros((0, extractor.dim),
                                                                                              np.float32)
@@ -275,11 +285,16 @@ def load_features(store: BlobStore, photos: list[tuple[str, str]], extractor: Fe
 
 def load_local_features(store: BlobStore, photos: list[tuple[str, str]],
                         settings: Settings) -> list[LocalFeatures | None]:
-    """Keypoints of (photo_id, object_name) pairs from the filter's cache; a missing or corrupt entry is
-    recomputed from the photo and written back (photos accepted before keypoints existed are backfilled).
-    None for a photo that no longer decodes."""
+    """Keypoints of (photo_id, object_name) pairs from the shards, then the filter's per-photo cache; a missing
+    or corrupt entry is recomputed from the photo and written back (photos accepted before keypoints existed are
+    backfilled). None for a photo that no longer decodes."""
+    codec = shards.Keypoints()
+    bulk = shards.read(store, shards.KEYPOINTS_SET, [p for p, _ in photos], codec)
+
     def one(photo: tuple[str, str]) -> tuple[LocalFeatures | None, str]:
         photo_id, object_name = photo
+        if photo_id in bulk.values:
+            return bulk.values[photo_id], "shard"
         name = local_features_name(photo_id)
         try:
             return LocalFeatures.from_bytes(store.get(name)), "cached"
@@ -302,6 +317,8 @@ def load_local_features(store: BlobStore, photos: list[tuple[str, str]],
         for result in pool.map(one, photos):
             results.append(result)
             bar.advance()
+    shards.rebuild(store, bulk.corrupt, {p: f for (p, _), (f, _) in zip(photos, results, strict=True) if f is not None},
+                   codec)
     event(log, "keypoints ready", extractor=EXTRACTOR_ID, photos=len(photos),
           **Counter(status for _, status in results))
     return [features for features, _ in results]
