@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 # Commands that load TensorFlow in this process (not `serve`: its workers fork and import it themselves).
-TENSORFLOW_COMMANDS = {"run", "filter", "filter-eval", "train", "evaluate"}
+TENSORFLOW_COMMANDS = {"run", "filter", "filter-eval", "train", "evaluate", "backfill"}
 
 
 def import_tensorflow_quietly() -> None:

@@ -19,7 +19,6 @@ import argparse
 import hashlib
 import logging
 import multiprocessing
-import sys
 import threading
 import time
 from collections import Counter
@@ -35,6 +34,7 @@ from mountainid.filter import ACCEPTED, EMBEDDINGS, LOCAL_FEATURES
 from mountainid.logs import Bar, bars_hidden, event
 from mountainid.store import BlobInfo, BlobStore, open_store
 from mountainid.training import features
+from mountainid.training.consolidate import consolidate
 from mountainid.training.dataset import Example, list_accepted
 from mountainid.vision.backbone import check_weights
 
@@ -153,7 +153,9 @@ def _worker(settings: Settings, task: int, tasks: int, photos: list[Photo], queu
     so one process writes to the terminal."""
     logs.configure(settings)
     logging.getLogger().handlers[:] = [QueueHandler(queue)]
-    _quiet_tensorflow()
+    from mountainid.cli import import_tensorflow_quietly  # not at the top: the CLI imports this module
+
+    import_tensorflow_quietly()  # a spawned process imports TensorFlow afresh: its start-up lines too
     queue.put(backfill(open_store(settings), settings, photos, task, tasks, queue.put))
 
 
@@ -192,14 +194,6 @@ def run_local(settings: Settings, store: BlobStore, tasks: int) -> list[TaskSumm
     return summaries
 
 
-def _quiet_tensorflow() -> None:
-    """At a terminal, TensorFlow's start-up lines stay off the screen (in each process that loads it)."""
-    if sys.stderr.isatty():
-        from mountainid.cli import import_tensorflow_quietly
-
-        import_tensorflow_quietly()
-
-
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -221,12 +215,13 @@ def _backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     check_weights(settings.weights)  # here, once, before N workers fail on it one by one
     store = open_store(settings)
     if args.tasks == 1:
-        _quiet_tensorflow()
         summaries = [run_task(settings, store, settings.task_index, settings.task_count)]
     else:
         summaries = run_local(settings, store, args.tasks)
     total = {key: sum(getattr(s, key) for s in summaries)
              for key in ("photos", "embeddings_computed", "keypoints_computed", "unusable")}
+    if len(summaries) == args.tasks and settings.task_count == 1:  # every shard done here: pack them
+        consolidate(store, settings)
     print(f"{store.uri(ACCEPTED)}: backfilled {len(summaries)}/{args.tasks} task(s): "
           + " ".join(f"{key}={value}" for key, value in total.items()))
     return 0 if len(summaries) == args.tasks else 1

@@ -30,6 +30,7 @@ from mountainid.logs import event
 from mountainid.registry import Lease, LeaseHeld, ModelLoadError, Registry, new_version
 from mountainid.store import BlobStore, PreconditionFailed
 from mountainid.training import evaluate, plots
+from mountainid.training.consolidate import consolidate
 from mountainid.training.dataset import Dataset, Example, build_dataset, list_accepted
 from mountainid.training.duplicates import find_duplicates
 from mountainid.training.features import FeatureExtractor, FeatureSpec, load_features, load_local_features
@@ -102,9 +103,12 @@ def train_and_register(settings: Settings, store: BlobStore, bus: EventBus, conf
         return TrainingResult("lease-held")
     progress = Progress(store, config.tier)
     progress.report("started")
+    examples = list_accepted(store) if accepted is None else accepted
     try:
-        result = _run(settings, store, bus, config, lease, progress,
-                      list_accepted(store) if accepted is None else accepted)
+        result = _run(settings, store, bus, config, lease, progress, examples)
+        if result.version is not None:  # it trained: pack what it cached, so the next run reads shards
+            progress.report("consolidating features", photos=len(examples))
+            _consolidate(store, settings, examples)
     finally:
         lease.release()
         progress.report("finished")
@@ -215,6 +219,16 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
     bus.publish_json(settings.topic_model_published, {"version": version, "test": metrics["test"],
                                                       "labels": labels})
     return result
+
+
+def _consolidate(store: BlobStore, settings: Settings, examples: list[Example]) -> None:
+    """Shards only make the next run faster: a failure here is logged, never the run's failure (the
+    per-photo caches stay the truth, and the next run or `mountainid consolidate` tries again)."""
+    try:
+        consolidate(store, settings, examples)
+    except Exception as error:  # noqa: BLE001 - the model is already registered; nothing is lost
+        event(log, "consolidation failed: the next run reads per-photo caches", error=str(error),
+              level=logging.WARNING)
 
 
 def _augmented(store: BlobStore, settings: Settings, extractor: FeatureExtractor, train: list[Example],

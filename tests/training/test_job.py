@@ -16,6 +16,7 @@ from mountainid.filter import ACCEPTED, embedding_name
 from mountainid.predict import Predictor
 from mountainid.registry import COMPLETE, LEASE, ModelLoadError, Registry
 from mountainid.store import BlobStore
+from mountainid.training import shards
 from mountainid.training.dataset import build_dataset, list_accepted
 from mountainid.training.features import FeatureExtractor, load_features
 from mountainid.training.folders import import_folder
@@ -68,6 +69,8 @@ def test_first_model_is_promoted_complete_and_published(seeded: BlobStore, setti
     assert seeded.get(f"models/{result.version}/confusion.png").startswith(b"\x89PNG")
     assert [m["version"] for m in messages] == [result.version]
     assert not seeded.exists(LEASE)  # released
+    packed = {name.split("/")[1] for name in seeded.list_names(shards.SHARDS)}  # the next run reads shards
+    assert shards.KEYPOINTS_SET in packed and len(packed) >= 2, packed  # keypoints and embeddings
     predictor = Predictor.load(seeded, result.version, settings)
     photo = seeded.get(next(n for n in seeded.list_names("accepted/lhotse/")))
     prediction = predictor.predict(photo).to_dict()
