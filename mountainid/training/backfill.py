@@ -3,7 +3,7 @@
 The filter caches each accepted photo's embedding and keypoints; a new backbone (new feature id), a new
 keypoint extractor, photos accepted before either existed, or damaged objects leave gaps that the
 training job would otherwise fill one photo at a time, inside its own run. A backfill splits
-``accepted/`` into N stable hash shards (sha1 of the photo id: every process, machine and run agrees)
+``accepted/`` into N stable hash shards (a hash of the photo id, the one feature shards use: every process, machine and run agrees)
 and each task fills its shard with the training job's own loaders (``load_features``,
 ``load_local_features``): valid entries are read and kept, the rest recomputed and written back. The
 per-photo caches are the checkpoint, so a task killed half-way redoes, when run again, only what is
@@ -16,7 +16,6 @@ locally ``--tasks N`` spawns N worker processes, each with its own backbone, und
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import multiprocessing
 import threading
@@ -36,6 +35,7 @@ from mountainid.store import BlobInfo, BlobStore, open_store
 from mountainid.training import features
 from mountainid.training.consolidate import consolidate
 from mountainid.training.dataset import Example, list_accepted
+from mountainid.training.shards import shard_of
 from mountainid.vision.backbone import check_weights
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,6 @@ log = logging.getLogger(__name__)
 CHUNK = 64
 
 Photo = tuple[str, str]  # (photo_id, object_name), as the loaders take them
-
-
-def shard_of(photo_id: str, tasks: int) -> int:
-    """The task (0 to tasks - 1) that backfills this photo: from sha1, not Python's salted hash()."""
-    return int.from_bytes(hashlib.sha1(photo_id.encode("utf-8")).digest()[:8], "big") % tasks
 
 
 def shard(examples: list[Example], task: int, tasks: int) -> list[Photo]:

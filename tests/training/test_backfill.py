@@ -25,6 +25,7 @@ from mountainid.training import backfill
 from mountainid.training.dataset import Example
 from mountainid.training.features import FeatureExtractor
 from mountainid.training.folders import photo_id_of
+from mountainid.training.shards import shard_of
 from tests.training.conftest import run_at_a_terminal
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,9 +91,9 @@ def test_every_photo_is_in_exactly_one_shard_the_same_in_every_process() -> None
         assert sorted(names) == sorted(e.object_name for e in examples)  # each in one shard, none left out
         sizes = [len(photos) for photos in shards]
         assert all(abs(size - len(ids) / tasks) < 0.3 * len(ids) / tasks for size in sizes), sizes  # even enough
-    # sha1 of the id, not Python's hash() (salted per process): the same values on any machine, any run.
-    assert [backfill.shard_of(i, n) for i, n in [("53012345678", 7), ("53012345678", 97), ("8f2c1e0a9b7d6c5e4f3a", 10),
-                                                  ("8f2c1e0a9b7d6c5e4f3a", 1000), ("49265001357", 13)]] == [5, 23, 6, 796, 11]
+    # sha256 of the id, not Python's hash() (salted per process): the same values on any machine, any run.
+    assert [shard_of(i, n) for i, n in [("53012345678", 7), ("53012345678", 97), ("8f2c1e0a9b7d6c5e4f3a", 10),
+                                                  ("8f2c1e0a9b7d6c5e4f3a", 1000), ("49265001357", 13)]] == [1, 91, 1, 911, 6]
 
 
 def test_a_killed_task_run_again_computes_only_what_is_missing(store: BlobStore, photo_dir: Path, settings: Settings,
@@ -131,7 +132,7 @@ def test_a_cloud_run_task_fills_only_its_shard(tmp_path: Path, photo_dir: Path, 
     settings = make_settings(CLOUD_RUN_TASK_INDEX="1", CLOUD_RUN_TASK_COUNT="3")
     store = LocalBlobStore(settings.local_root)
     ids = put_accepted(store, photo_dir, 9)
-    mine = [i for i in ids if backfill.shard_of(i, 3) == 1]
+    mine = [i for i in ids if shard_of(i, 3) == 1]
     assert 0 < len(mine) < len(ids)
     args = backfill_args("--tasks", "1")
     assert args.func(args, settings) == 0
