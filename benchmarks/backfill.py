@@ -2,9 +2,9 @@
 
 Run: ``.venv/bin/python benchmarks/backfill.py [--photos 200] [--rounds 3]``. The photos (peaks14, in name
 order, round-robin over the mountains) go into ``accepted/`` of a temporary local bucket; before every run
-``embeddings/`` and ``localfeatures/`` are deleted, so each run computes every embedding and every keypoint
-set. A run is the whole command in a fresh process, start-up and backbone loading included (each worker
-loads its own). Prints the median of each, and the ratio. Target: 2 workers at least 1.6x faster than 1.
+``embeddings/``, ``localfeatures/`` and the shards packed from them are deleted, so each run computes
+every embedding and keypoint set. A run is the whole command in a fresh process, start-up and backbone
+loading included (each worker loads its own). Prints the median of each, and the ratio. Target: 2 workers at least 1.6x faster than 1.
 Each run's CPU time (user + system, workers included) is printed too: divided by the wall time it tells
 how many cores the run kept busy, which bounds what a second worker can gain on a 2-core machine.
 """
@@ -26,6 +26,7 @@ from mountainid.catalog import slugify
 from mountainid.filter import ACCEPTED, EMBEDDINGS, LOCAL_FEATURES
 from mountainid.store import LocalBlobStore
 from mountainid.training.folders import photo_id_of
+from mountainid.training.shards import SHARDS
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MOUNTAINID_SHARED", REPO.parent / "shared"))
@@ -44,7 +45,7 @@ def fill_accepted(store: LocalBlobStore, photos: int) -> None:
 
 def backfill_s(bucket: Path, tasks: int) -> float:
     """Wall time of one run (caches deleted first); prints it with the run's CPU time."""
-    for prefix in (EMBEDDINGS, LOCAL_FEATURES):
+    for prefix in (EMBEDDINGS, LOCAL_FEATURES, SHARDS):  # per-photo caches and the shards packed from them
         shutil.rmtree(bucket / prefix, ignore_errors=True)
     env = {**os.environ, "MOUNTAINID_BUCKET": str(bucket), "MOUNTAINID_WEIGHTS": str(WEIGHTS),
            "MOUNTAINID_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO)}
