@@ -300,6 +300,18 @@ class _Run:
         report.cursor = advanced.uploaded
         return report
 
+    def retry(self, slug: str, record: str) -> Outcome:
+        """One more try of a given-up photo; its record goes once the photo no longer waits for anyone."""
+        try:
+            photo = _photo_from_metadata(json.loads(self.store.get(record))["photo"])
+        except (ValueError, KeyError, TypeError) as error:  # a record edited by hand: left for the operator
+            event(log, "given-up record unreadable: kept", level=logging.WARNING, record=record, error=str(error))
+            return Outcome.FAILED
+        outcome, _ = self._handle(slug, photo)
+        if outcome is not Outcome.FAILED:
+            self.store.delete(record)
+        return outcome
+
     def _stored_ids(self, slug: str) -> frozenset[str]:
         """The ids under ``raw/<slug>/``, from one listing rather than a request per photo."""
         prefix = f"{RAW_PREFIX}/{slug}/"
@@ -432,6 +444,40 @@ def photo_metadata(slug: str, photo: FlickrPhoto) -> dict[str, str]:
     return metadata
 
 
+def _photo_from_metadata(metadata: Mapping[str, str]) -> FlickrPhoto:
+    """The photo :func:`photo_metadata` describes (a given-up record keeps it for a retry)."""
+    latitude, longitude = metadata.get("latitude"), metadata.get("longitude")
+    placed = bool(latitude and longitude)
+    return FlickrPhoto(id=metadata["photo_id"], owner=metadata["owner"], owner_name=metadata["owner_name"],
+                       title=metadata["title"], license=int(metadata["license"]), uploaded=int(metadata["uploaded"]),
+                       taken=metadata["taken"], tags=metadata["tags"],
+                       latitude=float(latitude) if placed else None, longitude=float(longitude) if placed else None,
+                       image_url=metadata["image_url"] or None)
+
+
+def retry_given_up(settings: Settings, store: BlobStore, *, client: FlickrClient | None = None) -> IngestReport:
+    """Try every given-up photo once more (an operator's command, once Flickr or the store has healed).
+
+    A photo stored, already there, or gone for good loses its record; one that fails again keeps it
+    (and the report says so). The cursors are not touched: they moved past these photos already.
+    """
+    started = time.perf_counter()
+    report = IngestReport()
+    records = store.list_names(f"{SKIPPED_PREFIX}/")
+    with _client(settings, client) as flickr, Bar("retry", len(records)) as bar, \
+            ThreadPoolExecutor(1, thread_name_prefix="ingest") as pool:
+        run = _Run(settings, store, flickr, pool, budget=len(records))
+        for name in records:
+            slug = name.split("/")[-2]
+            report.mountains.setdefault(slug, MountainReport(slug)).count(run.retry(slug, name))
+            bar.advance()
+    report.seconds = time.perf_counter() - started
+    event(log, "given-up photos retried", level=logging.INFO if report.ok else logging.WARNING,
+          records=len(records), stored=report.stored, already_present=report.present, skipped=report.skipped,
+          still_failing=report.errors, seconds=round(report.seconds, 2))
+    return report
+
+
 def run_ingest(settings: Settings, store: BlobStore, catalog: Catalog, *,
                mountains: Sequence[str] | None = None, photos_per_run: int | None = None,
                client: FlickrClient | None = None) -> IngestReport:
@@ -531,22 +577,29 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
                         help="serve DIR (one subfolder per mountain) as a fake Flickr for this run, offline")
     parser.add_argument("--noise", type=Path, metavar="DIR",
                         help="with --fake-flickr: non-mountain photos to mix into the results")
+    parser.add_argument("--retry-given-up", action="store_true",
+                        help=f"instead of a search: try once more every photo given up after "
+                             f"MOUNTAINID_INGEST_MAX_ATTEMPTS failed runs (records under {SKIPPED_PREFIX}/)")
     parser.set_defaults(func=_command)
 
 
 def _command(args: argparse.Namespace, settings: Settings) -> int:
     catalog = load_catalog(settings.catalog)
     store = open_store(settings)
+
+    def once(run_settings: Settings) -> IngestReport:
+        if args.retry_given_up:
+            return retry_given_up(run_settings, store)
+        return run_ingest(run_settings, store, catalog, mountains=args.mountains, photos_per_run=args.photos_per_run)
+
     try:
         if args.fake_flickr is None:
-            report = run_ingest(settings, store, catalog, mountains=args.mountains,
-                                photos_per_run=args.photos_per_run)
+            report = once(settings)
         else:
             from mountainid.flickr.fake import FakeFlickr
 
             with FakeFlickr(args.fake_flickr, args.noise, catalog=catalog) as fake:
-                report = run_ingest(dataclasses.replace(settings, flickr_rest_url=fake.rest_url), store,
-                                    catalog, mountains=args.mountains, photos_per_run=args.photos_per_run)
+                report = once(dataclasses.replace(settings, flickr_rest_url=fake.rest_url))
     except ValueError as error:  # UnknownMountain, a budget below 1
         print(f"mountainid ingest: {error}", file=sys.stderr)
         return 2

@@ -249,6 +249,11 @@ class FakeFlickr:
         with self._lock:
             self.faults.extend(faults)
 
+    def heal(self) -> None:
+        """Drop every injected fault, even the endless ones: Flickr is well again."""
+        with self._lock:
+            self.faults.clear()
+
     def pending_faults(self) -> int:
         with self._lock:
             return len(self.faults)

@@ -27,6 +27,7 @@ from mountainid.ingest import (
     handle_tick,
     photo_metadata,
     raw_name,
+    retry_given_up,
     run_ingest,
     skipped_name,
 )
@@ -322,6 +323,18 @@ def test_photo_failing_on_every_run_is_given_up_after_max_attempts_and_recorded(
     report = run_ingest(settings, store, PEAKS, mountains=["k2"])
     assert newer and report.ok and report.given_up == 0 and report.stored == len(newer)
     assert fake_flickr.hits["photo"] - hits == len(newer), "the photo given up is not fetched again"
+
+    # The operator's retry (`mountainid ingest --retry-given-up`): still failing, the record stays; once
+    # Flickr is well, the photo is stored with its Flickr metadata and the record goes.
+    report = retry_given_up(settings, store)
+    assert (report.errors, report.stored, report.ok) == (1, 0, False)
+    assert store.list_names("state/ingest/skipped/") == [skipped_name("k2", bad.id)]
+    fake_flickr.heal()
+    report = retry_given_up(settings, store)
+    assert (report.errors, report.stored, report.ok) == (0, 1, True)
+    assert store.list_names("state/ingest/skipped/") == []
+    assert store.info(raw_name("k2", bad.id)).metadata == record["photo"]  # as a search would have stored it
+    assert retry_given_up(settings, store).as_dict()["stored"] == 0  # nothing left to retry
 
 
 class RecordlessStore(LocalBlobStore):
