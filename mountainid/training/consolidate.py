@@ -91,7 +91,8 @@ def shard_count(photos: int, row_bytes: int, shard_mb: int) -> int:
 
 def _consolidate_set(store: BlobStore, settings: Settings, set_id: str, codec: shards.Codec, read_one: _Reader,
                      objects: dict[str, str], accepted: set[str]) -> int:
-    """Write the set's shards one at a time (memory: one shard and its sources), then drop the old layout."""
+    """Write the set's shards one at a time (memory: one shard and its sources), then drop the old layout.
+    A shard that already holds exactly its photos is left alone: an unchanged set costs reads, no writes."""
     old = shards.listed(store, set_id)
     if not objects and not old:
         return 0
@@ -106,27 +107,35 @@ def _consolidate_set(store: BlobStore, settings: Settings, set_id: str, codec: s
         except NotFound:  # deleted since the listing
             return None
 
-    photos = read_singly = 0
+    photos = read_singly = written = 0
     with ThreadPoolExecutor(IO_WORKERS) as pool, Bar(f"shards {set_id[:12]}", count) as bar:
         for index in range(count):
             shard = shards.Shard(set_id, index, count)
             values: dict[str, object] = {}
+            unchanged = False
             for source in old:
                 if source.may_share_photos_with(shard):
-                    values.update(shards.read_valid(store, source, codec, accepted) or {})
+                    held = shards.read_valid(store, source, codec) or {}
+                    unchanged |= source == shard and held.keys() == set(members[index])
+                    values.update((key, value) for key, value in held.items() if key in accepted)
+            bar.advance()
+            if unchanged:  # this very shard already holds exactly its photos: rewriting it would change nothing
+                photos += len(values)
+                continue
             missing = [key for key in members[index] if key not in values]
             read_singly += len(missing)
             values.update((key, value) for key, value in zip(missing, pool.map(per_photo, missing), strict=True)
                           if value is not None)
             photos += shards.write(store, shard, values, codec)
-            bar.advance()
+            written += 1
     for source in old:
         if source.count != count:
             try:
                 store.delete(source.name)
             except NotFound:
                 pass
-    event(log, "features consolidated", set=set_id, photos=photos, shards=count, read_singly=read_singly)
+    event(log, "features consolidated", set=set_id, photos=photos, shards=count, written=written,
+          read_singly=read_singly)
     return photos
 
 

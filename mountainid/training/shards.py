@@ -190,8 +190,9 @@ def listed(store: BlobStore, set_id: str) -> list[Shard]:
     return found
 
 
-def read_valid(store: BlobStore, shard: Shard, codec: Codec[T], keep: Collection[str]) -> dict[str, T] | None:
-    """The values of ``keep`` the shard holds; None (logged) for a shard that cannot be trusted."""
+def read_valid(store: BlobStore, shard: Shard, codec: Codec[T],
+               keep: Collection[str] | None = None) -> dict[str, T] | None:
+    """The values of ``keep`` (None: all) the shard holds; None (logged) for a shard that cannot be trusted."""
     try:
         values = decode(shard, store.get(shard.name), codec)
     except NotFound:  # replaced by a consolidation since it was listed: its photos are read one by one
@@ -199,7 +200,7 @@ def read_valid(store: BlobStore, shard: Shard, codec: Codec[T], keep: Collection
     except CorruptShard as error:
         event(log, "corrupt shard not trusted", shard=shard.name, error=str(error), level=logging.WARNING)
         return None
-    return {key: value for key, value in values.items() if key in keep}
+    return values if keep is None else {key: value for key, value in values.items() if key in keep}
 
 
 @dataclass

@@ -119,13 +119,19 @@ def test_photos_no_longer_accepted_are_ignored_and_dropped_at_the_next_consolida
     np.testing.assert_array_equal(load_features(seeded, kept, extractor, settings)[0], expected)
 
 
-def test_a_growing_bucket_changes_the_shard_count_without_losing_a_photo(store: BlobStore, settings) -> None:
-    """100 vectors of 16 kB: 2 shards at 1 MB each, 1 at 64 MB; each new shard is built from the old ones."""
-    rng = np.random.default_rng(3)
-    vectors = {f"p{i:03d}": rng.normal(size=4096).astype(np.float32) for i in range(100)}
+def synthetic(store: BlobStore, photos: range, seed: int = 3) -> dict[str, np.ndarray]:
+    """Accepted placeholder photos with cached 4096-d vectors (16 kB each) of the feature id 'synthetic'."""
+    rng = np.random.default_rng(seed)
+    vectors = {f"p{i:03d}": rng.normal(size=4096).astype(np.float32) for i in photos}
     for photo_id, vector in vectors.items():
         store.put(f"accepted/somewhere/{photo_id}.jpg", b"placeholder")
         store.put(embedding_name("synthetic", photo_id), encode_vector(vector))
+    return vectors
+
+
+def test_a_growing_bucket_changes_the_shard_count_without_losing_a_photo(store: BlobStore, settings) -> None:
+    """100 vectors of 16 kB: 2 shards at 1 MB each, 1 at 64 MB; each new shard is built from the old ones."""
+    vectors = synthetic(store, range(100))
     codec = shards.Vectors(4096)
     for shard_mb, count in ((1, 2), (64, 1), (1, 2)):
         consolidate(store, replace(settings, shard_mb=shard_mb))
@@ -134,6 +140,25 @@ def test_a_growing_bucket_changes_the_shard_count_without_losing_a_photo(store: 
         assert bulk.corrupt == [] and bulk.values.keys() == vectors.keys()
         assert all(np.array_equal(bulk.values[k], v) for k, v in vectors.items())
     assert [shard_count(photos, 16384, 1) for photos in (10, 64, 65, 200)] == [1, 1, 2, 4]
+
+
+def test_a_consolidation_rewrites_only_the_shards_that_changed(store: BlobStore, settings) -> None:
+    settings = replace(settings, shard_mb=1)  # 100 vectors of 16 kB: 2 shards
+    synthetic(store, range(100))
+
+    def generations() -> dict[str, int]:
+        return {s.name: store.info(s.name).generation for s in shards.listed(store, "synthetic")}
+
+    consolidate(store, settings)
+    first = generations()
+    consolidate(store, settings)  # nothing new: nothing written
+    assert generations() == first
+    new = synthetic(store, range(100, 101), seed=4)  # one photo accepted since: only its shard is rewritten
+    consolidate(store, settings)
+    changed = {name for name, generation in generations().items() if first[name] != generation}
+    assert changed == {shards.Shard("synthetic", shards.shard_of("p100", 2), 2).name}
+    bulk = shards.read(store, "synthetic", new, shards.Vectors(4096))
+    assert np.array_equal(bulk.values["p100"], new["p100"])
 
 
 def test_the_command_consolidates_the_configured_bucket(tmp_path, template, settings, capsys) -> None:
