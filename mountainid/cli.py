@@ -14,7 +14,7 @@ import os
 import sys
 
 from mountainid import logs
-from mountainid.config import ConfigError, get_settings
+from mountainid.config import ConfigError, Settings, get_settings
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("mountainid.pipeline", "embedded pipeline: ingest, filter, train, then serve the site"),
@@ -32,13 +32,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 # Commands that load TensorFlow in this process (not `serve`: its workers fork and import it themselves).
-TENSORFLOW_COMMANDS = {"run", "filter", "filter-eval", "train", "evaluate", "backfill"}
+TENSORFLOW_COMMANDS = {"run", "filter", "filter-eval", "train", "evaluate"}  # backfill: in its workers
 
 
-def import_tensorflow_quietly() -> None:
+def import_tensorflow_quietly(settings: Settings) -> None:
     """TensorFlow's C++ start-up lines (absl, oneDNN) go straight to file descriptor 2 at import, below
     any log level: import it once with that descriptor on /dev/null so a person (or a script reading
-    stderr) sees only our lines. Python errors still surface as exceptions."""
+    stderr) sees only our lines. Python errors still surface as exceptions. With JSON logs (Cloud Run)
+    they are left alone: there a crash inside TensorFlow's start-up must leave its trace in the logs."""
+    if settings.log_format == "json":
+        return
     saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 2)
     try:
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.configure(settings)
     if args.command in TENSORFLOW_COMMANDS:
-        import_tensorflow_quietly()
+        import_tensorflow_quietly(settings)
     try:
         return int(args.func(args, settings) or 0)
     except ConfigError as error:

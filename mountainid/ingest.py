@@ -61,7 +61,7 @@ from mountainid.flickr.client import (
     PhotoUnavailable,
 )
 from mountainid.logs import Bar, event, item_level
-from mountainid.store import BlobStore, PreconditionFailed, StoreError, open_store
+from mountainid.store import BlobStore, NotFound, PreconditionFailed, StoreError, open_store
 from mountainid.vision.image import BadImage, load_image
 
 log = logging.getLogger(__name__)
@@ -304,12 +304,18 @@ class _Run:
         """One more try of a given-up photo; its record goes once the photo no longer waits for anyone."""
         try:
             photo = _photo_from_metadata(json.loads(self.store.get(record))["photo"])
+        except NotFound:  # a retry running beside this one took it
+            return Outcome.PRESENT
         except (ValueError, KeyError, TypeError) as error:  # a record edited by hand: left for the operator
             event(log, "given-up record unreadable: kept", level=logging.WARNING, record=record, error=str(error))
             return Outcome.FAILED
-        outcome, _ = self._handle(slug, photo)
+        present = self.store.exists(raw_name(slug, photo.id))  # stored since (by hand): no download
+        outcome = Outcome.PRESENT if present else self._handle(slug, photo)[0]
         if outcome is not Outcome.FAILED:
-            self.store.delete(record)
+            try:
+                self.store.delete(record)
+            except NotFound:
+                pass
         return outcome
 
     def _stored_ids(self, slug: str) -> frozenset[str]:

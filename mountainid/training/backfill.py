@@ -148,9 +148,7 @@ def _worker(settings: Settings, task: int, tasks: int, photos: list[Photo], queu
     so one process writes to the terminal."""
     logs.configure(settings)
     logging.getLogger().handlers[:] = [QueueHandler(queue)]
-    from mountainid.cli import import_tensorflow_quietly  # not at the top: the CLI imports this module
-
-    import_tensorflow_quietly()  # a spawned process imports TensorFlow afresh: its start-up lines too
+    _import_tensorflow(settings)  # a spawned process imports TensorFlow afresh: its start-up lines too
     queue.put(backfill(open_store(settings), settings, photos, task, tasks, queue.put))
 
 
@@ -189,6 +187,13 @@ def run_local(settings: Settings, store: BlobStore, tasks: int) -> list[TaskSumm
     return summaries
 
 
+def _import_tensorflow(settings: Settings) -> None:
+    """Only the processes that run a task load TensorFlow (not the parent of ``--tasks N``), quietly."""
+    from mountainid.cli import import_tensorflow_quietly  # not at the top: the CLI imports this module
+
+    import_tensorflow_quietly(settings)
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -210,6 +215,7 @@ def _backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     check_weights(settings.weights)  # here, once, before N workers fail on it one by one
     store = open_store(settings)
     if args.tasks == 1:
+        _import_tensorflow(settings)
         summaries = [run_task(settings, store, settings.task_index, settings.task_count)]
     else:
         summaries = run_local(settings, store, args.tasks)

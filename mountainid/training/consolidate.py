@@ -14,7 +14,7 @@ import logging
 import math
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
@@ -36,12 +36,13 @@ _CACHED_VECTOR = re.compile(r"(?P<photo>.+?)(?:-v(?P<view>\d+))?\.npy")  # <phot
 _Reader = Callable[[bytes], object]
 
 
-def consolidate(store: BlobStore, settings: Settings, examples: list[Example] | None = None) -> dict[str, int]:
-    """Shard every feature set cached for the accepted photos (``examples``: a listing the caller already
-    made); returns the photos sharded per set."""
+def consolidate(store: BlobStore, settings: Settings, examples: list[Example] | None = None,
+                feature_ids: Collection[str] | None = None) -> dict[str, int]:
+    """Shard the keypoints and every embedding set (or those of ``feature_ids``, all views) cached for the
+    accepted photos (``examples``: a listing the caller already made); returns the photos sharded per set."""
     accepted = {e.photo_id for e in (list_accepted(store) if examples is None else examples)}
     sets: dict[str, tuple[shards.Codec, _Reader, dict[str, str]]] = {}
-    for set_id, objects in _cached_vectors(store, accepted).items():
+    for set_id, objects in _cached_vectors(store, accepted, feature_ids).items():
         codec = _vectors_codec(store, objects.values())
         if codec is not None:
             sets[set_id] = (codec, partial(decode_vector, dim=codec.dim), objects)
@@ -52,10 +53,13 @@ def consolidate(store: BlobStore, settings: Settings, examples: list[Example] | 
     return {set_id: _consolidate_set(store, settings, set_id, *parts, accepted) for set_id, parts in sets.items()}
 
 
-def _cached_vectors(store: BlobStore, accepted: set[str]) -> dict[str, dict[str, str]]:
-    """set id -> photo id -> per-photo object, for every embeddings/<feature_id>/ folder and view."""
+def _cached_vectors(store: BlobStore, accepted: set[str],
+                    feature_ids: Collection[str] | None) -> dict[str, dict[str, str]]:
+    """set id -> photo id -> per-photo object, for every embeddings/<feature_id>/ folder (or those of
+    ``feature_ids``: one listing each) and view."""
     sets: dict[str, dict[str, str]] = defaultdict(dict)
-    for name in store.list_names(EMBEDDINGS):
+    prefixes = [EMBEDDINGS] if feature_ids is None else [f"{EMBEDDINGS}{fid}/" for fid in sorted(set(feature_ids))]
+    for name in (name for prefix in prefixes for name in store.list_names(prefix)):
         folder, _, file = name[len(EMBEDDINGS):].rpartition("/")
         match = _CACHED_VECTOR.fullmatch(file)
         if folder and "/" not in folder and match and match["photo"] in accepted:
@@ -115,7 +119,9 @@ def _consolidate_set(store: BlobStore, settings: Settings, set_id: str, codec: s
             unchanged = False
             for source in old:
                 if source.may_share_photos_with(shard):
-                    held = shards.read_valid(store, source, codec) or {}
+                    held = shards.read_valid(store, source, codec)  # None: corrupt, rebuilt below
+                    if held is None:
+                        continue
                     unchanged |= source == shard and held.keys() == set(members[index])
                     values.update((key, value) for key, value in held.items() if key in accepted)
             bar.advance()

@@ -40,6 +40,7 @@ from mountainid.training.progress import Progress
 from mountainid.training.train import HeadConfig, train_head
 from mountainid.verification import VERIFICATION_FILE, Gallery
 from mountainid.vision import efficientnet_lite
+from mountainid.vision.backbone import get_backbone
 from mountainid.vision.local import LocalFeatures
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class TrainingResult:
     live_top1: float | None = None
     seconds: float = 0.0
     gate: Gate | None = None  # the promotion decision and its figures (None: the run stopped before it)
+    feature_ids: tuple[str, ...] = ()  # the cached embeddings it read (its tier's, the filter's for the gallery)
 
     @property
     def promoted(self) -> bool:
@@ -106,9 +108,10 @@ def train_and_register(settings: Settings, store: BlobStore, bus: EventBus, conf
     examples = list_accepted(store) if accepted is None else accepted
     try:
         result = _run(settings, store, bus, config, lease, progress, examples)
-        if result.version is not None:  # it trained: pack what it cached, so the next run reads shards
+        if result.feature_ids:  # it trained: pack what it read, so the next run reads shards
             progress.report("consolidating features", photos=len(examples))
-            _consolidate(store, settings, examples)
+            lease.renew()
+            _consolidate(store, settings, examples, result.feature_ids)
     finally:
         lease.release()
         progress.report("finished")
@@ -146,8 +149,11 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
     lease.renew()
     labels = list(dataset.labels)
     progress.report("verifying", photos=len(kept))
-    keypoints = {split: load_local_features(store, [(e.photo_id, e.object_name) for e in parts[split]], settings)
-                 for split in ("train", "val", "test")}
+    splits = ("train", "val", "test")
+    every = load_local_features(store, [(e.photo_id, e.object_name) for split in splits for e in parts[split]],
+                                settings)  # one read of the keypoint shards for all three splits
+    bounds = np.cumsum([0] + [len(parts[split]) for split in splits])
+    keypoints = {split: every[start:end] for split, start, end in zip(splits, bounds[:-1], bounds[1:], strict=True)}
     usable_train = [(e, k) for e, k in zip(parts["train"], keypoints["train"], strict=True) if k is not None]
     gallery = Gallery([e.photo_id for e, _ in usable_train], dataset.targets([e for e, _ in usable_train]),
                       [k for _, k in usable_train])
@@ -202,7 +208,8 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
     })
     figures = {"version": version, "test_top1": round(test["top1"], 4), "test_top3": round(test["top3"], 4),
                "test_n": test["n"], "live_version": live[0] if live else None, **gate.figures()}
-    result = TrainingResult("kept", version, metrics["test"], live[0] if live else None, gate.live_top1, gate=gate)
+    result = TrainingResult("kept", version, metrics["test"], live[0] if live else None, gate.live_top1, gate=gate,
+                            feature_ids=(extractor.feature_id, get_backbone(settings.weights).backbone_id))
     if not gate.promote:
         event(log, "model kept: the promotion gate kept the live model", **figures)
         return result
@@ -221,11 +228,11 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
     return result
 
 
-def _consolidate(store: BlobStore, settings: Settings, examples: list[Example]) -> None:
+def _consolidate(store: BlobStore, settings: Settings, examples: list[Example], feature_ids: tuple[str, ...]) -> None:
     """Shards only make the next run faster: a failure here is logged, never the run's failure (the
     per-photo caches stay the truth, and the next run or `mountainid consolidate` tries again)."""
     try:
-        consolidate(store, settings, examples)
+        consolidate(store, settings, examples, feature_ids)
     except Exception as error:  # noqa: BLE001 - the model is already registered; nothing is lost
         event(log, "consolidation failed: the next run reads per-photo caches", error=str(error),
               level=logging.WARNING)

@@ -212,9 +212,12 @@ class Bulk(Generic[T]):
 
 
 def read(store: BlobStore, set_id: str, keys: Iterable[str], codec: Codec[T]) -> Bulk[T]:
-    """The values of ``keys`` held by the set's valid shards, read a few shards at a time."""
+    """The values of ``keys`` held by the set's valid shards, read a few shards at a time (only the shards
+    a wanted photo hashes to: a backfill chunk or a split reads its part, not the whole set)."""
     wanted = set(keys)
-    found = listed(store, set_id) if wanted else []
+    every = listed(store, set_id) if wanted else []
+    homes = {count: {shard_of(key, count) for key in wanted} for count in {shard.count for shard in every}}
+    found = [shard for shard in every if shard.index in homes[shard.count]]  # only those that may hold one
     bulk: Bulk[T] = Bulk({}, [])
     with ThreadPoolExecutor(SHARD_WORKERS) as pool:
         for shard, values in zip(found, pool.map(lambda s: read_valid(store, s, codec, wanted), found), strict=True):

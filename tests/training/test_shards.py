@@ -161,6 +161,15 @@ def test_a_consolidation_rewrites_only_the_shards_that_changed(store: BlobStore,
     assert np.array_equal(bulk.values["p100"], new["p100"])
 
 
+def test_a_training_run_packs_only_the_feature_ids_it_read(store: BlobStore, settings) -> None:
+    vectors = synthetic(store, range(10))
+    for photo_id, vector in vectors.items():  # the cache of an older backbone, no longer read by anyone
+        store.put(embedding_name("older", photo_id), encode_vector(vector))
+    counts = consolidate(store, settings, feature_ids=("synthetic",))
+    assert counts == {"synthetic": 10, shards.KEYPOINTS_SET: 0}
+    assert shards.listed(store, "older") == []
+
+
 def test_the_command_consolidates_the_configured_bucket(tmp_path, template, settings, capsys) -> None:
     store = LocalBlobStore(tmp_path / "bucket")
     copy_objects(template, store)
