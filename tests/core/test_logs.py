@@ -9,6 +9,7 @@ import pty
 import pytest
 
 from mountainid.logs import Bar, TextFormatter, bars_hidden
+from tests.terminal import read_until_closed
 
 
 @pytest.fixture()
@@ -19,9 +20,15 @@ def terminal(monkeypatch: pytest.MonkeyPatch):
     handler = logging.StreamHandler(stream)
     handler.setFormatter(TextFormatter())
     monkeypatch.setattr(logging.getLogger(), "handlers", [handler])
-    yield lambda: os.read(leader, 65536).decode()
-    stream.close()
-    os.close(leader)
+
+    def shown() -> str:
+        stream.close()  # the reader sees EOF after the last byte written
+        return read_until_closed(leader)
+
+    yield shown
+    if not stream.closed:
+        stream.close()
+        os.close(leader)
 
 
 def test_bars_inside_bars_hidden_draw_nothing(terminal) -> None:

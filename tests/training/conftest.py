@@ -25,6 +25,7 @@ from mountainid.training.features import FeatureSpec
 from mountainid.training.folders import import_folder, photo_id_of
 from mountainid.training.job import FINETUNE_TIER, JobConfig
 from mountainid.training.train import HeadConfig
+from tests.terminal import read_until_closed
 
 MOUNTAINS = ("Broad Peak", "Lhotse", "Nanga Parbat")
 TRAIN_PER_CLASS = 8
@@ -121,17 +122,8 @@ def cli_args(name: str, argv: list[str]) -> argparse.Namespace:
 def run_at_a_terminal(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str]:
     """Run a command with stderr on a pseudo-terminal, as when a person runs it: (exit code, what it showed)."""
     leader, follower = pty.openpty()
-    process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=follower)
+    process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=follower)
     os.close(follower)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # EIO: the process closed the terminal
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(leader)
+    seen = read_until_closed(leader)
     process.wait(timeout=300)
-    return process.returncode, seen.decode("utf-8", "replace")
+    return process.returncode, seen

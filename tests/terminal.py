@@ -1,0 +1,21 @@
+"""Reading what a pseudo-terminal showed, once its writer has closed it."""
+
+from __future__ import annotations
+
+import os
+
+
+def read_until_closed(leader: int) -> str:
+    """Everything written to the terminal whose follower end is closed. One ``os.read`` may return only
+    the first line the line discipline has processed, so read until EOF (EIO on Linux)."""
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: every writer closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    return seen.decode("utf-8", "replace")
