@@ -57,6 +57,7 @@ RAW, ACCEPTED, REJECTED, EMBEDDINGS, LOCAL_FEATURES = "raw/", "accepted/", "reje
 DHASH = "dhash"  # metadata key: the photo's 256-bit difference hash (hex), as the filter saw it
 TOP_K = 5
 # raw/<slug>/<photo id>.jpg as the ingest writes it (slugify() output, Flickr ids); nothing else is judged.
+_EMBEDDING_FILE = re.compile(r"(?P<photo_id>.+?)(?:-v(?P<view>\d+))?\.npy")  # <photo_id>[-v<view>].npy
 _RAW_NAME = re.compile(r"^raw/(?P<slug>[a-z0-9]+(?:-[a-z0-9]+)*)/(?P<photo_id>[0-9A-Za-z_-]{1,64})\.jpg$")
 
 
@@ -128,12 +129,32 @@ class RawPhoto:
         return f"{REJECTED}{self.slug}/{self.photo_id}.jpg"
 
 
-def embedding_name(backbone_id: str, photo_id: str) -> str:
-    return f"{EMBEDDINGS}{backbone_id}/{photo_id}.npy"
+def embedding_name(feature_id: str, photo_id: str, view: int = 0) -> str:
+    """The cached embedding of a photo (view 0) or of its augmented view ``view`` (the training job's)."""
+    return f"{EMBEDDINGS}{feature_id}/{photo_id}{f'-v{view}' if view else ''}.npy"
+
+
+def parse_embedding_name(name: str) -> tuple[str, str, int] | None:
+    """(feature id, photo id, view) of an :func:`embedding_name`; None for any other name."""
+    folder, _, file = name.removeprefix(EMBEDDINGS).rpartition("/")
+    match = _EMBEDDING_FILE.fullmatch(file)
+    if not name.startswith(EMBEDDINGS) or not folder or "/" in folder or not match:
+        return None
+    return folder, match["photo_id"], int(match["view"] or 0)
+
+
+# The current keypoint extractor's per-photo cache (a new extractor writes beside, never over, the old one).
+LOCAL_FEATURES_FOLDER = f"{LOCAL_FEATURES}{local.EXTRACTOR_ID}/"
 
 
 def local_features_name(photo_id: str) -> str:
-    return f"{LOCAL_FEATURES}{local.EXTRACTOR_ID}/{photo_id}.npz"
+    return f"{LOCAL_FEATURES_FOLDER}{photo_id}.npz"
+
+
+def parse_local_features_name(name: str) -> str | None:
+    """The photo id of a :func:`local_features_name`; None for any other name."""
+    photo_id = name.removeprefix(LOCAL_FEATURES_FOLDER).removesuffix(".npz")
+    return photo_id if name == local_features_name(photo_id) and photo_id and "/" not in photo_id else None
 
 
 @dataclass(frozen=True)

@@ -18,20 +18,18 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from logging.handlers import QueueHandler
 from queue import Empty
 
 from mountainid import logs
 from mountainid.config import ConfigError, Settings
-from mountainid.filter import ACCEPTED, EMBEDDINGS, LOCAL_FEATURES
+from mountainid.filter import ACCEPTED
 from mountainid.logs import Bar, bars_hidden, event
-from mountainid.store import BlobInfo, BlobStore, open_store
+from mountainid.store import BlobStore, open_store
 from mountainid.training import features
 from mountainid.training.consolidate import consolidate
 from mountainid.training.dataset import Example, list_accepted
@@ -65,73 +63,25 @@ class TaskSummary:
     seconds: float
 
 
-class _CountingStore(BlobStore):
-    """The store, counting the objects written per top-level prefix: the loaders write exactly the
-    entries they computed, so this tells computed from cached without looking inside them."""
-
-    def __init__(self, store: BlobStore) -> None:
-        self.store = store
-        self.written: Counter[str] = Counter()
-        self._lock = threading.Lock()  # the loaders write from a thread pool
-
-    def put(self, name: str, data: bytes, *, metadata: Mapping[str, str] | None = None,
-            content_type: str | None = None, if_generation_match: int | None = None) -> int:
-        generation = self.store.put(name, data, metadata=metadata, content_type=content_type,
-                                    if_generation_match=if_generation_match)
-        with self._lock:
-            self.written[name.split("/", 1)[0] + "/"] += 1
-        return generation
-
-    def get(self, name: str) -> bytes:
-        return self.store.get(name)
-
-    def info(self, name: str) -> BlobInfo | None:
-        return self.store.info(name)
-
-    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
-        return self.store.list(prefix)
-
-    def delete(self, name: str, *, if_generation_match: int | None = None) -> None:
-        self.store.delete(name, if_generation_match=if_generation_match)
-
-    def copy(self, src: str, dst: str, *, metadata: Mapping[str, str] | None = None,
-             if_generation_match: int | None = None) -> int:
-        return self.store.copy(src, dst, metadata=metadata, if_generation_match=if_generation_match)
-
-    def uri(self, name: str = "") -> str:
-        return self.store.uri(name)
-
-
-@contextmanager
-def _loader_summaries_off() -> Iterator[None]:
-    """The loaders log a summary line per call, so per chunk here; a task logs one line of its own
-    instead. Their warnings (a corrupt entry, a photo that no longer decodes) still show."""
-    logger = logging.getLogger(features.__name__)
-    level = logger.level
-    logger.setLevel(max(level, logging.WARNING))
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def backfill(store: BlobStore, settings: Settings, photos: list[Photo], task: int = 0, tasks: int = 1,
              advance: Callable[[int], object] = lambda _: None) -> TaskSummary:
     """Make the embedding (current feature id) and keypoints of every photo valid in the cache; ``advance``
     hears how many photos each finished chunk held. Logs one summary line."""
     started = time.perf_counter()
     extractor = features.FeatureExtractor(settings)  # the filter's embedding, under the configured weights' id
-    counting = _CountingStore(store)
+    embeddings: Counter[str] = Counter()
+    keypoints: Counter[str] = Counter()
     unusable = 0
-    with _loader_summaries_off(), bars_hidden():  # the caller's bar counts chunks
+    with bars_hidden():  # the caller's bar counts chunks
         for start in range(0, len(photos), CHUNK):
             chunk = photos[start:start + CHUNK]
-            _, usable = features.load_features(counting, chunk, extractor, settings)
-            keypoints = features.load_local_features(counting, chunk, settings)
-            unusable += sum(not ok or found is None for ok, found in zip(usable, keypoints, strict=True))
+            _, usable = features.load_features(store, chunk, extractor, settings, tally=embeddings)
+            found = features.load_local_features(store, chunk, settings, tally=keypoints)
+            unusable += sum(not ok or one is None for ok, one in zip(usable, found, strict=True))
             advance(len(chunk))
-    summary = TaskSummary(task, tasks, len(photos), counting.written[EMBEDDINGS], counting.written[LOCAL_FEATURES],
-                          unusable, round(time.perf_counter() - started, 1))
+    summary = TaskSummary(task, tasks, len(photos), embeddings["computed"],
+                          keypoints["computed"] + keypoints["recomputed"], unusable,
+                          round(time.perf_counter() - started, 1))
     event(log, "backfill task finished", feature_id=extractor.feature_id, **asdict(summary))
     return summary
 

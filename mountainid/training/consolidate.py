@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import re
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,17 +21,21 @@ import numpy as np
 
 from mountainid.arrays import load_array
 from mountainid.config import Settings
-from mountainid.filter import EMBEDDINGS, LOCAL_FEATURES
+from mountainid.filter import (
+    EMBEDDINGS,
+    LOCAL_FEATURES_FOLDER,
+    parse_embedding_name,
+    parse_local_features_name,
+)
 from mountainid.logs import Bar, event
 from mountainid.store import BlobStore, NotFound
 from mountainid.training import shards
 from mountainid.training.dataset import Example, list_accepted
 from mountainid.training.features import IO_WORKERS, decode_vector
-from mountainid.vision.local import EXTRACTOR_ID, CorruptFeatures, LocalFeatures
+from mountainid.vision.local import CorruptFeatures, LocalFeatures
 
 log = logging.getLogger(__name__)
 
-_CACHED_VECTOR = re.compile(r"(?P<photo>.+?)(?:-v(?P<view>\d+))?\.npy")  # <photo_id>[-v<view>].npy
 _Reader = Callable[[bytes], object]
 
 
@@ -46,10 +49,9 @@ def consolidate(store: BlobStore, settings: Settings, examples: list[Example] | 
         codec = _vectors_codec(store, objects.values())
         if codec is not None:
             sets[set_id] = (codec, partial(decode_vector, dim=codec.dim), objects)
-    keypoints = {name.rsplit("/", 1)[1].removesuffix(".npz"): name
-                 for name in store.list_names(f"{LOCAL_FEATURES}{EXTRACTOR_ID}/")}
-    sets[shards.KEYPOINTS_SET] = (shards.Keypoints(), _keypoints_or_none,
-                                  {key: name for key, name in keypoints.items() if key in accepted})
+    keypoints = {photo_id: name for name in store.list_names(LOCAL_FEATURES_FOLDER)
+                 if (photo_id := parse_local_features_name(name)) in accepted}
+    sets[shards.KEYPOINTS_SET] = (shards.Keypoints(), _keypoints_or_none, keypoints)
     return {set_id: _consolidate_set(store, settings, set_id, *parts, accepted) for set_id, parts in sets.items()}
 
 
@@ -60,10 +62,10 @@ def _cached_vectors(store: BlobStore, accepted: set[str],
     sets: dict[str, dict[str, str]] = defaultdict(dict)
     prefixes = [EMBEDDINGS] if feature_ids is None else [f"{EMBEDDINGS}{fid}/" for fid in sorted(set(feature_ids))]
     for name in (name for prefix in prefixes for name in store.list_names(prefix)):
-        folder, _, file = name[len(EMBEDDINGS):].rpartition("/")
-        match = _CACHED_VECTOR.fullmatch(file)
-        if folder and "/" not in folder and match and match["photo"] in accepted:
-            sets[shards.vectors_set(folder, int(match["view"] or 0))][match["photo"]] = name
+        parsed = parse_embedding_name(name)
+        if parsed is not None and parsed[1] in accepted:
+            feature_id, photo_id, view = parsed
+            sets[shards.vectors_set(feature_id, view)][photo_id] = name
     return sets
 
 

@@ -207,7 +207,7 @@ def decode_vector(data: bytes, dim: int) -> np.ndarray | None:
 
 
 def load_features(store: BlobStore, photos: list[tuple[str, str]], extractor: FeatureExtractor,
-                  settings: Settings, view: int = 0) -> tuple[np.ndarray, list[bool]]:
+                  settings: Settings, view: int = 0, tally: Counter[str] | None = None) -> tuple[np.ndarray, list[bool]]:
     """Features of (photo_id, object_name) pairs, from the cache where it holds a valid vector: the
     consolidated shards first (``mountainid.training.shards``), then the per-photo objects.
 
@@ -217,9 +217,12 @@ def load_features(store: BlobStore, photos: list[tuple[str, str]], extractor: Fe
     Missing or corrupt cache entries are recomputed from the photo and written back. Returns the
     features of the usable photos and, per input photo, whether it was usable (a photo that no
     longer decodes is logged and left out rather than failing the whole run).
+
+    ``tally``, if given, receives the summary's counts (a caller that loads in chunks sums them and logs
+    one line of its own; this one then drops to DEBUG).
     """
     def cache_name(photo_id: str) -> str:
-        return embedding_name(extractor.feature_id, f"{photo_id}-v{view}" if view else photo_id)
+        return embedding_name(extractor.feature_id, photo_id, view)
 
     dtype = np.float16 if extractor.spec.cut else np.float32  # activation maps are big: half precision
     codec = shards.Vectors(extractor.dim, dtype)
@@ -275,19 +278,19 @@ def load_features(store: BlobStore, photos: list[tuple[str, str]], extractor: Fe
     usable = [vector is not None for vector in vectors]
     shards.rebuild(store, bulk.corrupt, {p: v for (p, _), v in zip(photos, vectors, strict=True) if v is not None},
                    codec)
-    event(log, "features ready", feature_id=extractor.feature_id, view=view, photos=len(photos),
-          from_shards=len(bulk.values), cached=len(photos) - len(missing), computed=sum(usable[i] for i in missing),
-          unusable=usable.count(False))
+    _summary("features ready", tally, feature_id=extractor.feature_id, view=view, photos=len(photos),
+             counts=Counter(from_shards=len(bulk.values), cached=len(photos) - len(missing),
+                            computed=sum(usable[i] for i in missing), unusable=usable.count(False)))
     matrix = np.stack([v for v in vectors if v is not None]) if any(usable) else np.zeros((0, extractor.dim),
                                                                                              np.float32)
     return matrix.astype(np.float32), usable
 
 
-def load_local_features(store: BlobStore, photos: list[tuple[str, str]],
-                        settings: Settings) -> list[LocalFeatures | None]:
+def load_local_features(store: BlobStore, photos: list[tuple[str, str]], settings: Settings,
+                        tally: Counter[str] | None = None) -> list[LocalFeatures | None]:
     """Keypoints of (photo_id, object_name) pairs from the shards, then the filter's per-photo cache; a missing
     or corrupt entry is recomputed from the photo and written back (photos accepted before keypoints existed are
-    backfilled). None for a photo that no longer decodes."""
+    backfilled). None for a photo that no longer decodes. ``tally``: as :func:`load_features`."""
     codec = shards.Keypoints()
     bulk = shards.read(store, shards.KEYPOINTS_SET, [p for p, _ in photos], codec)
 
@@ -319,6 +322,13 @@ def load_local_features(store: BlobStore, photos: list[tuple[str, str]],
             bar.advance()
     shards.rebuild(store, bulk.corrupt, {p: f for (p, _), (f, _) in zip(photos, results, strict=True) if f is not None},
                    codec)
-    event(log, "keypoints ready", extractor=EXTRACTOR_ID, photos=len(photos),
-          **Counter(status for _, status in results))
+    _summary("keypoints ready", tally, extractor=EXTRACTOR_ID, photos=len(photos),
+             counts=Counter(status for _, status in results))
     return [features for features, _ in results]
+
+
+def _summary(message: str, tally: Counter[str] | None, counts: Counter[str], **fields: object) -> None:
+    """A loader's summary line, or its counts added to the caller's ``tally`` (the line then at DEBUG)."""
+    if tally is not None:
+        tally.update(counts)
+    event(log, message, level=logging.INFO if tally is None else logging.DEBUG, **fields, **counts)

@@ -14,13 +14,15 @@ photos asked for are taken out of it.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import logging
 import math
 import re
 import zipfile
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -191,7 +193,7 @@ def listed(store: BlobStore, set_id: str) -> list[Shard]:
 
 
 def read_valid(store: BlobStore, shard: Shard, codec: Codec[T],
-               keep: Collection[str] | None = None) -> dict[str, T] | None:
+               keep: AbstractSet[str] | None = None) -> dict[str, T] | None:
     """The values of ``keep`` (None: all) the shard holds; None (logged) for a shard that cannot be trusted."""
     try:
         values = decode(shard, store.get(shard.name), codec)
@@ -200,7 +202,10 @@ def read_valid(store: BlobStore, shard: Shard, codec: Codec[T],
     except CorruptShard as error:
         event(log, "corrupt shard not trusted", shard=shard.name, error=str(error), level=logging.WARNING)
         return None
-    return values if keep is None else {key: value for key, value in values.items() if key in keep}
+    if keep is None or keep.issuperset(values):
+        return values
+    # Copies: a value of a shard views the shard's arrays, and one kept view would keep all of them alive.
+    return {key: copy.deepcopy(value) for key, value in values.items() if key in keep}
 
 
 @dataclass

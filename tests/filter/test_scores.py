@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 
 from mountainid.config import Settings
-from mountainid.filter import TERRAIN_CLASSES, RawPhoto, evaluate, judge, mountain_score
+from mountainid.filter import (
+    TERRAIN_CLASSES,
+    RawPhoto,
+    embedding_name,
+    evaluate,
+    judge,
+    local_features_name,
+    mountain_score,
+    parse_embedding_name,
+    parse_local_features_name,
+)
 
 
 def _probs(**by_index: float) -> np.ndarray:
@@ -63,6 +73,25 @@ def test_raw_names_give_slug_and_photo_id(name: str, expected: tuple[str, str]) 
 ])
 def test_anything_else_is_not_a_photo_to_judge(name: str) -> None:
     assert RawPhoto.parse(name) is None
+
+
+@pytest.mark.parametrize("feature_id, photo_id, view", [("b1", "53012", 0), ("ft-260", "a_b-C9", 3)])
+def test_cache_names_read_back(feature_id: str, photo_id: str, view: int) -> None:
+    """The consolidation lists the caches and must read back exactly the ids and views the loaders wrote."""
+    assert parse_embedding_name(embedding_name(feature_id, photo_id, view)) == (feature_id, photo_id, view)
+    assert parse_local_features_name(local_features_name(photo_id)) == photo_id
+
+
+@pytest.mark.parametrize("name", ["embeddings/1.npy", "embeddings/b1/x/1.npy", "embeddings/b1/1.npz",
+                                  "accepted/b1/1.npy", "embeddings/b1/.npy"])
+def test_other_names_are_not_embeddings(name: str) -> None:
+    assert parse_embedding_name(name) is None
+
+
+@pytest.mark.parametrize("name", ["localfeatures/old-extractor/1.npz", "embeddings/b1/1.npy", "x",
+                                  local_features_name("1") + "/2.npz", local_features_name("")])
+def test_other_names_are_not_current_keypoints(name: str) -> None:
+    assert parse_local_features_name(name) is None
 
 
 def test_precision_and_recall() -> None:

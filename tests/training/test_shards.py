@@ -161,6 +161,18 @@ def test_a_consolidation_rewrites_only_the_shards_that_changed(store: BlobStore,
     assert np.array_equal(bulk.values["p100"], new["p100"])
 
 
+def test_a_partial_read_holds_copies_not_views_of_the_whole_shard(store: BlobStore, settings) -> None:
+    """A split or a backfill chunk that keeps a few photos must not keep their whole shard in memory."""
+    vectors = synthetic(store, range(20))
+    consolidate(store, settings)
+    codec = shards.Vectors(4096)
+    few = shards.read(store, "synthetic", ["p003", "p007"], codec).values
+    assert few.keys() == {"p003", "p007"} and all(v.base is None and v.nbytes == 4096 * 4 for v in few.values())
+    assert all(np.array_equal(few[k], vectors[k]) for k in few)
+    every = shards.read(store, "synthetic", vectors, codec).values
+    assert every["p003"].base is not None  # all of a shard: rows of its matrix, no copies
+
+
 def test_a_training_run_packs_only_the_feature_ids_it_read(store: BlobStore, settings) -> None:
     vectors = synthetic(store, range(10))
     for photo_id, vector in vectors.items():  # the cache of an older backbone, no longer read by anyone
