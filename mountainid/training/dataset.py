@@ -40,10 +40,15 @@ class Example:
     metadata: dict[str, str]
 
     @property
-    def split(self) -> str:
-        """By photographer where Flickr names one (``owner``), else by photo."""
+    def group(self) -> str:
+        """What is never divided between splits (or folds): the photographer where Flickr names one
+        (``owner``: a burst of one view), else the photo."""
         owner = self.metadata.get("owner", "").strip()
-        return split_of(f"owner:{owner}" if owner else self.photo_id)
+        return f"owner:{owner}" if owner else self.photo_id
+
+    @property
+    def split(self) -> str:
+        return split_of(self.group)
 
 
 @dataclass(frozen=True)
