@@ -5,21 +5,26 @@ split's own grouping, so a burst never sits on both sides); each fold's photos a
 gallery of the other folds' photos, exactly as the job verifies a validation photo against the training
 split. The classifier half of the fused answer is a class-weighted logistic regression on the filter's
 (L2-normalised) embeddings, fitted on the other folds: a stand-in for the tier's head, whose probabilities on its own
-training photos would be overfit. That is what chose ``RATIO``, ``NEIGHBOURS`` and ``CHECKS`` in
+training photos would be overfit. That is what chose the ``Matching`` settings in
 ``mountainid/verification.py`` (on ``benchmarks/train.py --bucket``'s peaks14 bucket):
 
     .venv/bin/python benchmarks/verification.py --bucket DIR \\
-        --setting RATIO=0.8,NEIGHBOURS=3,CHECKS=32 --setting RATIO=0.85,NEIGHBOURS=5,CHECKS=48
+        --setting ratio=0.8,neighbours=3,checks=32 --setting ratio=0.85,neighbours=5,checks=48
 
 One line per setting: verification alone (the mountain with most inliers; the stand-in where nothing
-matched), the fused top-1 at the best of the job's weights, the photos with any verified match, the
-query's p50, and against the first setting the photos only it / only the first got right with
-McNemar's exact p. The settings given override the module's constants for that line only.
+matched), the fused top-1 at the best of the job's weights, the photos with any verified match, those
+that verify with at least 15 inliers against another mountain (as a photo of a mountain the model does not
+know might: the evidence threshold of the answer page), the query's p50, and against the first setting the photos only it / only the first got right with
+McNemar's exact p. A setting overrides, for its line only, fields of the ``Matching`` (lower case: of
+``WHOLE_GALLERY``, or of ``PER_UPLOAD`` with ``--nearest``) and constants of the module (upper case, e.g.
+``CANDIDATES=15``). ``--nearest K`` verifies each photo against a gallery of its own, the K photos most
+like it by embedding, as the site does when the gallery is left in the bucket.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import time
@@ -54,15 +59,17 @@ def stand_in_classifier(x: np.ndarray, targets: np.ndarray, classes: int, l2: fl
 
 
 def setting(text: str) -> dict[str, float]:
-    """``RATIO=0.85,NEIGHBOURS=5`` -> {"RATIO": 0.85, "NEIGHBOURS": 5}."""
+    """``ratio=0.85,neighbours=5,CANDIDATES=15``: fields of the whole gallery's ``Matching`` (lower case) or
+    other constants of ``mountainid.verification`` (upper case)."""
     from mountainid import verification
 
-    chosen = {}
+    chosen: dict[str, float] = {}
     for part in filter(None, text.split(",")):
         name, _, value = part.partition("=")
-        if not hasattr(verification, name):
-            raise argparse.ArgumentTypeError(f"mountainid.verification has no {name}")
-        chosen[name] = type(getattr(verification, name))(float(value))
+        default = getattr(verification.WHOLE_GALLERY if name.islower() else verification, name, None)
+        if not isinstance(default, int | float):
+            raise argparse.ArgumentTypeError(f"{name} is neither a field of Matching nor a constant of verification")
+        chosen[name] = type(default)(float(value))
     return chosen
 
 
@@ -70,13 +77,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bucket", type=Path, required=True, help="a local bucket a training run filled")
     parser.add_argument("--setting", type=setting, action="append", default=[],
-                        help="NAME=VALUE,... of mountainid.verification (repeat; default: the current constants)")
+                        help="name=value,... of the Matching, NAME=VALUE,... of mountainid.verification's constants "
+                             "(repeat; default: the current ones)")
+    parser.add_argument("--nearest", type=int, default=0, metavar="K",
+                        help="verify each photo against only the K other-fold photos most like it by embedding, "
+                             "of any mountain (a per-upload gallery), instead of all of them")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
     from mountainid import verification
     from mountainid.arrays import load_array
     from mountainid.filter import embedding_name, local_features_name
+    from mountainid.predict import EVIDENCE_MIN_INLIERS
     from mountainid.store import LocalBlobStore
     from mountainid.training.dataset import list_accepted
     from mountainid.training.evaluate import mcnemar_p
@@ -100,26 +112,41 @@ def main() -> None:
         probs[held] = stand_in_classifier(embeddings[rest], targets[rest], len(labels))(embeddings[held])
     print(f"stand-in classifier alone: top-1 {np.mean(probs.argmax(axis=1) == targets):.3f}")
 
-    defaults = {name: getattr(verification, name) for overrides in args.setting for name in overrides}
+    def gallery(rows: np.ndarray, matching: verification.Matching) -> verification.Gallery:
+        return verification.Gallery([photos[i].photo_id for i in rows], targets[rows], [keypoints[i] for i in rows],
+                                    matching=matching)
+
+    constants = {name: getattr(verification, name) for overrides in args.setting for name in overrides
+                 if name.isupper()}
     first: np.ndarray | None = None
     for overrides in args.setting or [{}]:
-        for name, value in {**defaults, **overrides}.items():
-            setattr(verification, name, value)
+        for name, value in {**constants, **overrides}.items():
+            if name.isupper():  # the module reads its constants when it runs: set for this line only
+                setattr(verification, name, value)
+        default = verification.PER_UPLOAD if args.nearest else verification.WHOLE_GALLERY
+        matching = dataclasses.replace(default, **{k: v for k, v in overrides.items() if k.islower()})
+
         scores = np.zeros_like(probs, np.float32)
         seconds = []
         for k in range(FOLDS):
             rest = np.nonzero(fold != k)[0]
-            gallery = verification.Gallery([photos[i].photo_id for i in rest], targets[rest],
-                                           [keypoints[i] for i in rest])
+            whole = gallery(rest, matching) if not args.nearest else None
             for i in np.nonzero(fold == k)[0]:
                 started = time.perf_counter()
-                scores[i] = gallery.scores(gallery.verify(keypoints[i]), len(labels))
+                own = whole
+                if own is None:  # a gallery of its own: the K other-fold photos most like it
+                    own = gallery(rest[np.argsort(-(embeddings[rest] @ embeddings[i]))[:args.nearest]], matching)
+                scores[i] = own.scores(own.verify(keypoints[i]), len(labels))
                 seconds.append(time.perf_counter() - started)
         alone = np.where(scores.max(axis=1) > 0, scores.argmax(axis=1), probs.argmax(axis=1)) == targets
         fused = max((verification.fuse(probs, scores, w).argmax(axis=1) == targets for w in verification.WEIGHTS),
                     key=np.mean)
+        elsewhere = scores.copy()
+        elsewhere[np.arange(len(targets)), targets] = 0  # what a photo of an unknown mountain could score
         line = (f"{overrides or 'current'}: verification alone {alone.mean():.3f}, fused {fused.mean():.3f}, "
-                f"matched {np.mean(scores.max(axis=1) > 0):.3f}, query p50 {statistics.median(seconds) * 1000:.0f} ms")
+                f"matched {np.mean(scores.max(axis=1) > 0):.3f}, another mountain >= {EVIDENCE_MIN_INLIERS} inliers "
+                f"{np.mean(elsewhere.max(axis=1) >= EVIDENCE_MIN_INLIERS):.3f}, "
+                f"query p50 {statistics.median(seconds) * 1000:.0f} ms")
         if first is None:
             first = fused
         else:

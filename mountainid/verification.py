@@ -26,13 +26,6 @@ from mountainid.arrays import load_arrays
 from mountainid.vision.local import LocalFeatures, rootsift
 
 GALLERY_KEYPOINTS = 1000  # per training photo in the index (0.5 MB each as float32); 600 lost 3 points on val
-# The matching's three knobs were chosen by 5-fold cross-validation (by photographer) on peaks14's training
-# and validation photos, test never read (``benchmarks/verification.py``): ratio 0.85, 5 neighbours and 48
-# checks were right on 15 photos the former 0.8 / 3 / 32 missed and wrong on 3 it got (fused top-1 59.5 %
-# against 55.6 %, n = 459; McNemar p < 0.01), for about +15 ms a query.
-NEIGHBOURS = 5            # per upload keypoint; the 6th is the ratio test's "clearly closer than" reference
-RATIO = 0.85              # Lowe's ratio, on distances
-CHECKS = 48               # FLANN leaves visited per query descriptor
 CANDIDATES = 30           # gallery photos verified per upload, by votes
 MIN_MATCHES = 8           # the fewest correspondences a fundamental matrix can be estimated from
 RANSAC_PX = 1.0
@@ -40,6 +33,24 @@ INLIER_CAP = 100          # beyond this many inliers a match is certain; more mu
 WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.4)  # fusion weights tried on validation
 DEFAULT_WEIGHT = 0.1      # the probe's weight, used only when there is no validation photo to choose on
 VERIFICATION_FILE = "verification.npz"  # a model version's gallery keypoints (absent in versions before it)
+
+
+@dataclass(frozen=True)
+class Matching:
+    """How an upload's keypoints are matched against a gallery's index: chosen by 5-fold cross-validation
+    (by photographer) on peaks14's training and validation photos, test never read (``benchmarks/verification.py``)."""
+
+    neighbours: int  # gallery keypoints per upload keypoint; the next one is the ratio test's reference
+    ratio: float     # Lowe's ratio, on distances: "clearly closer than" that reference
+    checks: int      # FLANN leaves visited per query descriptor
+
+
+# Against the whole training split: right on 18 photos the former 0.8 / 3 / 32 missed and wrong on 4 it got
+# (fused top-1 56.9 % against 53.8 %, n = 459, McNemar p = 0.004), for about 15 ms more a query.
+WHOLE_GALLERY = Matching(neighbours=5, ratio=0.85, checks=48)
+# Against a per-upload gallery of a few dozen photos (read from the bucket): the looser matching gains
+# nothing there (51.0 % against 52.7 %, p = 0.23) and costs 3 times the time, so this one stays.
+PER_UPLOAD = Matching(neighbours=3, ratio=0.8, checks=32)
 
 
 @dataclass(frozen=True)
@@ -55,9 +66,10 @@ class Gallery:
     """The training photos' local features in one approximate nearest-neighbour index (read-only once built)."""
 
     def __init__(self, photo_ids: Sequence[str], classes: Sequence[int], features: Sequence[LocalFeatures],
-                 *, storable: bool = True) -> None:
+                 *, storable: bool = True, matching: Matching = WHOLE_GALLERY) -> None:
         """``storable=False`` (serving) drops the uint8 descriptors once indexed: a fifth less memory,
         and no :meth:`to_bytes`."""
+        self.matching = matching
         kept = [f.strongest(GALLERY_KEYPOINTS) for f in features]
         self.photo_ids = list(photo_ids)
         self.classes = np.asarray(classes, np.int32)
@@ -69,7 +81,7 @@ class Gallery:
         self._owner = np.repeat(np.arange(len(kept), dtype=np.int32), [len(f) for f in kept])
         self._descriptors = rootsift(raw)  # FLANN keeps a pointer to this array: it lives as long as the index
         self._index = None
-        if len(self._descriptors) > NEIGHBOURS:
+        if len(self._descriptors) > matching.neighbours:
             import cv2
 
             cv2.setRNGSeed(0)  # the kd-trees are randomised: the same gallery must give the same answers
@@ -90,10 +102,11 @@ class Gallery:
             return []
         import cv2
 
+        k, ratio = self.matching.neighbours, self.matching.ratio
         with self._lock:
-            neighbours, distances = self._index.knnSearch(rootsift(query.descriptors), NEIGHBOURS + 1,
-                                                          params={"checks": CHECKS})
-        close = distances[:, :NEIGHBOURS] < RATIO * RATIO * distances[:, NEIGHBOURS:]  # squared L2
+            neighbours, distances = self._index.knnSearch(rootsift(query.descriptors), k + 1,
+                                                          params={"checks": self.matching.checks})
+        close = distances[:, :k] < ratio * ratio * distances[:, k:]  # squared L2
         query_rows, column = np.nonzero(close)
         gallery_points = neighbours[query_rows, column]
         photos = self._owner[gallery_points]
