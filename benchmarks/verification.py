@@ -15,10 +15,11 @@ One line per setting: verification alone (the mountain with most inliers; the st
 matched), the fused top-1 at the best of the job's weights, the photos with any verified match, those
 that verify with at least 15 inliers against another mountain (as a photo of a mountain the model does not
 know might: the evidence threshold of the answer page), the query's p50, and against the first setting the photos only it / only the first got right with
-McNemar's exact p. A setting overrides, for its line only, fields of the ``Matching`` (lower case: of
-``WHOLE_GALLERY``, or of ``PER_UPLOAD`` with ``--nearest``) and constants of the module (upper case, e.g.
-``CANDIDATES=15``). ``--nearest K`` verifies each photo against a gallery of its own, the K photos most
-like it by embedding, as the site does when the gallery is left in the bucket.
+McNemar's exact p. A setting overrides, for its line only, fields of the ``Matching`` a gallery of that
+size gets (lower case) and constants of the module (upper case, e.g. ``CANDIDATES=15``). ``--gallery N``
+verifies against a seeded sample of N photos (a smaller bucket); ``--nearest K`` against a gallery of
+each photo's own, the K photos most like it by embedding, as the site does when the gallery is left in
+the bucket.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def setting(text: str) -> dict[str, float]:
     chosen: dict[str, float] = {}
     for part in filter(None, text.split(",")):
         name, _, value = part.partition("=")
-        default = getattr(verification.WHOLE_GALLERY if name.islower() else verification, name, None)
+        default = getattr(verification.LARGE_GALLERY if name.islower() else verification, name, None)
         if not isinstance(default, int | float):
             raise argparse.ArgumentTypeError(f"{name} is neither a field of Matching nor a constant of verification")
         chosen[name] = type(default)(float(value))
@@ -82,6 +83,8 @@ def main() -> None:
     parser.add_argument("--nearest", type=int, default=0, metavar="K",
                         help="verify each photo against only the K other-fold photos most like it by embedding, "
                              "of any mountain (a per-upload gallery), instead of all of them")
+    parser.add_argument("--gallery", type=int, default=0, metavar="N",
+                        help="a gallery of N of the other folds' photos (seeded sample), as a smaller bucket has")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -112,7 +115,9 @@ def main() -> None:
         probs[held] = stand_in_classifier(embeddings[rest], targets[rest], len(labels))(embeddings[held])
     print(f"stand-in classifier alone: top-1 {np.mean(probs.argmax(axis=1) == targets):.3f}")
 
-    def gallery(rows: np.ndarray, matching: verification.Matching) -> verification.Gallery:
+    def gallery(rows: np.ndarray, fields: dict[str, float]) -> verification.Gallery:
+        """The gallery of those photos, with the matching chosen for its size but for ``fields``."""
+        matching = dataclasses.replace(verification.matching_for(len(rows)), **fields)
         return verification.Gallery([photos[i].photo_id for i in rows], targets[rows], [keypoints[i] for i in rows],
                                     matching=matching)
 
@@ -123,19 +128,20 @@ def main() -> None:
         for name, value in {**constants, **overrides}.items():
             if name.isupper():  # the module reads its constants when it runs: set for this line only
                 setattr(verification, name, value)
-        default = verification.PER_UPLOAD if args.nearest else verification.WHOLE_GALLERY
-        matching = dataclasses.replace(default, **{k: v for k, v in overrides.items() if k.islower()})
+        fields = {k: v for k, v in overrides.items() if k.islower()}
 
         scores = np.zeros_like(probs, np.float32)
         seconds = []
         for k in range(FOLDS):
             rest = np.nonzero(fold != k)[0]
-            whole = gallery(rest, matching) if not args.nearest else None
+            if args.gallery:  # a smaller training split: a seeded sample of it
+                rest = np.sort(np.random.default_rng(k).choice(rest, min(args.gallery, len(rest)), replace=False))
+            whole = gallery(rest, fields) if not args.nearest else None
             for i in np.nonzero(fold == k)[0]:
                 started = time.perf_counter()
                 own = whole
                 if own is None:  # a gallery of its own: the K other-fold photos most like it
-                    own = gallery(rest[np.argsort(-(embeddings[rest] @ embeddings[i]))[:args.nearest]], matching)
+                    own = gallery(rest[np.argsort(-(embeddings[rest] @ embeddings[i]))[:args.nearest]], fields)
                 scores[i] = own.scores(own.verify(keypoints[i]), len(labels))
                 seconds.append(time.perf_counter() - started)
         alone = np.where(scores.max(axis=1) > 0, scores.argmax(axis=1), probs.argmax(axis=1)) == targets

@@ -31,7 +31,7 @@ from mountainid.logs import event
 from mountainid.registry import ModelLoadError, Registry
 from mountainid.store import BlobStore, NotFound
 from mountainid.training.features import FeatureExtractor, FeatureSpec
-from mountainid.verification import PER_UPLOAD, VERIFICATION_FILE, Gallery, Verified, fuse
+from mountainid.verification import VERIFICATION_FILE, Gallery, Verified, fuse
 from mountainid.vision import local
 from mountainid.vision.backbone import INPUT_SIZE, get_backbone
 from mountainid.vision.image import decode_for_model
@@ -235,7 +235,7 @@ class Predictor:
                                                                       strict=True) if f is not None]
         index = {slug: i for i, slug in enumerate(self.labels)}
         return Gallery([p for p, _, _ in found], [index[self._gallery_rows[row]["slug"]] for _, row, _ in found],
-                       [f for _, _, f in found], storable=False, matching=PER_UPLOAD)
+                       [f for _, _, f in found], storable=False)
 
     def _evidence(self, gallery: Gallery | None, verified: list[Verified], label: int,
                   keypoints: LocalFeatures | None, embedding: np.ndarray) -> Evidence | None:
