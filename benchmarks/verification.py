@@ -4,8 +4,8 @@ The training and validation photos (never the test split) are cut into 5 folds b
 split's own grouping, so a burst never sits on both sides); each fold's photos are verified against a
 gallery of the other folds' photos, exactly as the job verifies a validation photo against the training
 split. The classifier half of the fused answer is a class-weighted logistic regression on the filter's
-(L2-normalised) embeddings, fitted on the other folds: a stand-in for the tier's head, whose probabilities on its own
-training photos would be overfit. That is what chose the ``Matching`` settings in
+(L2-normalised) embeddings, fitted on the other folds: a stand-in for the tier's head, whose probabilities
+on its own training photos would be overfit. That is what chose the ``Matching`` settings in
 ``mountainid/verification.py`` (on ``benchmarks/train.py --bucket``'s peaks14 bucket):
 
     .venv/bin/python benchmarks/verification.py --bucket DIR \\
@@ -14,8 +14,8 @@ training photos would be overfit. That is what chose the ``Matching`` settings i
 One line per setting: verification alone (the mountain with most inliers; the stand-in where nothing
 matched), the fused top-1 at the best of the job's weights, the photos with any verified match, those
 that verify with at least 15 inliers against another mountain (as a photo of a mountain the model does not
-know might: the evidence threshold of the answer page), the query's p50, and against the first setting the photos only it / only the first got right with
-McNemar's exact p. A setting overrides, for its line only, fields of the ``Matching`` a gallery of that
+know might: the evidence threshold of the answer page), the query's p50, and against the first setting
+the photos only it / only the first got right with McNemar's exact p. A setting overrides, for its line only, fields of the ``Matching`` a gallery of that
 size gets (lower case) and constants of the module (upper case, e.g. ``CANDIDATES=15``). ``--gallery N``
 verifies against a seeded sample of N photos (a smaller bucket); ``--nearest K`` against a gallery of
 each photo's own, the K photos most like it by embedding, as the site does when the gallery is left in
