@@ -17,7 +17,7 @@ from mountainid.training.dataset import list_accepted
 from mountainid.training.evaluate import choose_answer_threshold
 from mountainid.training.features import load_features, load_local_features
 from mountainid.training.job import train_and_register
-from mountainid.verification import choose_weight, fuse
+from mountainid.verification import LARGE_FROM, LARGE_GALLERY, SMALL_GALLERY, Gallery, choose_weight, fuse
 from mountainid.vision.local import LocalFeatures
 from tests.training.conftest import FAST
 
@@ -85,3 +85,16 @@ def test_the_gallery_holds_the_training_split_and_validation_chooses_weight_and_
     # The gain of verification is stated next to the classifier's own figure.
     assert info["val"]["classifier_top1"] == pytest.approx(float(np.mean(probs.argmax(axis=1) == targets)))
     assert {"classifier_top1", "top1", "confident_precision", "coverage"} <= set(info["test"])
+
+
+def test_a_gallery_matches_as_cross_validation_chose_for_its_size() -> None:
+    """The looser matching only from LARGE_FROM photos: in a smaller gallery it finds chance inliers everywhere."""
+    rng = np.random.default_rng(0)
+
+    def gallery(photos: int) -> Gallery:
+        features = [LocalFeatures(rng.uniform(0, 640, (20, 2)).astype(np.float32),
+                                  rng.integers(0, 255, (20, 128), dtype=np.uint8), (640, 480)) for _ in range(photos)]
+        return Gallery([str(i) for i in range(photos)], [i % 2 for i in range(photos)], features, storable=False)
+
+    assert gallery(LARGE_FROM - 1).matching == SMALL_GALLERY
+    assert gallery(LARGE_FROM).matching == LARGE_GALLERY
