@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import logging
 import threading
 import time
 import uuid
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from cloudevents.http import CloudEvent
@@ -29,12 +32,35 @@ from mountainid.config import Settings
 from mountainid.logs import event
 from mountainid.predict import Prediction, Predictor
 from mountainid.registry import ModelLoadError, Registry
-from mountainid.store import BlobStore
+from mountainid.store import BlobStore, NotFound
 from mountainid.vision.image import load_image
 
 log = logging.getLogger(__name__)
 
 UPLOADS_PREFIX = "uploads"
+
+
+class WeightsNotFound(ModelLoadError):
+    """The weights file a version was trained on is not on this machine: a cause outside the version,
+    so it is retried at every poll (the file may be copied in) instead of being remembered as failed."""
+
+
+def weights_for(config: dict[str, Any], configured: str, version: str) -> str:
+    """The backbone weights to load a version with, found the way its training found them.
+
+    A version records the weights file it was trained on. With MOUNTAINID_WEIGHTS left at its default
+    ('imagenet', a download) that file is used, so a model trained on a local file serves in a shell that
+    never set the variable, and nothing downloads; a file set explicitly always wins.
+    """
+    recorded = config.get("weights")
+    if configured != "imagenet" or not recorded or recorded == "imagenet":
+        return configured
+    if not Path(recorded).is_file():
+        raise WeightsNotFound(version, f"needs the MobileNetV2 ImageNet weights it was trained on, {recorded}, "
+                                       "which is not on this machine: set MOUNTAINID_WEIGHTS to that "
+                                       ".weights.h5 file (the site retries by itself every "
+                                       "MOUNTAINID_MODEL_POLL_S seconds)")
+    return recorded
 
 
 class ModelHolder:
@@ -49,6 +75,7 @@ class ModelHolder:
         self._seen_generation: int | None = None
         self._failed: dict[str, str] = {}  # version -> why it could not be loaded
         self._last_error: str | None = None
+        self._waiting: str | None = None  # a version whose weights are missing: retried at every poll
         self._check_lock = threading.Lock()  # one check (and so one load) at a time
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -72,7 +99,7 @@ class ModelHolder:
             if live is None:
                 return current
             version, generation = live
-            if not force and generation == self._seen_generation:
+            if not force and generation == self._seen_generation and self._waiting != version:
                 return current
             self._seen_generation = generation
             if not force and current is not None and current.version == version:
@@ -87,19 +114,34 @@ class ModelHolder:
     def _load(self, version: str, current: Predictor | None) -> Predictor | None:
         started = time.perf_counter()
         try:
-            predictor = Predictor.load(self.store, version, self.settings)
+            weights = weights_for(self._config(version), self.settings.weights, version)
+            predictor = Predictor.load(self.store, version, replace(self.settings, weights=weights))
+        except WeightsNotFound as error:
+            if self._waiting != version:  # one line per cause, not one per poll
+                event(log, "model waits for its weights", level=logging.ERROR, version=version, reason=error.reason)
+            self._waiting, self._last_error = version, str(error)
+            return current
         except ModelLoadError as error:  # Predictor.load reports every failure of a version this way
+            self._waiting = None
             self._failed[version] = str(error)
-            self._last_error = f"{version}: {error}"
+            self._last_error = str(error)
             event(log, "model load failed, keeping the old model", level=logging.ERROR, version=version,
                   reason=str(error), serving=current.version if current else None)
             return current
         self._predictor = predictor  # the swap: one reference assignment
         self._loaded_at = time.time()
+        self._waiting = self._last_error = None
         self._failed.pop(version, None)
         event(log, "model swapped in", version=version, previous=current.version if current else None,
               seconds=round(time.perf_counter() - started, 2))
         return predictor
+
+    def _config(self, version: str) -> dict[str, Any]:
+        """The version's config.json, or {} where it is missing or damaged (Predictor.load says why)."""
+        try:
+            return json.loads(self.registry.read(version, "config.json"))
+        except (NotFound, ValueError):
+            return {}
 
     def notify(self) -> None:
         """Wake the watcher now (a model was published in this process) instead of at the next poll."""
@@ -145,6 +187,11 @@ class ModelHolder:
         except Exception as error:  # noqa: BLE001 - nothing may kill the watcher; the next poll retries
             self._last_error = f"checking models/LATEST: {error}"
             event(log, "model check failed, will retry", level=logging.WARNING, error=str(error))
+
+    @property
+    def problem(self) -> str | None:
+        """Why no model serves although one is published (what to fix), or None."""
+        return self._last_error if self._predictor is None else None
 
     def status(self) -> dict[str, Any]:
         """What the admin endpoint and the model API report about serving."""

@@ -19,6 +19,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 
@@ -197,6 +198,9 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
         "model.keras": _keras_bytes(head),
         "labels.json": _json({"labels": labels, "names": names, "mountains": mountains}),
         "config.json": _json({"features": config.features.to_dict(), "feature_id": extractor.feature_id,
+                              # where serving finds them when MOUNTAINID_WEIGHTS is left unset (serving.weights_for)
+                              "weights": settings.weights if settings.weights == "imagenet"
+                              else str(Path(settings.weights).resolve()),
                               "head": config.head.to_dict(), "min_photos_per_class": settings.min_photos_per_class}),
         "dataset.json": _json(dataset.manifest()),
         "metrics.json": _json(metrics),
