@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mountainid.arrays import load_arrays
-from mountainid.vision.local import LocalFeatures, rootsift
+from mountainid.vision.local import KEYPOINTS, LocalFeatures, rootsift
 
 GALLERY_KEYPOINTS = 1000  # per training photo in the index (0.5 MB each as float32); 600 lost 3 points on val
 CANDIDATES = 30           # gallery photos verified per upload, by votes
@@ -43,6 +43,7 @@ class Matching:
     neighbours: int  # gallery keypoints per upload keypoint; the next one is the ratio test's reference
     ratio: float     # Lowe's ratio, on distances: "clearly closer than" that reference
     checks: int      # FLANN leaves visited per query descriptor
+    keypoints: int = KEYPOINTS  # the upload's strongest keypoints queried (the query's cost is linear in them)
 
 
 # Against a gallery of a few hundred photos (peaks14's 367 training photos of the other folds): right on 18
@@ -109,6 +110,7 @@ class Gallery:
         import cv2
 
         k, ratio = self.matching.neighbours, self.matching.ratio
+        query = query.strongest(self.matching.keypoints)
         with self._lock:
             neighbours, distances = self._index.knnSearch(rootsift(query.descriptors), k + 1,
                                                           params={"checks": self.matching.checks})
