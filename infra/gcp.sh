@@ -223,18 +223,24 @@ grant_access() {
 }
 
 create_schedules() {
+  # Full topic names: gcloud resolves --topic while parsing, before it has read --project, so a bare
+  # name fails where no default project is configured (CI, a fresh machine).
   local verb=create
   exists gcloud scheduler jobs describe "$SCHED_INGEST" --location="$REGION" --project="$PROJECT" && verb=update
   run gcloud scheduler jobs "$verb" pubsub "$SCHED_INGEST" --location="$REGION" --schedule="$INGEST_SCHEDULE" \
-    --time-zone="$SCHEDULE_TIME_ZONE" --topic="$TOPIC_INGEST_TICK" --message-body='{}' \
+    --time-zone="$SCHEDULE_TIME_ZONE" --topic="projects/$PROJECT/topics/$TOPIC_INGEST_TICK" --message-body='{}' \
     --description="MountainID: poll Flickr for new photos" --project="$PROJECT"
 
   # The filter judges raw/ photos whose notification was lost (mountainid.filter.is_catch_up_request).
+  # `create` takes --attributes; `update` has only --update-attributes (and --remove/--clear-attributes).
+  local attributes=--attributes
   verb=create
-  exists gcloud scheduler jobs describe "$SCHED_CATCH_UP" --location="$REGION" --project="$PROJECT" && verb=update
+  if exists gcloud scheduler jobs describe "$SCHED_CATCH_UP" --location="$REGION" --project="$PROJECT"; then
+    verb=update attributes=--update-attributes
+  fi
   run gcloud scheduler jobs "$verb" pubsub "$SCHED_CATCH_UP" --location="$REGION" --schedule="$CATCH_UP_SCHEDULE" \
-    --time-zone="$SCHEDULE_TIME_ZONE" --topic="$TOPIC_RAW_PHOTOS" --message-body='{}' \
-    --attributes=mountainid=catch-up \
+    --time-zone="$SCHEDULE_TIME_ZONE" --topic="projects/$PROJECT/topics/$TOPIC_RAW_PHOTOS" --message-body='{}' \
+    "$attributes=mountainid=catch-up" \
     --description="MountainID: judge raw/ photos whose notification was lost" --project="$PROJECT"
 
   # Cloud Run Admin API v2 jobs.run, called with an OAuth token of the scheduler account.

@@ -2,13 +2,14 @@
 
 The scripts print every command in dry-run mode, one shell-quoted line each; cloudbuild.yaml holds
 gcloud calls inside its bash steps. Both are parsed into :class:`Command` and checked against this
-machine's real ``gcloud``: the command path must exist (Cloud SDK's static completion tree tells the
-groups from the positional arguments) and every flag must appear in ``gcloud PATH --help``.
+machine's real ``gcloud``: Cloud SDK's static completion tree tells the groups from the positional
+arguments, and gcloud's own argument parser must accept each whole line.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -26,8 +27,6 @@ CLOUDBUILD = REPO / "cloudbuild.yaml"
 INFRA_README = REPO / "infra" / "README.md"
 BASE_ENV = {"PROJECT": "demo-project-1", "REGION": "europe-west1", "TAG": "b1234"}
 
-HELP_MARKER = "\n@@@ end of gcloud help @@@\n"  # printed after each page by gcloud_help.py
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # Cloud Build substitutions: $NAME or ${NAME}; "$$" is an escaped dollar for the step's shell.
 SUBSTITUTION = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 
@@ -105,39 +104,33 @@ def sdk_root() -> Path:
     return Path(os.path.realpath(gcloud)).parent.parent
 
 
-def help_text(path: tuple[str, ...]) -> str:
-    """``gcloud PATH --help`` as plain text, from its own gcloud process."""
-    result = subprocess.run(["gcloud", *path, "--help"], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"}, check=False)
-    assert result.returncode == 0, f"gcloud {' '.join(path)} --help failed: {result.stderr[-500:]}"
-    return _ANSI.sub("", result.stdout)
+def parse_with_gcloud(commands: Iterable[Command]) -> list[str | None]:
+    """For each command, the error gcloud's own parser gives it (None: it parses), in one gcloud process.
 
-
-def help_texts(paths: Iterable[tuple[str, ...]]) -> dict[tuple[str, ...], str]:
-    """``gcloud PATH --help`` for each distinct path, all rendered by one gcloud process (gcloud_help.py)."""
-    unique = sorted(set(paths))
+    The parser knows each command's real flag set, its required and mutually exclusive flags, choices
+    and value types (tests/infra/gcloud_parse.py); nothing is executed.
+    """
+    listed = list(commands)
     root = sdk_root()
     bundled = root / "platform" / "bundledpythonunix" / "bin" / "python3"
     python = os.environ.get("CLOUDSDK_PYTHON") or (str(bundled) if bundled.exists() else "python3")
-    result = subprocess.run([python, str(Path(__file__).with_name("gcloud_help.py")), str(root), HELP_MARKER,
-                             *(" ".join(path) for path in unique)],
-                            capture_output=True, text=True, timeout=300, check=False,
-                            env={**os.environ, "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"})
-    assert result.returncode == 0, f"gcloud help failed: {result.stderr[-1000:]}"
-    pages = result.stdout.split(HELP_MARKER)
-    assert len(pages) == len(unique) + 1, f"expected {len(unique)} help pages: {result.stderr[-1000:]}"
-    unknown = [" ".join(path) for path, page in zip(unique, pages, strict=False) if not page.strip()]
-    assert not unknown, f"gcloud does not know: {unknown}\n{result.stderr[-1000:]}"
-    return {path: _ANSI.sub("", page) for path, page in zip(unique, pages, strict=False)}
+    argvs = [shlex.split(cmd.line)[1:] for cmd in listed]
+    result = subprocess.run([python, str(Path(__file__).with_name("gcloud_parse.py")), str(root)],
+                            input=json.dumps(argvs), capture_output=True, text=True, timeout=300, check=False,
+                            env={**os.environ, "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
+                                 "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "1"})
+    assert result.returncode == 0, f"gcloud's parser failed: {result.stderr[-1000:]}"
+    parsed = json.loads(result.stdout)
+    assert len(parsed) == len(listed)
+    return [_mismatch(cmd, reply) for cmd, reply in zip(listed, parsed, strict=True)]
 
 
-def flag_documented(flag: str, text: str) -> bool:
-    """Is ``--flag`` (or its ``--[no-]`` boolean form) in the help text?"""
-    bare = flag.removeprefix("--")
-    names = [re.escape(flag), r"--\[no-\]" + re.escape(bare)]
-    if bare.startswith("no-"):
-        names.append(r"--\[no-\]" + re.escape(bare.removeprefix("no-")))
-    return any(re.search(name + r"(?![A-Za-z0-9-])", text) for name in names)
+def _mismatch(cmd: Command, reply: Mapping[str, Any]) -> str | None:
+    if reply["error"]:
+        return reply["error"]
+    if tuple(reply["command"]) != cmd.path:
+        return f"gcloud reads it as 'gcloud {' '.join(reply['command'])}', not 'gcloud {' '.join(cmd.path)}'"
+    return None
 
 
 def cloudbuild_scripts(build: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -234,7 +234,7 @@ def test_training_job_web_and_schedules(fresh_run: subprocess.CompletedProcess) 
     assert secret_refs(web) == {"MOUNTAINID_ADMIN_TOKEN": "mountainid-admin-token:latest"}
 
     tick = one(cmds, "scheduler", "jobs", "create", "pubsub", name="mountainid-ingest-tick")
-    assert tick.flags["--topic"] == "ingest-tick" and tick.flags["--schedule"] == "0 * * * *"
+    assert tick.flags["--topic"] == f"projects/{PROJECT}/topics/ingest-tick" and tick.flags["--schedule"] == "0 * * * *"
     train = one(cmds, "scheduler", "jobs", "create", "http")
     assert train.flags["--uri"] == (f"https://run.googleapis.com/v2/projects/{PROJECT}/locations/europe-west1/"
                                     "jobs/mountainid-training:run")
@@ -354,10 +354,10 @@ def test_scheduled_messages_are_what_their_handlers_accept(fresh_run: subprocess
     schedules = {cmd.positionals[0]: cmd for cmd in commands(fresh_run)
                  if cmd.path == ("scheduler", "jobs", "create", "pubsub")}
     tick = schedules["mountainid-ingest-tick"]
-    assert tick.flag("--topic") == "ingest-tick"
+    assert tick.flag("--topic") == f"projects/{PROJECT}/topics/ingest-tick"
     assert tick_options(json.loads(tick.flag("--message-body"))) == {}  # the whole catalog, default budget
     catch_up = schedules["mountainid-filter-catch-up"]
-    assert catch_up.flag("--topic") == "raw-photos"
+    assert catch_up.flag("--topic") == f"projects/{PROJECT}/topics/raw-photos"
     attributes = dict(pair.split("=", 1) for pair in catch_up.flag("--attributes").split(","))
     message = pubsub_event(PROJECT, "raw-photos", catch_up.flag("--message-body").encode(), attributes)
     assert is_catch_up_request(message)
