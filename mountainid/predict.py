@@ -2,10 +2,13 @@
 
 A :class:`Predictor` is built once per model version and never changes afterwards, so the web
 service hot-swaps models by replacing one reference while requests keep using the old one.
-One upload costs one pass of the shared 224 px backbone (ImageNet mountain score and the
-gallery embedding) plus, only when the model was trained on richer features, one pass of its
-feature extractor; then the small head, and the keypoint verification against the training photos
-(``mountainid.verification``) whose score is fused with the head's probabilities. The best-verified
+One upload is decoded once (:meth:`Predictor.decode`) and every input is taken from that image. It
+costs one pass of the shared 224 px backbone (ImageNet mountain score and the gallery embedding)
+plus, only when the model was trained on richer features, one pass of its feature extractor; then
+the small head, and the keypoint verification against the training photos
+(``mountainid.verification``) whose score is fused with the head's probabilities. Keypoints and their
+verification run on a second thread beside the network passes (TensorFlow and OpenCV release the
+GIL: on two cores the two chains overlap). The best-verified
 training photo and its matched points are the answer's evidence. A gallery bigger than
 ``Settings.gallery_memory_mb`` is not loaded: each upload is verified against a shortlist (its most
 similar training photos among the likeliest mountains) whose keypoints are read from the bucket.
@@ -22,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from mountainid.arrays import load_arrays
 from mountainid.catalog import Catalog, Mountain
@@ -34,7 +38,8 @@ from mountainid.training.features import FeatureExtractor, FeatureSpec
 from mountainid.verification import VERIFICATION_FILE, Gallery, Verified, fuse
 from mountainid.vision import local
 from mountainid.vision.backbone import INPUT_SIZE, get_backbone
-from mountainid.vision.image import decode_for_model
+from mountainid.vision.image import load_image, to_model_input
+from mountainid.vision.layers import custom_objects
 from mountainid.vision.local import CorruptFeatures, LocalFeatures
 
 log = logging.getLogger(__name__)
@@ -112,6 +117,8 @@ class Predictor:
         self.settings = settings
         self._gallery = gallery
         self._gallery_rows = gallery_rows
+        # Where its training photos came from, so the site credits them rightly (a Flickr photo has a page).
+        self.photo_sources = frozenset("flickr" if row.get("page_url") else "folder" for row in gallery_rows)
         # Verification: the whole gallery in memory, or (keypoint_store) a shortlist read per request;
         # neither for versions trained before verification, where the head answers alone.
         self.verifier = verifier
@@ -120,6 +127,9 @@ class Predictor:
         self._row_of = {row["photo_id"]: i for i, row in enumerate(gallery_rows)}
         self._gallery_by_slug = {slug: np.array([i for i, row in enumerate(gallery_rows) if row["slug"] == slug],
                                                 np.intp) for slug in labels}
+        # Keypoints beside the network passes: one thread per prediction the site runs at once.
+        self._keypoint_threads = ThreadPoolExecutor(max(1, settings.max_concurrent_predictions),
+                                                    thread_name_prefix="keypoints")
         spec = tf.TensorSpec([None, extractor.dim], tf.float32)
         self._head = tf.function(lambda x: head(x, training=False), input_signature=[spec])
 
@@ -177,20 +187,31 @@ class Predictor:
 
     def predict(self, image_bytes: bytes) -> Prediction:
         """Everything the site shows for one upload. Raises BadImage for unusable bytes."""
-        limits = (self.settings.max_image_pixels, self.settings.max_image_bytes)
-        image = decode_for_model(image_bytes, INPUT_SIZE, *limits)
-        imagenet, embedding = self.backbone.analyze(image)
+        return self.predict_image(self.decode(image_bytes))
+
+    def decode(self, image_bytes: bytes) -> Image.Image:
+        """The upload's one decode (raises BadImage): upright RGB, its shorter side reduced to no less
+        than the largest input taken from it (the keypoints' MAX_SIDE), so a 40 Mpx photo is never
+        held at full size for long, nor more than once."""
+        return load_image(image_bytes, self.settings.max_image_pixels, self.settings.max_image_bytes,
+                          draft_size=local.MAX_SIDE)
+
+    def predict_image(self, image: Image.Image) -> Prediction:
+        """:meth:`predict` of an upload already decoded by :meth:`decode` (the site reuses the image)."""
+        matching = self._keypoint_threads.submit(self._match, image, self.verifier) if self.verifies else None
+        model_input = to_model_input(image, INPUT_SIZE)
+        imagenet, embedding = self.backbone.analyze(model_input)
         score = float(mountain_score(imagenet)[0])
         if self.extractor.spec.is_filter_embedding:
             features = embedding
         else:
             size = self.extractor.input_size
-            features = self.extractor.features(decode_for_model(image_bytes, size, *limits)
-                                               if size != INPUT_SIZE else image)
+            features = self.extractor.features(to_model_input(image, size) if size != INPUT_SIZE else model_input)
         probs = self.probabilities(features)
+        keypoints, verified = matching.result() if matching else (None, [])
         gallery = self.verifier or (self._shortlist(probs[0], embedding[0]) if self._keypoint_store else None)
-        keypoints = local.extract_from_bytes(image_bytes, *limits) if gallery else None
-        verified = gallery.verify(keypoints) if gallery and keypoints is not None else []
+        if gallery and self.verifier is None:  # the shortlist needed the head's answer: verify now
+            verified = gallery.verify(keypoints)
         if gallery:
             probs = fuse(probs, gallery.scores(verified, len(self.labels))[None], self.fusion_weight)
         probs = probs[0]
@@ -201,6 +222,13 @@ class Predictor:
                           bool(probs[order[0]] >= self.unknown_threshold),
                           self._similar(embedding[0], guesses[0].slug),
                           self._evidence(gallery, verified, int(order[0]), keypoints, embedding[0]))
+
+    @staticmethod
+    def _match(image: Image.Image, gallery: Gallery | None) -> tuple[LocalFeatures, list[Verified]]:
+        """The upload's keypoints, and their verification when the gallery is known before the head
+        answers (in memory); a shortlist is verified by the caller once it is chosen."""
+        keypoints = local.extract(local.grey_for_keypoints(image))
+        return keypoints, gallery.verify(keypoints) if gallery else []
 
     @property
     def verifies(self) -> bool:
@@ -275,4 +303,4 @@ def _load_keras(data: bytes):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.keras"
         path.write_bytes(data)
-        return keras.models.load_model(path, compile=False)
+        return keras.models.load_model(path, compile=False, custom_objects=custom_objects())

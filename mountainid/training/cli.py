@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mountainid.catalog import load_catalog
-from mountainid.config import Settings
+from mountainid.config import ConfigError, Settings
 from mountainid.logs import event
 from mountainid.training.features import FeatureSpec
 from mountainid.training.train import HeadConfig
@@ -38,6 +38,9 @@ _HEAD_HELP = {
     "batch_size": "batch size", "augment_views": "cached augmented views per training photo (0: the photo)",
     "balance": "weight classes inversely to their photo counts",
     "one_cycle": "AdamW with 10 %% warm-up, then cosine decay over all epochs", "seed": "random seed",
+    "map_augment": "mirror and shift the cached activation maps anew each epoch (needs --cut)",
+    "mixup": "mixup alpha between two photos' activation maps and labels (0: off; needs --cut)",
+    "mirror_average": "the served model averages a map's and its mirror's probabilities (needs --cut)",
 }
 
 
@@ -94,13 +97,18 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     from mountainid.vision.backbone import get_backbone
 
     config = job_config(args)
+    catalog = load_catalog(settings.catalog)  # a wrong catalog stops here, with or without --photos
     if args.photos:  # the folder, its mountains and the weights are checked before anything is written
-        labelled_files(Path(args.photos), load_catalog(settings.catalog))
+        labelled_files(Path(args.photos), catalog)
         get_backbone(settings.weights)
-    store, bus = open_store(settings), open_bus(settings)
+    store = open_store(settings)
+    if not args.photos and next(store.list("accepted/"), None) is None:  # before the lease and TensorFlow
+        raise ConfigError(f"no accepted photos in {settings.bucket} to train on: pass --photos DIR (one subfolder "
+                          "of photos per mountain), or run the pipeline (mountainid run) first")
+    bus = open_bus(settings)
     try:
         if args.photos:
-            import_folder(store, settings, Path(args.photos), load_catalog(settings.catalog))
+            import_folder(store, settings, Path(args.photos), catalog)
         result = train_and_register(settings, store, bus, config)
     finally:
         bus.close()

@@ -33,7 +33,7 @@ from mountainid.store import BlobStore, PreconditionFailed
 from mountainid.training import evaluate, plots
 from mountainid.training.consolidate import consolidate
 from mountainid.training.dataset import Dataset, Example, build_dataset, list_accepted
-from mountainid.training.duplicates import find_duplicates
+from mountainid.training.duplicates import Duplicates, find_duplicates
 from mountainid.training.features import FeatureExtractor, FeatureSpec, load_features, load_local_features
 from mountainid.training.folders import bucket_catalog
 from mountainid.training.gate import Gate, decide
@@ -120,9 +120,24 @@ def train_and_register(settings: Settings, store: BlobStore, bus: EventBus, conf
     return result
 
 
-def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig, lease: Lease,
-         progress: Progress, examples: list[Example]) -> TrainingResult:
-    registry = Registry(store)
+@dataclass
+class Prepared:
+    """A run's data before any training: the dataset, its photos by split and their features."""
+
+    dataset: Dataset
+    duplicates: Duplicates
+    extractor: FeatureExtractor
+    parts: dict[str, list[Example]]  # train / val / test: the photos with usable features
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (features, targets); train's with its views
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.dataset.labels)
+
+
+def prepare(settings: Settings, store: BlobStore, config: JobConfig, examples: list[Example]) -> Prepared | None:
+    """The dataset (copies under two mountains left out) and every split's features, training's augmented
+    views included; None when there is not enough to train on."""
     duplicates = find_duplicates(store, settings, examples)
     suspect = duplicates.suspect_ids  # copies under two mountains: kept out of training and evaluation
     dataset = build_dataset([e for e in examples if e.photo_id not in suspect], settings.min_photos_per_class)
@@ -135,21 +150,30 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
     if len(dataset.labels) < 2 or not parts["train"]:
         event(log, "training skipped: not enough data", classes=len(dataset.labels), photos=len(kept),
               minimum_per_class=settings.min_photos_per_class, level=logging.WARNING)
-        return TrainingResult("not-enough-data")
-
-    def arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
-        rows = [by_id[e.object_name] for e in parts[split]]
-        return features[rows], np.asarray(dataset.targets(parts[split]), np.int64)
-
-    (x_train, y_train), (x_val, y_val), (x_test, y_test) = arrays("train"), arrays("val"), arrays("test")
+        return None
+    arrays = {split: (features[[by_id[e.object_name] for e in photos]],
+                      np.asarray(dataset.targets(photos), np.int64)) for split, photos in parts.items()}
     if config.head.augment_views:
-        x_train, y_train = _augmented(store, settings, extractor, parts["train"], y_train, config.head.augment_views)
-    progress.report("features ready", photos=len(kept), training_examples=len(x_train))
+        arrays["train"] = _augmented(store, settings, extractor, parts["train"], arrays["train"][1],
+                                     config.head.augment_views)
+    return Prepared(dataset, duplicates, extractor, parts, arrays)
+
+
+def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig, lease: Lease,
+         progress: Progress, examples: list[Example]) -> TrainingResult:
+    registry = Registry(store)
+    prepared = prepare(settings, store, config, examples)
+    if prepared is None:
+        return TrainingResult("not-enough-data")
+    dataset, duplicates, extractor, parts = prepared.dataset, prepared.duplicates, prepared.extractor, prepared.parts
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = (prepared.arrays[s] for s in ("train", "val", "test"))
+    photos = sum(map(len, parts.values()))
+    progress.report("features ready", photos=photos, training_examples=len(x_train))
     head, history = train_head(x_train, y_train, x_val, y_val, len(dataset.labels), config.head, extractor,
                                progress.epoch)
     lease.renew()
     labels = list(dataset.labels)
-    progress.report("verifying", photos=len(kept))
+    progress.report("verifying", photos=photos)
     splits = ("train", "val", "test")
     every = load_local_features(store, [(e.photo_id, e.object_name) for split in splits for e in parts[split]],
                                 settings)  # one read of the keypoint shards for all three splits

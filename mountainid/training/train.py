@@ -10,6 +10,7 @@ are the values measured best on peaks14 (``benchmarks/train.py``).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -21,6 +22,8 @@ from mountainid.training.features import FeatureExtractor, mobilenet
 from mountainid.vision import efficientnet_lite
 
 log = logging.getLogger(__name__)
+
+SHIFT = 0.1  # largest shift of a map by map_augment, as a share of its side (2 of 20 cells)
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,11 @@ class HeadConfig:
     augment_views: int = 0  # train on this many augmented views per photo instead of the photo itself
     balance: bool = True  # weight classes inversely to their photo counts
     one_cycle: bool = False  # AdamW (decoupled weight decay) with 10 % warm-up then cosine decay, all epochs
+    # Augmentation of cached activation maps (needs a cut): each epoch sees new variants of the cached views
+    # at no extra backbone pass, so the fine-tune does not memorise its few views.
+    map_augment: bool = False  # random mirror and shift (up to SHIFT of the side) of each map
+    mixup: float = 0.0  # alpha of mixup between two photos' maps and labels (0: off)
+    mirror_average: bool = False  # the served model averages a map's and its mirror's probabilities
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -77,6 +85,79 @@ def build_head(dim: int, classes: int, config: HeadConfig, extractor: FeatureExt
     outputs = keras.layers.Dense(classes, activation="softmax", kernel_regularizer=regularizer,
                                  name="mountain")(x)
     return keras.Model(inputs, outputs, name="mountain_head")
+
+
+def mirror_averaged(head, extractor: FeatureExtractor):
+    """The served model: the trained head's probabilities for a map and for its mirror image, averaged.
+
+    The head learnt with mirrored maps (``map_augment``), so both are fair views of one photo; the mirror
+    costs one more pass of the trained blocks only, not of the backbone.
+    """
+    import keras
+
+    from mountainid.vision.layers import custom_objects
+
+    inputs = keras.Input(head.input_shape[1:], name="features")
+    maps = keras.layers.Reshape(extractor.cut_shape)(inputs)
+    mirrored = keras.layers.Reshape(head.input_shape[1:])(custom_objects()["MirrorMaps"]()(maps))
+    outputs = keras.layers.Average(name="mirror_average")([head(inputs), head(mirrored)])
+    return keras.Model(inputs, outputs, name="mountain_head_mirrored")
+
+
+def augment_maps(x: np.ndarray, y: np.ndarray, weights: np.ndarray, shape: tuple[int, ...], config: HeadConfig,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One batch of flat activation maps (N, H*W*C), one-hot targets and sample weights, augmented.
+
+    ``map_augment``: each map mirrored with probability 1/2 and shifted by up to ``SHIFT`` of its side
+    (reflected at the border); ``mixup``: each map blended with another photo's of the batch, labels and
+    weights alike, the first photo keeping the larger share. Deterministic in ``rng``.
+    """
+    maps = x.reshape((len(x), *shape))
+    if config.map_augment:
+        mirror = rng.random(len(x)) < 0.5
+        maps = np.where(mirror[:, None, None, None], maps[:, :, ::-1], maps)
+        pad = max(1, round(shape[0] * SHIFT))
+        padded = np.pad(maps, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+        rows, cols = rng.integers(0, 2 * pad + 1, size=(2, len(x)))
+        maps = np.stack([padded[i, r:r + shape[0], c:c + shape[1]] for i, (r, c) in enumerate(zip(rows, cols,
+                                                                                                     strict=True))])
+    if config.mixup:
+        share = rng.beta(config.mixup, config.mixup, len(x)).astype(np.float32)
+        share = np.maximum(share, 1 - share)
+        partner = rng.permutation(len(x))
+        maps = share[:, None, None, None] * maps + (1 - share[:, None, None, None]) * maps[partner]
+        y = share[:, None] * y + (1 - share[:, None]) * y[partner]
+        weights = share * weights + (1 - share) * weights[partner]
+    return maps.reshape(len(x), -1).astype(np.float32), y.astype(np.float32), weights.astype(np.float32)
+
+
+def _augmented_batches(x: np.ndarray, targets: np.ndarray, weights: np.ndarray, shape: tuple[int, ...],
+                       config: HeadConfig):
+    """Training batches, shuffled and augmented anew each epoch, the same for the same seed."""
+    import keras
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__()
+            self.epoch = 0
+            self.order = self._order()
+
+        def _order(self) -> np.ndarray:
+            return np.random.default_rng((config.seed, self.epoch)).permutation(len(x))
+
+        def __len__(self) -> int:
+            return math.ceil(len(x) / config.batch_size)
+
+        def __getitem__(self, index: int):
+            rows = self.order[index * config.batch_size:(index + 1) * config.batch_size]
+            rng = np.random.default_rng((config.seed, self.epoch, index))
+            return augment_maps(x[rows], targets[rows], weights[rows], shape, config, rng)
+
+        def on_epoch_end(self) -> None:
+            self.epoch += 1
+            self.order = self._order()
+
+    return Batches()
 
 
 def _top_blocks(inputs, extractor: FeatureExtractor):
@@ -154,6 +235,9 @@ def train_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
     """
     import keras
 
+    augmenting = config.map_augment or config.mixup > 0
+    if (augmenting or config.mirror_average) and not extractor.spec.cut:
+        raise ValueError("--map-augment, --mixup and --mirror-average work on activation maps: they need --cut")
     keras.utils.set_random_seed(config.seed)
     model = build_head(x_train.shape[1], classes, config, extractor)
     steps = config.epochs * -(-len(x_train) // config.batch_size)
@@ -166,11 +250,19 @@ def train_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
         callbacks.append(keras.callbacks.EarlyStopping("val_loss", patience=config.patience,
                                                        restore_best_weights=True))
     started = time.perf_counter()
-    history = model.fit(
-        x_train, keras.utils.to_categorical(y_train, classes), epochs=config.epochs,
-        batch_size=config.batch_size, verbose=0, shuffle=True, callbacks=callbacks,
-        class_weight=class_weights(y_train, classes) if config.balance else None,
-        validation_data=(x_val, keras.utils.to_categorical(y_val, classes)) if has_val else None)
+    validation = (x_val, keras.utils.to_categorical(y_val, classes)) if has_val else None
+    onehot = keras.utils.to_categorical(y_train, classes)
+    if augmenting:
+        weights = (np.asarray([class_weights(y_train, classes)[t] for t in y_train], np.float32) if config.balance
+                   else np.ones(len(y_train), np.float32))
+        history = model.fit(_augmented_batches(x_train, onehot, weights, extractor.cut_shape, config),
+                            epochs=config.epochs, verbose=0, callbacks=callbacks, validation_data=validation)
+    else:
+        history = model.fit(x_train, onehot, epochs=config.epochs, batch_size=config.batch_size, verbose=0,
+                            shuffle=True, callbacks=callbacks, validation_data=validation,
+                            class_weight=class_weights(y_train, classes) if config.balance else None)
     event(log, "head trained", epochs=len(history.history["loss"]), train=len(x_train), val=len(x_val),
           classes=classes, seconds=round(time.perf_counter() - started, 1))
+    if config.mirror_average:
+        model = mirror_averaged(model, extractor)
     return model, {name: [float(v) for v in values] for name, values in history.history.items()}

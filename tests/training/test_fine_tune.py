@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from mountainid.events import InProcessBus
 from mountainid.predict import Predictor
@@ -47,3 +48,79 @@ def _model(store, version):
     from mountainid.predict import _load_keras
 
     return _load_keras(Registry(store).read(version, "model.keras"))
+
+
+def _maps(seed: int, n: int = 6, shape: tuple[int, int, int] = (5, 5, 3)) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, int(np.prod(shape)))).astype(np.float32)
+
+
+def test_map_augmentation_is_deterministic_in_its_seed_and_new_each_epoch() -> None:
+    from mountainid.training.train import _augmented_batches
+
+    x, shape = _maps(0, 10), (5, 5, 3)
+    targets, weights = np.eye(2, dtype=np.float32)[np.arange(10) % 2], np.ones(10, np.float32)
+    config = HeadConfig(batch_size=4, map_augment=True, mixup=0.4, seed=3)
+
+    def epochs(config: HeadConfig) -> list[list[tuple[np.ndarray, ...]]]:
+        batches = _augmented_batches(x, targets, weights, shape, config)
+        seen = []
+        for _ in range(2):
+            seen.append([batches[i] for i in range(len(batches))])
+            batches.on_epoch_end()
+        return seen
+
+    first, again, other = epochs(config), epochs(config), epochs(HeadConfig(**{**config.to_dict(), "seed": 4}))
+    flat = [array for epoch in first for batch in epoch for array in batch]
+    assert all(np.array_equal(a, b) for a, b in zip(flat, [a for e in again for b in e for a in b], strict=True))
+    assert not np.array_equal(first[0][0][0], other[0][0][0])  # another seed, other views
+    assert not np.array_equal(first[0][0][0], first[1][0][0])  # each epoch new views of the same maps
+    assert len(first[0]) == 3 and sum(len(batch[0]) for batch in first[0]) == 10  # every photo once an epoch
+
+
+def test_mirror_and_shift_move_a_map_without_changing_it() -> None:
+    from mountainid.training.train import augment_maps
+
+    x, shape = _maps(1, 64), (5, 5, 3)
+    config = HeadConfig(map_augment=True)
+    out, targets, weights = augment_maps(x, np.eye(2)[np.arange(64) % 2], np.ones(64), shape, config,
+                                         np.random.default_rng(0))
+    maps, moved = x.reshape(-1, *shape), out.reshape(-1, *shape)
+    assert np.array_equal(targets, np.eye(2)[np.arange(64) % 2]) and np.array_equal(weights, np.ones(64))
+    # The centre cell of a shifted map is some cell of the original, mirrored or not.
+    assert all(any(np.allclose(moved[i, 2, 2], cell) for cell in maps[i].reshape(-1, 3)) for i in range(64))
+    mirrored = np.mean([np.allclose(moved[i], maps[i, :, ::-1]) for i in range(64)])
+    assert 0 < np.mean([np.allclose(moved[i], maps[i]) for i in range(64)]) + mirrored < 0.5  # most are shifted
+
+
+def test_mixup_blends_labels_and_weights_with_the_maps() -> None:
+    from mountainid.training.train import augment_maps
+
+    x, shape = _maps(2, 32), (5, 5, 3)
+    labels = np.eye(2)[np.arange(32) % 2]
+    weights = np.where(np.arange(32) % 2, 2.0, 1.0)
+    out, targets, blended = augment_maps(x, labels, weights, shape, HeadConfig(mixup=0.4),
+                                         np.random.default_rng(0))
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, rtol=1e-6)
+    assert (targets.max(axis=1) >= 0.5).all() and (targets.max(axis=1) < 1).any()
+    np.testing.assert_allclose(blended, 1.0 + targets[:, 1], rtol=1e-5)  # weights mix like the labels
+    assert out.shape == x.shape
+
+
+def test_mirror_averaged_model_is_saved_and_served_as_the_mean_of_both_views(settings, tmp_path) -> None:
+    from mountainid.predict import _load_keras
+    from mountainid.training.features import FeatureExtractor
+    from mountainid.training.train import mirror_averaged, train_head
+
+    extractor = FeatureExtractor(settings, FeatureSpec(cut="block_15_add"))
+    x = _maps(3, 8, extractor.cut_shape)
+    y = np.arange(8) % 2
+    head, _ = train_head(x, y, x[:2], y[:2], 2, HeadConfig(epochs=1, map_augment=True, mixup=0.4), extractor)
+    served = mirror_averaged(head, extractor)
+    mirror = x.reshape(-1, *extractor.cut_shape)[:, :, ::-1].reshape(len(x), -1)
+    expected = (np.asarray(head(x)) + np.asarray(head(mirror))) / 2
+    served.save(tmp_path / "model.keras")
+    loaded = _load_keras((tmp_path / "model.keras").read_bytes())
+    np.testing.assert_allclose(np.asarray(loaded(x)), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="need --cut"):
+        train_head(np.zeros((4, 1280), np.float32), y[:4], x[:0], y[:0], 2, HeadConfig(mixup=0.2),
+                   FeatureExtractor(settings))

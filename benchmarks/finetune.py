@@ -1,0 +1,106 @@
+"""Fine-tune recipes compared on validation photos, each with several seeds, with their learning curves.
+
+Reads a bucket that a ``mountainid train --tier finetune`` run filled (its cached activation maps are
+reused, so no backbone pass is repeated), trains the tier's head once per recipe and seed on the
+training split, and scores it on the validation split only (the test split is never read: a recipe
+is chosen here, then measured once by the training job). One line per run, then per recipe the median
+and spread over seeds of the final validation top-1, with and without mirror averaging::
+
+    .venv/bin/python benchmarks/finetune.py --bucket var/bucket --seeds 0 1 \\
+        --recipe today: --recipe augmented:map_augment=1,mixup=0.4,epochs=8
+
+A recipe overrides fields of the tier's ``HeadConfig`` (``augment_views`` included: more cached views are
+computed once and kept). ``--curves FILE.json`` keeps every run's per-epoch figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def recipe(text: str) -> tuple[str, dict[str, object]]:
+    """``name:field=value,field=value`` over HeadConfig's fields (types taken from the defaults)."""
+    from mountainid.training.train import HeadConfig
+
+    name, _, rest = text.partition(":")
+    defaults = HeadConfig()
+    chosen: dict[str, object] = {}
+    for part in filter(None, rest.split(",")):
+        key, _, value = part.partition("=")
+        if not hasattr(defaults, key):
+            raise argparse.ArgumentTypeError(f"{key} is not a HeadConfig field")
+        kind = type(getattr(defaults, key))
+        chosen[key] = bool(int(value)) if kind is bool else kind(float(value)) if kind is int else kind(value)
+    return name, chosen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bucket", type=Path, required=True)
+    parser.add_argument("--tier", default="finetune")
+    parser.add_argument("--recipe", type=recipe, action="append", required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--curves", type=Path, help="write every run's per-epoch figures here (JSON)")
+    args = parser.parse_args()
+    os.environ["MOUNTAINID_BUCKET"] = str(args.bucket)
+
+    from mountainid.config import load_settings
+    from mountainid.store import open_store
+    from mountainid.training import evaluate
+    from mountainid.training.dataset import list_accepted
+    from mountainid.training.job import TIERS, prepare
+    from mountainid.training.train import train_head
+
+    settings = load_settings()
+    store = open_store(settings)
+    examples = list_accepted(store)
+    tier = TIERS[args.tier]
+    runs: list[dict] = []
+    for name, fields in args.recipe:
+        config = dataclasses.replace(tier, head=dataclasses.replace(tier.head, **fields))
+        prepared = prepare(settings, store, config, examples)
+        if prepared is None:
+            raise SystemExit("not enough data in this bucket")
+        (x_train, y_train), (x_val, y_val) = prepared.arrays["train"], prepared.arrays["val"]
+        for seed in args.seeds:
+            head_config = dataclasses.replace(config.head, seed=seed, mirror_average=False)
+            started = time.perf_counter()
+            head, history = train_head(x_train, y_train, x_val, y_val, len(prepared.labels), head_config,
+                                       prepared.extractor)
+            seconds = time.perf_counter() - started
+            probs = np.asarray(head(x_val, training=False))
+            figures = {"recipe": name, "seed": seed, "seconds": round(seconds, 1),
+                       "val_top1": evaluate.top_k(probs, y_val, 1), "val_top3": evaluate.top_k(probs, y_val, 3),
+                       "val_accuracy": history.get("val_accuracy", []), "loss": history.get("loss", [])}
+            if prepared.extractor.spec.cut:
+                from mountainid.training.train import mirror_averaged
+
+                mirrored = np.asarray(mirror_averaged(head, prepared.extractor)(x_val, training=False))
+                figures["val_top1_mirror"] = evaluate.top_k(mirrored, y_val, 1)
+            runs.append(figures)
+            curve = " ".join(f"{v:.3f}" for v in figures["val_accuracy"])
+            print(f"{name} seed={seed} val_top1={figures['val_top1']:.3f} "
+                  f"mirror={figures.get('val_top1_mirror', float('nan')):.3f} top3={figures['val_top3']:.3f} "
+                  f"train_n={len(x_train)} val_n={len(y_val)} minutes={seconds / 60:.1f} curve=[{curve}]", flush=True)
+            if args.curves:
+                args.curves.write_text(json.dumps(runs, indent=1))
+    print("recipe summary (validation top-1 over seeds: median, min-max; mirror-averaged)")
+    for name, _ in args.recipe:
+        mine = [r for r in runs if r["recipe"] == name]
+        top1 = [r["val_top1"] for r in mine]
+        mirror = [r.get("val_top1_mirror", float("nan")) for r in mine]
+        print(f"{name}: {statistics.median(top1):.3f} ({min(top1):.3f}-{max(top1):.3f}); "
+              f"mirror {statistics.median(mirror):.3f} ({min(mirror):.3f}-{max(mirror):.3f}); "
+              f"minutes {statistics.median(r['seconds'] for r in mine) / 60:.1f}")
+
+
+if __name__ == "__main__":
+    main()
