@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import socket
 import sys
+from pathlib import Path
 
 from mountainid import logs
 from mountainid.config import ConfigError, Settings, get_settings
@@ -53,6 +55,27 @@ def import_tensorflow_quietly(settings: Settings) -> None:
         os.close(null)
 
 
+def existing_folder(value: str) -> Path:
+    """An argparse type for a photo folder: a missing one stops the command with one line (ConfigError
+    escapes argparse, which would otherwise print its usage), before any server starts or file is written."""
+    path = Path(value)
+    if not path.is_dir():
+        raise ConfigError(f"photo folder {value} does not exist (or is not a folder)")
+    return path
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail at once, in our words, when the site could not start on this port (not after minutes of
+    ingest and training, nor as a web server's traceback)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is free
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ConfigError(f"port {port} is not free ({error.strerror}): stop what uses it, or pass --port N "
+                              "(or set PORT)") from None
+
+
 def settings_epilog() -> str:
     """The settings that decide where everything goes, with the values this process would use."""
     try:
@@ -81,11 +104,11 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((arg for arg in argv if not arg.startswith("-")), None)
-    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     try:
+        args = build_parser(command if command in COMMANDS else None).parse_args(argv)
         settings = get_settings()
     except ConfigError as error:
-        print(f"mountainid: {error}", file=sys.stderr)
+        print(f"mountainid {command}: {error}" if command in COMMANDS else f"mountainid: {error}", file=sys.stderr)
         return 2
     logs.configure(settings)
     if args.command in TENSORFLOW_COMMANDS:

@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import shlex
-import socket
 import threading
 import time
 from contextlib import ExitStack
@@ -27,6 +26,7 @@ from pathlib import Path
 from cloudevents.http import CloudEvent
 
 from mountainid.catalog import Catalog, load_catalog
+from mountainid.cli import check_port_free, existing_folder
 from mountainid.config import ConfigError, Settings
 from mountainid.events import InProcessBus
 from mountainid.events.cloudevents import finalized_object
@@ -134,9 +134,9 @@ class EmbeddedPipeline:
 
 
 def configure(name: str, parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fake-flickr", type=Path, metavar="DIR",
+    parser.add_argument("--fake-flickr", type=existing_folder, metavar="DIR",
                         help="serve DIR (one subfolder per mountain) as Flickr, offline (default: real Flickr)")
-    parser.add_argument("--noise", type=Path, metavar="DIR", help="with --fake-flickr: non-mountain photos mixed in")
+    parser.add_argument("--noise", type=existing_folder, metavar="DIR", help="with --fake-flickr: non-mountain photos mixed in")
     parser.add_argument("--photos-per-run", type=int, help="per-mountain budget (default MOUNTAINID_PHOTOS_PER_RUN)")
     parser.add_argument("--every", type=float, default=0.0, metavar="MINUTES",
                         help="while serving, run another cycle every MINUTES (0: once)")
@@ -158,19 +158,9 @@ def _fine_tune_config(flags: str) -> JobConfig:
     return job_config(parser.parse_args(["--tier", "finetune", *shlex.split(flags)]))
 
 
-def _check_port_free(port: int) -> None:
-    """Fail before minutes of ingest and training, not after them, when the site could not start."""
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError as error:
-            raise ConfigError(f"port {port} is not free ({error.strerror}): stop what uses it, or pass --port N "
-                              "(or set PORT)") from None
-
-
 def _command(args: argparse.Namespace, settings: Settings) -> int:
     if not args.no_serve:
-        _check_port_free(args.port or settings.port)
+        check_port_free("127.0.0.1", args.port or settings.port)
     with ExitStack() as stack:
         catalog = load_catalog(settings.catalog)
         if args.fake_flickr is not None:

@@ -42,6 +42,7 @@ from typing import Any, Self
 from urllib.parse import parse_qsl, urlsplit
 
 from mountainid.catalog import Catalog, load_catalog, slugify
+from mountainid.cli import existing_folder
 from mountainid.config import Settings
 from mountainid.logs import event
 
@@ -459,9 +460,9 @@ def _handler_for(fake: FakeFlickr) -> type[BaseHTTPRequestHandler]:
 # The `mountainid fake-flickr` subcommand.
 
 def configure(name: str, parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--photos", type=Path, required=True,
+    parser.add_argument("--photos", type=existing_folder, required=True,
                         help="folder with one subfolder of photos per mountain (e.g. ../shared/data/peaks14)")
-    parser.add_argument("--noise", type=Path, help="folder of non-mountain photos mixed into results")
+    parser.add_argument("--noise", type=existing_folder, help="folder of non-mountain photos mixed into results")
     parser.add_argument("--noise-fraction", type=float, default=0.15, help="noise photos per mountain photo")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free port)")
     parser.add_argument("--api-key", help="accept only this key (default: any)")

@@ -47,8 +47,8 @@ def load_image(data: bytes, max_pixels: int, max_bytes: int | None = None,
         raise BadImage("too-many-pixels", f"the image has more than {max_pixels:,} pixels") from None
     except UnidentifiedImageError:
         raise BadImage("not-an-image", "the file is not an image format we can read") from None
-    except (OSError, ValueError, SyntaxError) as error:
-        raise BadImage("corrupt", f"the image header is damaged ({error})") from None
+    except (OSError, ValueError, SyntaxError):  # the imaging library's words stay out of our message
+        raise BadImage("corrupt", "the image header is damaged") from None
     width, height = image.size
     if width * height > max_pixels:
         raise BadImage("too-many-pixels", f"the image is {width}x{height}; the limit is {max_pixels:,} pixels")
@@ -59,8 +59,9 @@ def load_image(data: bytes, max_pixels: int, max_bytes: int | None = None,
     try:
         image.load()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        reason = "truncated" if "truncated" in str(error) else "corrupt"
-        raise BadImage(reason, f"the image data is damaged ({error})") from None
+        if "truncated" in str(error):
+            raise BadImage("truncated", "the file ends too early: it was cut off while copying or uploading") from None
+        raise BadImage("corrupt", "the image data is damaged") from None
     ImageOps.exif_transpose(image, in_place=True)  # in place: a copy would double the peak (~120 MB at 40 Mpx)
     return _to_rgb(image)
 

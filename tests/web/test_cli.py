@@ -85,3 +85,40 @@ def test_stalled_uploads_do_not_block_others_and_end_in_408(served: str, k2_held
     finally:
         for sock in stalled:
             sock.close()
+
+
+def _mountainid(env: dict[str, str], *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mountainid.cli", *argv], cwd=REPO, capture_output=True,
+                          text=True, env={**os.environ, **env}, timeout=timeout, check=False)
+
+
+MISTAKES = {  # case: (environment, argv, what the one line says)
+    "serve, no such catalog": ({"MOUNTAINID_CATALOG": "nosuch"}, ["serve"], "catalog 'nosuch' not found"),
+    "serve, no weights file": ({"MOUNTAINID_WEIGHTS": "/nosuch/w.weights.h5"}, ["serve"],
+                               "ImageNet weights file not found: /nosuch/w.weights.h5 (set MOUNTAINID_WEIGHTS"),
+    "serve, port in use": ({}, ["serve", "--port", "{busy}"], "port {busy} is not free"),
+    "run, port in use": ({}, ["run", "--port", "{busy}"], "port {busy} is not free"),
+    "fake-flickr, missing folder": ({}, ["fake-flickr", "--photos", "/nosuch"], "photo folder /nosuch does not exist"),
+    "run, missing folder": ({}, ["run", "--fake-flickr", "/nosuch"], "photo folder /nosuch does not exist"),
+    "train, no such catalog": ({"MOUNTAINID_CATALOG": "nosuch"}, ["train"], "catalog 'nosuch' not found"),
+    "train, nothing to train on": ({}, ["train"], "no accepted photos in {bucket} to train on: pass --photos DIR"),
+    "evaluate, no model": ({}, ["evaluate", "{photos}"], "no model has been promoted yet"),
+}
+
+
+@pytest.mark.parametrize("case", MISTAKES)
+def test_every_mistake_is_one_line_on_stderr_and_exit_2(case: str, tmp_path: Path, weights_path: Path,
+                                                       shared_dir: Path) -> None:
+    env, argv, expected = MISTAKES[case]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        values = {"busy": str(busy.getsockname()[1]), "bucket": str(tmp_path / "bucket"),
+                  "photos": str(shared_dir / "data" / "peaks14")}
+        result = _mountainid({"MOUNTAINID_BUCKET": values["bucket"], "MOUNTAINID_WEIGHTS": str(weights_path),
+                              "MOUNTAINID_CATALOG": "peaks14", **env}, *(a.format(**values) for a in argv))
+    command = argv[0]
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"mountainid {command}: "), result.stderr
+    assert expected.format(**values) in result.stderr
+    assert "Traceback" not in result.stderr and "Error:" not in result.stderr  # our words, not an exception's
