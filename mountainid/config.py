@@ -14,11 +14,50 @@ from functools import lru_cache
 from pathlib import Path
 
 FLICKR_REST_URL = "https://api.flickr.com/services/rest/"
-# Flickr licence ids whose terms allow reuse with credit: every id except 0 ("All Rights Reserved").
-# From Flickr's flickr.photos.licenses.getInfo API method, as listed in 2024-2025: 1-6 the CC 2.0
-# licences, 7 no known copyright restrictions, 8 United States Government Work, 9 CC0, 10 Public
-# Domain Mark, then the CC 4.0 ones: 11 BY, 12 BY-SA, 13 BY-ND, 14 BY-NC, 15 BY-NC-SA, 16 BY-NC-ND.
-REUSABLE_LICENSES = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16)
+# flickr.photos.search serves at most the first 4,000 results of a query, 500 a page (its documentation).
+FLICKR_MAX_RESULTS = 4_000
+FLICKR_MAX_PER_PAGE = 500
+MAX_SEARCH_PAGES = FLICKR_MAX_RESULTS // FLICKR_MAX_PER_PAGE
+
+
+@dataclass(frozen=True)
+class FlickrLicense:
+    """What one Flickr licence id lets MountainID do with a photo (the site shows photos with credit)."""
+
+    name: str
+    commercial: bool  # the photo may be used where money is made (a site with ads, a paid app)
+    derivatives: bool  # the photo may be changed: resized, cropped, trained on and shown in a gallery
+    confirmed: bool  # the id was checked against flickr.photos.licenses.getInfo's answer
+
+
+# Flickr's licence ids. 0-10 confirmed against flickr.photos.licenses.getInfo's answer as quoted by
+# independent clients (Wikimedia Commons' spacemedia FlickrLicense enum; Commons:Flickr files); the
+# CC 4.0 ids 11-16 (added by Flickr in 2024) are not confirmed from a primary source here, so none is
+# accepted by default: check `flickr.photos.licenses.getInfo` with the deployed key before opting in.
+FLICKR_LICENSES: dict[int, FlickrLicense] = {
+    0: FlickrLicense("All Rights Reserved", commercial=False, derivatives=False, confirmed=True),
+    1: FlickrLicense("CC BY-NC-SA 2.0", commercial=False, derivatives=True, confirmed=True),
+    2: FlickrLicense("CC BY-NC 2.0", commercial=False, derivatives=True, confirmed=True),
+    3: FlickrLicense("CC BY-NC-ND 2.0", commercial=False, derivatives=False, confirmed=True),
+    4: FlickrLicense("CC BY 2.0", commercial=True, derivatives=True, confirmed=True),
+    5: FlickrLicense("CC BY-SA 2.0", commercial=True, derivatives=True, confirmed=True),
+    6: FlickrLicense("CC BY-ND 2.0", commercial=True, derivatives=False, confirmed=True),
+    7: FlickrLicense("No known copyright restrictions", commercial=True, derivatives=True, confirmed=True),
+    8: FlickrLicense("United States Government Work", commercial=True, derivatives=True, confirmed=True),
+    9: FlickrLicense("CC0 1.0 (public domain dedication)", commercial=True, derivatives=True, confirmed=True),
+    10: FlickrLicense("Public Domain Mark 1.0", commercial=True, derivatives=True, confirmed=True),
+    11: FlickrLicense("CC BY 4.0", commercial=True, derivatives=True, confirmed=False),
+    12: FlickrLicense("CC BY-SA 4.0", commercial=True, derivatives=True, confirmed=False),
+    13: FlickrLicense("CC BY-ND 4.0", commercial=True, derivatives=False, confirmed=False),
+    14: FlickrLicense("CC BY-NC 4.0", commercial=False, derivatives=True, confirmed=False),
+    15: FlickrLicense("CC BY-NC-SA 4.0", commercial=False, derivatives=True, confirmed=False),
+    16: FlickrLicense("CC BY-NC-ND 4.0", commercial=False, derivatives=False, confirmed=False),
+}
+# The default: reuse with credit, commercial use and changes included (training, resizing, a gallery),
+# confirmed ids only. NonCommercial and NoDerivs ids, and the unconfirmed CC 4.0 ones, are opt-in
+# through MOUNTAINID_LICENSES.
+REUSABLE_LICENSES = tuple(code for code, lic in FLICKR_LICENSES.items()
+                          if lic.commercial and lic.derivatives and lic.confirmed)
 
 
 class ConfigError(RuntimeError):
@@ -100,8 +139,12 @@ class Settings:
     ingest_max_attempts: int = 5  #                                                  MOUNTAINID_INGEST_MAX_ATTEMPTS
     # Flickr search calls (500 photos each) one mountain's ingest run may make, walking past photos already
     # stored (a changed search starts over). 8 pages are 4,000 results, all Flickr returns for one query
-    # anyway; 14 mountains hourly then use at most 112 of a key's 3,600 calls an hour, room for retries.
+    # (more is refused at configuration time); 14 mountains hourly then use at most 112 of a key's 3,600
+    # calls an hour, room for retries.
     ingest_search_pages: int = 8  #                                                  MOUNTAINID_INGEST_SEARCH_PAGES
+    # Search calls per mountain of one re-sweep step (a {"resweep": true} tick): the walk over upload dates
+    # the cursor has passed, finding photos relicensed, made public or indexed since. Same 4,000 cap.
+    resweep_pages: int = 2  #                                                        MOUNTAINID_RESWEEP_PAGES
 
     # Vision: "imagenet" downloads Keras' weights; a path loads a local .weights.h5. MOUNTAINID_WEIGHTS
     weights: str = "imagenet"
@@ -196,6 +239,7 @@ ENV_NAMES: dict[str, str] = {
     "flickr_backoff_s": "MOUNTAINID_FLICKR_BACKOFF_S",
     "ingest_max_attempts": "MOUNTAINID_INGEST_MAX_ATTEMPTS",
     "ingest_search_pages": "MOUNTAINID_INGEST_SEARCH_PAGES",
+    "resweep_pages": "MOUNTAINID_RESWEEP_PAGES",
     "weights": "MOUNTAINID_WEIGHTS",
     "classifier_weights": "MOUNTAINID_CLASSIFIER_WEIGHTS",
     "filter_threshold": "MOUNTAINID_FILTER_THRESHOLD",
@@ -248,9 +292,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"MOUNTAINID_EVENTS must be 'inprocess' or 'pubsub', got {settings.events!r}")
     if settings.log_format not in ("json", "text"):
         raise ConfigError(f"MOUNTAINID_LOG_FORMAT must be 'json' or 'text', got {settings.log_format!r}")
-    for attr in ("ingest_max_attempts", "ingest_search_pages", "catch_up_limit", "shard_mb"):
+    for attr in ("ingest_max_attempts", "ingest_search_pages", "resweep_pages", "catch_up_limit", "shard_mb"):
         if getattr(settings, attr) < 1:
             raise ConfigError(f"{ENV_NAMES[attr]} must be at least 1, got {getattr(settings, attr)}")
+    for attr in ("ingest_search_pages", "resweep_pages"):
+        if getattr(settings, attr) > MAX_SEARCH_PAGES:
+            raise ConfigError(f"{ENV_NAMES[attr]} must be at most {MAX_SEARCH_PAGES}, got {getattr(settings, attr)}: "
+                              f"Flickr serves only the first {FLICKR_MAX_RESULTS:,} results of a search "
+                              f"({MAX_SEARCH_PAGES} pages of {FLICKR_MAX_PER_PAGE}) and refuses pages beyond")
+    unknown = sorted(set(settings.licenses) - FLICKR_LICENSES.keys())
+    if unknown or not settings.licenses:
+        raise ConfigError(f"MOUNTAINID_LICENSES must list Flickr licence ids from 0 to {max(FLICKR_LICENSES)}, "
+                          f"got {list(settings.licenses)}")
     if not 0 <= settings.task_index < settings.task_count:
         raise ConfigError(f"CLOUD_RUN_TASK_INDEX must be from 0 to CLOUD_RUN_TASK_COUNT - 1, got index "
                           f"{settings.task_index} of {settings.task_count}")

@@ -27,6 +27,15 @@ number of times, even two at once:
 The cursor is an upload date plus the ids already done *at* that date (Flickr dates are seconds,
 and burst uploads share one), and remembers the search (text and licence filter): change either
 and the mountain starts over, walking past what it stored before as already present.
+
+The re-sweep (a tick ``{"resweep": true}``, scheduled a few times a day by infra/gcp.sh) finds what
+the cursor passed over: photos uploaded before it that became eligible later (relicensed to a
+licence we accept, made public, indexed late). It walks the upload dates from the start to where the
+main cursor stood when the sweep began (``max_upload_date``), with its own cursor
+``state/ingest/resweep/<slug>.json``, in steps of at most ``Settings.resweep_pages`` search calls and
+``photos_per_run`` downloads per mountain: bounded and resumable like the main walk, with the same
+stored-photo skipping, give-up and compare-and-swap rules. Once a sweep has reached its end, the
+next step starts a new one up to the main cursor's new position.
 """
 
 from __future__ import annotations
@@ -69,6 +78,7 @@ log = logging.getLogger(__name__)
 RAW_PREFIX = "raw"
 CURSOR_PREFIX = "state/ingest"
 SKIPPED_PREFIX = f"{CURSOR_PREFIX}/skipped"
+RESWEEP_PREFIX = f"{CURSOR_PREFIX}/resweep"
 # Version 1 gained "attempts" without a bump: a cursor written before reads as no failures, and code
 # from before ignores the field (it only resets the counts), so old and new runs can share a bucket.
 CURSOR_VERSION = 1
@@ -98,18 +108,33 @@ def skipped_name(slug: str, photo_id: str) -> str:
     return f"{SKIPPED_PREFIX}/{slug}/{photo_id}.json"
 
 
+def resweep_name(slug: str) -> str:
+    return f"{RESWEEP_PREFIX}/{slug}.json"
+
+
 @dataclass(frozen=True)
 class Cursor:
     """Where a mountain's ingest stands: everything uploaded before ``uploaded``, plus ``done`` at it.
 
     ``attempts``: photo id -> runs it failed on while it was the next photo (the head), reset when
-    the cursor moves.
+    the cursor moves. ``until``: a re-sweep's last upload date (None for the main cursor); the sweep
+    is finished once ``uploaded`` is past it.
     """
 
     uploaded: int = 0
     done: frozenset[str] = frozenset()
     query: str = ""
     attempts: Mapping[str, int] = field(default_factory=dict, hash=False)
+    until: int | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.until is not None and self.uploaded > self.until
+
+    def finish(self) -> Cursor:
+        """A re-sweep that has walked everything up to ``until``."""
+        assert self.until is not None, "only a re-sweep finishes"
+        return dataclasses.replace(self, uploaded=self.until + 1, done=frozenset(), attempts={})
 
     def covers(self, photo: FlickrPhoto) -> bool:
         return photo.uploaded < self.uploaded or (photo.uploaded == self.uploaded and photo.id in self.done)
@@ -132,7 +157,11 @@ class Cursor:
         At the same date the done ids add up, and a photo not done keeps the larger of its two
         counts: two runs that failed it at once count one attempt, never lose one.
         """
-        if other.query != self.query or other.uploaded < self.uploaded:
+        if other.query != self.query or (other.until or 0) < (self.until or 0):
+            return self  # another search, or an older sweep
+        if (other.until or 0) > (self.until or 0):
+            return other  # a newer sweep
+        if other.uploaded < self.uploaded:
             return self
         if other.uploaded > self.uploaded:
             return other
@@ -142,11 +171,12 @@ class Cursor:
         return dataclasses.replace(self, done=done, attempts=attempts)
 
     def to_json(self) -> bytes:
-        return json.dumps({"version": CURSOR_VERSION, "min_upload_date": self.uploaded,
-                           "done_at_date": sorted(self.done), "query": self.query,
-                           "attempts": dict(sorted(self.attempts.items())),
-                           "updated": datetime.now(UTC).isoformat(timespec="seconds")},
-                          indent=1).encode("utf-8")
+        doc = {"version": CURSOR_VERSION, "min_upload_date": self.uploaded, "done_at_date": sorted(self.done),
+               "query": self.query, "attempts": dict(sorted(self.attempts.items())),
+               "updated": datetime.now(UTC).isoformat(timespec="seconds")}
+        if self.until is not None:
+            doc["max_upload_date"] = self.until
+        return json.dumps(doc, indent=1).encode("utf-8")
 
     @classmethod
     def from_json(cls, data: bytes) -> Cursor:
@@ -157,8 +187,10 @@ class Cursor:
         attempts = doc.get("attempts", {})  # absent in cursors written before attempts were counted
         if not isinstance(attempts, dict):
             raise TypeError(f"cursor attempts must be an object, got {attempts!r}")
+        until = doc.get("max_upload_date")  # only a re-sweep has one
         return cls(int(doc["min_upload_date"]), done, str(doc["query"]),
-                   {str(photo_id): int(count) for photo_id, count in attempts.items()})
+                   {str(photo_id): int(count) for photo_id, count in attempts.items()},
+                   None if until is None else int(until))
 
 
 class Outcome(Enum):
@@ -250,26 +282,33 @@ def select_mountains(catalog: Catalog, names: Sequence[str] | None) -> list[Moun
 
 
 class _Run:
-    """One ingest run: the shared client, store and download pool, one mountain at a time."""
+    """One ingest run (or re-sweep step): the shared client, store and download pool, one mountain at a time."""
 
     def __init__(self, settings: Settings, store: BlobStore, client: FlickrClient, pool: ThreadPoolExecutor,
-                 budget: int) -> None:
+                 budget: int, *, resweep: bool = False) -> None:
         self.settings = settings
         self.store = store
         self.client = client
         self.pool = pool
         self.budget = budget
+        self.resweep = resweep
 
     def mountain(self, mountain: Mountain) -> MountainReport:
         report = MountainReport(mountain.slug)
         query = f"text={mountain.search}&license={self.client.licenses}"
-        cursor, generation = self._read_cursor(mountain.slug)
-        if cursor.query != query:
+        name = resweep_name(mountain.slug) if self.resweep else cursor_name(mountain.slug)
+        cursor, generation = self._read_cursor(name)
+        if self.resweep:
+            start = self._sweep_start(mountain.slug, cursor, query)
+            if start is None:
+                return report  # the main cursor has passed nothing yet
+            cursor = start
+        elif cursor.query != query:
             if generation:
                 event(log, "search changed: starting over", slug=mountain.slug, was=cursor.query, now=query)
             cursor = Cursor(query=query)
         stored = self._stored_ids(mountain.slug)
-        photos = self._walk(mountain, cursor, stored)  # FlickrUnavailable ends the run (caller)
+        photos, complete = self._walk(mountain, cursor, stored)  # FlickrUnavailable ends the run (caller)
         futures = {photo.id: self.pool.submit(self._handle, mountain.slug, photo)
                    for photo in photos if photo.id not in stored}
         advanced = cursor
@@ -295,10 +334,24 @@ class _Run:
             report.count(outcome)
             if report.stopped is None:
                 advanced = advanced.past(photo)
+        if self.resweep and complete and report.stopped is None:
+            advanced = advanced.finish()
+            event(log, "re-sweep finished", slug=mountain.slug, until=advanced.until)
         if advanced != cursor:
-            advanced = self._save_cursor(mountain.slug, advanced, generation)
+            advanced = self._save_cursor(name, advanced, generation)
         report.cursor = advanced.uploaded
         return report
+
+    def _sweep_start(self, slug: str, sweep: Cursor, query: str) -> Cursor | None:
+        """Where this re-sweep step starts: the sweep under way, or a new one over all the main cursor has
+        passed (None: it has passed nothing yet). A changed search starts a new sweep too."""
+        if sweep.query == query and sweep.until is not None and not sweep.finished:
+            return sweep
+        main, _ = self._read_cursor(cursor_name(slug))
+        if main.query != query or main.uploaded == 0:
+            return None
+        event(log, "re-sweep starting", slug=slug, until=main.uploaded)
+        return Cursor(query=query, until=main.uploaded)
 
     def retry(self, slug: str, record: str) -> Outcome:
         """One more try of a given-up photo; its record goes once the photo no longer waits for anyone."""
@@ -323,25 +376,31 @@ class _Run:
         prefix = f"{RAW_PREFIX}/{slug}/"
         return frozenset(name[len(prefix):].removesuffix(".jpg") for name in self.store.list_names(prefix))
 
-    def _walk(self, mountain: Mountain, cursor: Cursor, stored: frozenset[str]) -> list[FlickrPhoto]:
-        """The photos the cursor does not cover, in upload order, up to ``budget`` of them not ``stored``.
+    def _walk(self, mountain: Mountain, cursor: Cursor, stored: frozenset[str]) -> tuple[list[FlickrPhoto], bool]:
+        """The photos the cursor does not cover, in upload order, up to ``budget`` of them not ``stored``,
+        and whether they are all the search has left (True: nothing cut off by the budget or page limit).
 
         Full pages, as the stored ones do not count: one call walks 500 of them. At most
-        ``ingest_search_pages`` calls; photos walked so far are the run's, the next run goes on.
+        ``ingest_search_pages`` calls (``resweep_pages`` for a re-sweep), never past the 4,000 results
+        Flickr serves (the settings refuse more pages); photos walked so far are the run's, the next
+        run goes on from there.
         """
+        limit = self.settings.resweep_pages if self.resweep else self.settings.ingest_search_pages
         found: dict[str, FlickrPhoto] = {}
         page = wanted = 0
+        complete = False
         while wanted < self.budget:
             page += 1
             result = self.client.search(mountain.search, min_upload_date=cursor.uploaded, page=page,
-                                        per_page=MAX_PER_PAGE)
+                                        per_page=MAX_PER_PAGE, max_upload_date=cursor.until)
             for photo in result.photos:
                 if not cursor.covers(photo) and photo.id not in found:
                     found[photo.id] = photo
                     wanted += photo.id not in stored
             if page >= result.pages:
+                complete = True
                 break
-            if page >= self.settings.ingest_search_pages:
+            if page >= limit:
                 event(log, "search page limit: the next run goes on", slug=mountain.slug, pages=page,
                       walked=len(found), already_present=len(found) - wanted)
                 break
@@ -350,8 +409,8 @@ class _Run:
         for index, photo in enumerate(walked):
             to_download += photo.id not in stored
             if to_download > self.budget:
-                return walked[:index]
-        return walked
+                return walked[:index], False
+        return walked, complete
 
     def _handle(self, slug: str, photo: FlickrPhoto) -> tuple[Outcome, str]:
         """Store one photo; runs on a download thread. Logs one line, always with the photo id."""
@@ -408,31 +467,31 @@ class _Run:
             return Outcome.FAILED, f"store: {error}", len(data)
         return Outcome.STORED, "", len(data)
 
-    def _read_cursor(self, slug: str) -> tuple[Cursor, int]:
-        """The stored cursor and its generation (0: none). An unreadable one starts over, safely."""
-        info = self.store.info(cursor_name(slug))
+    def _read_cursor(self, name: str) -> tuple[Cursor, int]:
+        """The cursor stored as ``name`` and its generation (0: none). An unreadable one starts over, safely."""
+        info = self.store.info(name)
         if info is None:
             return Cursor(), 0
         try:
-            return Cursor.from_json(self.store.get(cursor_name(slug))), info.generation
+            return Cursor.from_json(self.store.get(name)), info.generation
         except (ValueError, KeyError, TypeError) as error:
-            event(log, "cursor unreadable: starting over", level=logging.WARNING, slug=slug, error=str(error))
+            event(log, "cursor unreadable: starting over", level=logging.WARNING, cursor=name, error=str(error))
             return Cursor(), info.generation
 
-    def _save_cursor(self, slug: str, cursor: Cursor, generation: int) -> Cursor:
+    def _save_cursor(self, name: str, cursor: Cursor, generation: int) -> Cursor:
         """Compare-and-swap the cursor; on a lost race merge with the winner's and try again."""
         for _ in range(CURSOR_WRITE_ATTEMPTS):
             try:
-                self.store.put(cursor_name(slug), cursor.to_json(), content_type="application/json",
+                self.store.put(name, cursor.to_json(), content_type="application/json",
                                if_generation_match=generation)
                 return cursor
             except PreconditionFailed:
-                theirs, generation = self._read_cursor(slug)
+                theirs, generation = self._read_cursor(name)
                 merged = cursor.merged(theirs)
                 if merged == theirs:
                     return theirs
                 cursor = merged
-        raise StoreError(f"cursor {cursor_name(slug)} kept changing under {CURSOR_WRITE_ATTEMPTS} writes")
+        raise StoreError(f"cursor {name} kept changing under {CURSOR_WRITE_ATTEMPTS} writes")
 
 
 def photo_metadata(slug: str, photo: FlickrPhoto) -> dict[str, str]:
@@ -486,8 +545,9 @@ def retry_given_up(settings: Settings, store: BlobStore, *, client: FlickrClient
 
 def run_ingest(settings: Settings, store: BlobStore, catalog: Catalog, *,
                mountains: Sequence[str] | None = None, photos_per_run: int | None = None,
-               client: FlickrClient | None = None) -> IngestReport:
-    """One ingest run over the catalog (or the named mountains); never raises for Flickr being ill.
+               client: FlickrClient | None = None, resweep: bool = False) -> IngestReport:
+    """One ingest run (``resweep``: one re-sweep step) over the catalog or the named mountains; never
+    raises for Flickr being ill.
 
     Raises ConfigError (missing or rejected Flickr key) and UnknownMountain, which no retry fixes.
     """
@@ -499,7 +559,7 @@ def run_ingest(settings: Settings, store: BlobStore, catalog: Catalog, *,
     report = IngestReport()
     with _client(settings, client) as flickr, Bar("ingest", len(chosen)) as bar, \
             ThreadPoolExecutor(max(settings.download_workers, 1), thread_name_prefix="ingest") as pool:
-        run = _Run(settings, store, flickr, pool, budget)
+        run = _Run(settings, store, flickr, pool, budget, resweep=resweep)
         for mountain in chosen:
             bar.advance(0, mountain.slug)
             try:
@@ -516,7 +576,7 @@ def run_ingest(settings: Settings, store: BlobStore, catalog: Catalog, *,
                       error=str(error))
                 break
     report.seconds = time.perf_counter() - started
-    event(log, "ingest run finished", level=logging.INFO if report.ok else logging.WARNING,
+    event(log, "ingest run finished", level=logging.INFO if report.ok else logging.WARNING, resweep=resweep,
           stored=report.stored, already_present=report.present, skipped=report.skipped,
           given_up=report.given_up, errors=report.errors,
           mountains=len(report.mountains), seconds=round(report.seconds, 2), stopped=report.stopped)
@@ -537,13 +597,13 @@ def _client(settings: Settings, client: FlickrClient | None) -> Iterator[FlickrC
 
 
 def tick_options(message: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate a tick's optional JSON: ``{"mountains": ["k2"], "photos_per_run": 10}``."""
+    """Validate a tick's optional JSON: ``{"mountains": ["k2"], "photos_per_run": 10, "resweep": true}``."""
     if not isinstance(message, Mapping):
         kind = type(message).__name__
         raise ValueError(f"a tick carries a JSON object or nothing, got {kind}")  # noqa: TRY004 - bad input
-    unknown = set(message) - {"mountains", "photos_per_run"}
+    unknown = set(message) - {"mountains", "photos_per_run", "resweep"}
     if unknown:
-        raise ValueError(f"unknown tick fields {sorted(unknown)}; allowed: mountains, photos_per_run")
+        raise ValueError(f"unknown tick fields {sorted(unknown)}; allowed: mountains, photos_per_run, resweep")
     options: dict[str, Any] = {}
     mountains = message.get("mountains")
     if mountains is not None:
@@ -555,6 +615,11 @@ def tick_options(message: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
             raise ValueError(f"'photos_per_run' must be a positive whole number, got {budget!r}")
         options["photos_per_run"] = budget
+    resweep = message.get("resweep")
+    if resweep is not None:
+        if not isinstance(resweep, bool):
+            raise ValueError(f"'resweep' must be true or false, got {resweep!r}")
+        options["resweep"] = resweep
     return options
 
 
@@ -583,6 +648,9 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
                         help="serve DIR (one subfolder per mountain) as a fake Flickr for this run, offline")
     parser.add_argument("--noise", type=Path, metavar="DIR",
                         help="with --fake-flickr: non-mountain photos to mix into the results")
+    parser.add_argument("--resweep", action="store_true",
+                        help=f"one re-sweep step instead of the usual walk: photos before the cursor that became "
+                             f"eligible later (state under {RESWEEP_PREFIX}/)")
     parser.add_argument("--retry-given-up", action="store_true",
                         help=f"instead of a search: try once more every photo given up after "
                              f"MOUNTAINID_INGEST_MAX_ATTEMPTS failed runs (records under {SKIPPED_PREFIX}/)")
@@ -596,7 +664,8 @@ def _command(args: argparse.Namespace, settings: Settings) -> int:
     def once(run_settings: Settings) -> IngestReport:
         if args.retry_given_up:
             return retry_given_up(run_settings, store)
-        return run_ingest(run_settings, store, catalog, mountains=args.mountains, photos_per_run=args.photos_per_run)
+        return run_ingest(run_settings, store, catalog, mountains=args.mountains, photos_per_run=args.photos_per_run,
+                          resweep=args.resweep)
 
     try:
         if args.fake_flickr is None:

@@ -3,6 +3,7 @@
 from mountainid.flickr.client import (
     FlickrAuthError,
     FlickrClient,
+    FlickrFatal,
     FlickrPhoto,
     FlickrRejected,
     FlickrUnavailable,
@@ -10,5 +11,5 @@ from mountainid.flickr.client import (
     SearchPage,
 )
 
-__all__ = ["FlickrAuthError", "FlickrClient", "FlickrPhoto", "FlickrRejected", "FlickrUnavailable",
+__all__ = ["FlickrAuthError", "FlickrClient", "FlickrFatal", "FlickrPhoto", "FlickrRejected", "FlickrUnavailable",
            "PhotoUnavailable", "SearchPage"]

@@ -1,12 +1,12 @@
 """Talking to Flickr: photo search through flickrapi, photo downloads through one requests Session.
 
 Every call is retried with exponential back-off on what can heal by waiting (HTTP 429/5xx,
-timeouts, dropped connections, Flickr's "service unavailable" and rate-limit error payloads);
+timeouts, dropped connections, and the error codes Flickr documents as temporary: 10, 105, 106);
 after ``retries`` retries it raises :class:`FlickrUnavailable`, so the caller can stop cleanly
 and try again on the next scheduled run. What waiting cannot fix is raised at once: a rejected
-API key (:class:`FlickrAuthError`, a :class:`ConfigError` naming ``FLICKR_API_KEY``), a
-malformed request (:class:`FlickrRejected`), a photo that is gone or too big
-(:class:`PhotoUnavailable`).
+API key or a client Flickr does not understand (:class:`FlickrFatal`, a :class:`ConfigError`
+naming the variable to fix), a request Flickr refuses (:class:`FlickrRejected`), a photo that is
+gone or too big (:class:`PhotoUnavailable`).
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, TypeVar
 
 import flickrapi
 import requests
 from requests.adapters import HTTPAdapter
 
-from mountainid.config import ConfigError, Settings
+from mountainid.config import FLICKR_MAX_PER_PAGE, ConfigError, Settings
 from mountainid.logs import event
 
 log = logging.getLogger(__name__)
@@ -38,17 +39,56 @@ T = TypeVar("T")
 # stand in when Flickr has no c-size rendition of a photo (old or small uploads).
 IMAGE_SIZES = ("url_c", "url_l", "url_z")
 EXTRAS = ("owner_name", "license", "date_upload", "date_taken", "geo", "tags", *IMAGE_SIZES)
-MAX_PER_PAGE = 500  # Flickr's own cap for photos.search
+MAX_PER_PAGE = FLICKR_MAX_PER_PAGE
 MAX_BACKOFF_S = 60.0
 
-TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-# Flickr API error codes: 96-100 are signature/key problems; 105 "Service currently unavailable",
-# 106 "Write operation failed", 0 is what Flickr answers when overloaded.
-AUTH_CODES = frozenset({96, 97, 98, 99, 100})
-TRANSIENT_CODES = frozenset({0, 105, 106, 429})
-_TRANSIENT_MESSAGE = re.compile(r"rate limit|too many requests|temporarily|try again|unavailable",
-                                re.IGNORECASE)
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})  # HTTP statuses: rate limits arrive as 429
+
+
+class ErrorKind(Enum):
+    """What a Flickr error code means for the caller."""
+
+    TRANSIENT = "transient"  # Flickr is ill: retry with back-off, then stop the run; the next one resumes
+    REJECTED = "rejected"  # this request is refused: retrying it cannot help, other searches may work
+    FATAL = "fatal"  # every request would fail the same way (key, signature, endpoint): a configuration error
+
+
+# The error codes of flickr.photos.search as its documentation lists them (www.flickr.com/services/api/
+# flickr.photos.search.html), sorted by what they mean for a run. Codes not listed are REJECTED.
+SEARCH_ERRORS: dict[int, tuple[ErrorKind, str]] = {
+    1: (ErrorKind.REJECTED, "Too many tags in ALL query"),
+    2: (ErrorKind.REJECTED, "Unknown user"),
+    3: (ErrorKind.REJECTED, "Parameterless searches have been disabled"),
+    4: (ErrorKind.REJECTED, "You don't have permission to view this pool"),
+    5: (ErrorKind.REJECTED, "User deleted"),
+    10: (ErrorKind.TRANSIENT, "Sorry, the Flickr search API is not currently available."),
+    11: (ErrorKind.REJECTED, "No valid machine tags"),
+    12: (ErrorKind.REJECTED, "Exceeded maximum allowable machine tags"),
+    17: (ErrorKind.REJECTED, "You can only search within your own contacts"),
+    18: (ErrorKind.REJECTED, "Illogical arguments"),
+    # Not in the method's list: what issue 23 reports for a page past the first 4,000 results.
+    20: (ErrorKind.REJECTED, "Search results beyond the first 4,000 are not available"),
+    95: (ErrorKind.FATAL, "SSL is required"),
+    96: (ErrorKind.FATAL, "Invalid signature"),
+    97: (ErrorKind.FATAL, "Missing signature"),
+    98: (ErrorKind.FATAL, "Login failed / Invalid auth token"),
+    99: (ErrorKind.FATAL, "User not logged in / Insufficient permissions"),
+    100: (ErrorKind.FATAL, "Invalid API Key"),
+    105: (ErrorKind.TRANSIENT, "Service currently unavailable"),
+    106: (ErrorKind.TRANSIENT, "Write operation failed"),
+    111: (ErrorKind.FATAL, "Format not found"),
+    112: (ErrorKind.FATAL, "Method not found"),
+    114: (ErrorKind.FATAL, "Invalid SOAP envelope"),
+    115: (ErrorKind.FATAL, "Invalid XML-RPC Method Call"),
+    116: (ErrorKind.REJECTED, "Bad URL found"),
+}
+_KEY_CODES = frozenset({96, 97, 98, 99, 100})  # of the fatal ones: the key or secret
 _STATUS_IN_MESSAGE = re.compile(r"Status code (\d+)")  # how flickrapi reports a non-200 answer
+
+
+def error_kind(code: int) -> ErrorKind:
+    """How a Flickr error code is handled: by the documented list, an unknown code as a refusal."""
+    return SEARCH_ERRORS.get(code, (ErrorKind.REJECTED, ""))[0]
 
 
 class FlickrUnavailable(RuntimeError):
@@ -59,7 +99,11 @@ class FlickrRejected(RuntimeError):
     """Flickr refused the request itself (bad parameters); retrying the same request cannot help."""
 
 
-class FlickrAuthError(ConfigError):
+class FlickrFatal(ConfigError):
+    """Flickr refuses every request of this client (SSL, method, format): fatal for the run."""
+
+
+class FlickrAuthError(FlickrFatal):
     """Flickr rejected the API key or signature: a configuration problem, fatal for the run."""
 
 
@@ -155,8 +199,10 @@ class FlickrClient:
     def close(self) -> None:
         self._session.close()
 
-    def search(self, text: str, *, min_upload_date: int, page: int, per_page: int) -> SearchPage:
-        """One page of photos matching ``text``, oldest upload first, from ``min_upload_date`` on.
+    def search(self, text: str, *, min_upload_date: int, page: int, per_page: int,
+               max_upload_date: int | None = None) -> SearchPage:
+        """One page of photos matching ``text``, oldest upload first, from ``min_upload_date`` on
+        (to ``max_upload_date``, both inclusive, as on Flickr).
 
         Oldest-first with a lower bound on the upload date is what makes a cursor work: photos
         uploaded later sort after everything already seen, so paging never skips or repeats.
@@ -166,6 +212,8 @@ class FlickrClient:
             "min_upload_date": str(min_upload_date), "content_type": "1", "media": "photos",
             "extras": ",".join(EXTRAS), "page": str(page), "per_page": str(min(per_page, MAX_PER_PAGE)),
         }
+        if max_upload_date is not None:
+            params["max_upload_date"] = str(max_upload_date)
         answer = self._with_retries(lambda: self._call_search(params), "search", text=text, page=page)
         result = answer.get("photos")
         if not isinstance(result, dict):
@@ -230,17 +278,20 @@ class FlickrClient:
 
 
 def _classify_flickr_error(error: flickrapi.FlickrError) -> Exception:
-    """Sort a flickrapi error into retry (_Transient), fatal config (auth) or a rejected request."""
+    """Sort a flickrapi error by its documented code: retry (_Transient), fatal config, or rejected."""
     message = str(error)
-    if error.code is None:
+    if error.code is None:  # not a Flickr error payload: an HTTP status flickrapi reports in the message
         match = _STATUS_IN_MESSAGE.search(message)
         status = int(match.group(1)) if match else 0
         if status in TRANSIENT_STATUS or status >= 500 or not match:
             return _Transient(message)
         return FlickrRejected(message)
-    if error.code in AUTH_CODES:
+    kind = error_kind(error.code)
+    if kind is ErrorKind.TRANSIENT:
+        return _Transient(message)
+    if kind is ErrorKind.REJECTED:
+        return FlickrRejected(message)
+    if error.code in _KEY_CODES:
         return FlickrAuthError(f"Flickr rejected the credentials ({message}): check FLICKR_API_KEY "
                                f"and FLICKR_API_SECRET")
-    if error.code in TRANSIENT_CODES or _TRANSIENT_MESSAGE.search(message):
-        return _Transient(message)
-    return FlickrRejected(message)
+    return FlickrFatal(f"Flickr refuses every request of this client ({message}): check FLICKR_REST_URL")

@@ -16,7 +16,11 @@ the last page again, as Flickr does. Only part of each mountain's photos may be 
 first (``visible``); :meth:`FakeFlickr.upload_more` uploads more, later in time.
 
 Faults are programmable (:class:`Fault`): HTTP errors, slow answers (client time-outs), Flickr
-error payloads such as a rate limit, truncated or non-image photo bytes, a connection cut short.
+error payloads with the codes and messages Flickr documents (``mountainid.flickr.client.SEARCH_ERRORS``:
+10 "search API not currently available", 105 "Service currently unavailable", ...), truncated or
+non-image photo bytes, a connection cut short. As on Flickr, a search serves only its first 4,000
+results (``max_results``; a page past them is refused), and a photo's licence can change after its
+upload (:meth:`FakeFlickr.relicense`), so the ingest's cursor has passed it.
 
 Used by the tests, the benchmark and ``make run`` (in-process), and as ``mountainid fake-flickr``.
 """
@@ -24,6 +28,7 @@ Used by the tests, the benchmark and ``make run`` (in-process), and as ``mountai
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -43,7 +48,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from mountainid.catalog import Catalog, load_catalog, slugify
 from mountainid.cli import existing_folder
-from mountainid.config import Settings
+from mountainid.config import FLICKR_MAX_RESULTS, Settings
+from mountainid.flickr.client import SEARCH_ERRORS
 from mountainid.logs import event
 
 log = logging.getLogger(__name__)
@@ -121,8 +127,8 @@ class Fault:
 
     ``target`` is "search" (the REST endpoint) or "photo" (file downloads; ``photo_id`` narrows it
     to one photo). ``kind``: "http" (answer ``status``), "slow" (sleep ``delay_s`` then answer
-    normally), "flickr" (``stat: fail`` with ``code``/``message``), "truncate" (the file's first
-    half, correctly framed), "not-image" (HTML instead of JPEG), "cut" (announce the full length,
+    normally), "flickr" (``stat: fail`` with ``code`` and ``message``, by default the one Flickr
+    documents for the code), "truncate" (the file's first half, correctly framed), "not-image" (HTML instead of JPEG), "cut" (announce the full length,
     send half, close: a dropped connection).
     """
 
@@ -133,9 +139,11 @@ class Fault:
     status: int = 500
     delay_s: float = 0.0
     code: int = 105
-    message: str = "Service currently unavailable"
+    message: str = ""
 
     def __post_init__(self) -> None:
+        if not self.message:
+            self.message = SEARCH_ERRORS.get(self.code, (None, f"Error {self.code}"))[1]
         if self.target not in ("search", "photo"):
             raise ValueError(f"fault target must be 'search' or 'photo', not {self.target!r}")
         kinds = ("http", "slow", "flickr") if self.target == "search" else \
@@ -162,6 +170,7 @@ class FakeFlickr:
     visible: int | None = None  # photos per mountain uploaded at start (None: all)
     api_key: str | None = None  # when set, any other key gets Flickr's code 100
     max_per_page: int = 500  # Flickr's cap on per_page; lower, a few photos fill many pages
+    max_results: int = FLICKR_MAX_RESULTS  # Flickr serves a search's first 4,000 results; lower in tests
     port: int = 0
     faults: list[Fault] = field(default_factory=list)
     hits: Counter[str] = field(default_factory=Counter)
@@ -245,6 +254,14 @@ class FakeFlickr:
                 mountain = self._mountains[slug]
                 mountain.visible = len(mountain.photos) if count is None else \
                     min(len(mountain.photos), mountain.visible + count)
+
+    def relicense(self, photo_id: str, license_id: int) -> None:
+        """Change a photo's licence, keeping its upload date (an owner relicensing an old photo)."""
+        with self._lock:
+            photo = dataclasses.replace(self._by_id[photo_id], license=license_id)
+            self._by_id[photo_id] = photo
+            photos = self._mountains[photo.slug].photos
+            photos[next(i for i, p in enumerate(photos) if p.id == photo_id)] = photo
 
     def inject(self, *faults: Fault) -> None:
         with self._lock:
@@ -335,6 +352,8 @@ class FakeFlickr:
         found = [photo for photo in candidates if min_date <= photo.uploaded <= max_date]
         found = _sorted(found, params.get("sort", "relevance"))
         total = len(found)
+        if (page - 1) * per_page >= self.max_results and total > self.max_results:
+            return _fail(20, SEARCH_ERRORS[20][1])
         pages = math.ceil(total / per_page)
         page = min(page, pages) if pages else page  # past the end, Flickr repeats the last page
         chunk = found[(page - 1) * per_page: page * per_page]

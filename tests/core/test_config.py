@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from mountainid.config import ENV_NAMES, ConfigError, Settings, load_settings
+from mountainid.config import (
+    ENV_NAMES,
+    FLICKR_LICENSES,
+    REUSABLE_LICENSES,
+    ConfigError,
+    Settings,
+    load_settings,
+)
 
 
 def test_defaults_are_the_embedded_mode() -> None:
@@ -12,7 +19,10 @@ def test_defaults_are_the_embedded_mode() -> None:
     assert not settings.uses_gcs
     assert settings.events == "inprocess"
     assert settings.catalog == "mountains11"
-    assert settings.licenses == tuple(range(1, 17))  # everything but "All Rights Reserved", CC 4.0 included
+    # Reuse with credit, commercial use and changes included, confirmed ids only (issue 23, finding 6):
+    # CC BY 2.0, CC BY-SA 2.0, no known restrictions, US Government Work, CC0, Public Domain Mark.
+    assert settings.licenses == (4, 5, 7, 8, 9, 10)
+    assert settings.resweep_pages == 2
     assert (settings.ingest_max_attempts, settings.catch_up_limit) == (5, 200)
     assert settings.log_format == "text"
     assert settings.promotion_min_test == 50
@@ -40,13 +50,27 @@ def test_values_are_parsed_and_typed() -> None:
 @pytest.mark.parametrize(("name", "value"), [
     ("MOUNTAINID_PHOTOS_PER_RUN", "many"), ("MOUNTAINID_FILTER_THRESHOLD", "high"),
     ("MOUNTAINID_STORE_UPLOADS", "perhaps"), ("MOUNTAINID_LICENSES", "4,x"), ("MOUNTAINID_EVENTS", "kafka"),
-    ("MOUNTAINID_INGEST_MAX_ATTEMPTS", "0"), ("MOUNTAINID_INGEST_SEARCH_PAGES", "0"), ("MOUNTAINID_CATCH_UP_LIMIT", "-1"),
+    ("MOUNTAINID_INGEST_MAX_ATTEMPTS", "0"), ("MOUNTAINID_INGEST_SEARCH_PAGES", "0"), ("MOUNTAINID_INGEST_SEARCH_PAGES", "9"),
+    ("MOUNTAINID_RESWEEP_PAGES", "0"), ("MOUNTAINID_RESWEEP_PAGES", "9"), ("MOUNTAINID_CATCH_UP_LIMIT", "-1"),
     ("MOUNTAINID_CATCH_UP_LIMIT", "all"),
     ("MOUNTAINID_PROMOTION_MIN_TEST", "some"), ("MOUNTAINID_PROMOTION_MIN_TEST", "-1"),
 ])
 def test_malformed_values_name_their_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load_settings({name: value})
+
+
+def test_the_licence_policy_says_what_each_id_allows() -> None:
+    """NonCommercial and NoDerivs ids are opt-in; every id Flickr lists is named, and only those are accepted."""
+    assert set(FLICKR_LICENSES) == set(range(17))
+    non_commercial = {code for code, lic in FLICKR_LICENSES.items() if not lic.commercial}
+    no_derivatives = {code for code, lic in FLICKR_LICENSES.items() if not lic.derivatives}
+    assert non_commercial == {0, 1, 2, 3, 14, 15, 16} and no_derivatives == {0, 3, 6, 13, 16}
+    assert not (non_commercial | no_derivatives) & set(REUSABLE_LICENSES)
+    assert all(FLICKR_LICENSES[code].confirmed for code in REUSABLE_LICENSES)
+    assert load_settings({"MOUNTAINID_LICENSES": "1,2,3,6"}).licenses == (1, 2, 3, 6)  # opted in
+    with pytest.raises(ConfigError, match="MOUNTAINID_LICENSES"):
+        load_settings({"MOUNTAINID_LICENSES": "4,17"})
 
 
 def test_real_flickr_needs_a_key_and_says_which_variable() -> None:

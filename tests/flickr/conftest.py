@@ -16,6 +16,9 @@ from mountainid.config import Settings
 from mountainid.flickr.fake import FakeFlickr
 
 VISIBLE = 8  # photos per mountain "uploaded" when a test starts; upload_more() adds the rest
+# Every licence but All Rights Reserved (NonCommercial, NoDerivs and CC 4.0 opted in): the ingest tests
+# are about the walk, and the default policy (commercial reuse only) leaves few of the fake's photos.
+WIDE_LICENSES = ",".join(map(str, range(1, 17)))
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +44,7 @@ def flickr_settings(make_settings: Callable[..., Settings],
 
     def build(**env: str) -> Settings:
         base = {"FLICKR_REST_URL": fake_flickr.rest_url, "MOUNTAINID_CATALOG": "peaks14",
+                "MOUNTAINID_LICENSES": WIDE_LICENSES,
                 "MOUNTAINID_FLICKR_RETRIES": "2", "MOUNTAINID_FLICKR_BACKOFF_S": "0.01",
                 "MOUNTAINID_FLICKR_TIMEOUT_S": "2", "MOUNTAINID_PHOTOS_PER_RUN": "5",
                 "MOUNTAINID_DOWNLOAD_WORKERS": "4"}

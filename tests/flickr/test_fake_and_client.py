@@ -12,18 +12,20 @@ from pathlib import Path
 import pytest
 
 from mountainid.catalog import load_catalog
-from mountainid.config import REUSABLE_LICENSES, ConfigError, Settings, load_settings
+from mountainid.config import FLICKR_MAX_RESULTS, ConfigError, Settings, load_settings
 from mountainid.flickr import (
     FlickrAuthError,
     FlickrClient,
+    FlickrFatal,
     FlickrRejected,
     FlickrUnavailable,
     PhotoUnavailable,
 )
+from mountainid.flickr.client import SEARCH_ERRORS, ErrorKind, error_kind
 from mountainid.flickr.fake import FakeFlickr, Fault
 from mountainid.vision.image import load_image
 
-ALLOWED = REUSABLE_LICENSES
+ALLOWED = tuple(range(1, 17))  # opted in: every licence but All Rights Reserved, CC 4.0 included
 
 
 def client_for(fake: FakeFlickr, *, retries: int = 2, timeout_s: float = 2.0, max_image_bytes: int = 10**7,
@@ -93,9 +95,11 @@ def test_downloads_are_real_photos_with_size_fallback(fake_flickr: FakeFlickr) -
     Fault("search", "http", times=2, status=500),
     Fault("search", "http", times=1, status=429),
     Fault("search", "slow", times=1, delay_s=1.5),
-    Fault("search", "flickr", times=2, code=105, message="Service currently unavailable"),
-    Fault("search", "flickr", times=1, code=0, message="Rate limit exceeded"),
-], ids=["http-500", "http-429", "timeout", "service-unavailable", "rate-limit"])
+    Fault("search", "flickr", times=2, code=105),
+    Fault("search", "flickr", times=1, code=10),
+    Fault("search", "flickr", times=1, code=106),
+], ids=["http-500", "http-429", "timeout", "service-unavailable", "search-databases-unavailable",
+        "write-failed"])
 def test_search_retries_transient_faults(fake_flickr: FakeFlickr, fault: Fault) -> None:
     times = fault.times or 0
     fake_flickr.inject(fault)
@@ -122,6 +126,54 @@ def test_rejected_key_is_fatal_and_names_the_variable(peaks_dir: Path) -> None:
             client_for(fake, key="a-wrong-key").search("K2", min_upload_date=0, page=1, per_page=5)
         assert fake.hits["search"] == 1, "an invalid key is not retried"
         assert client_for(fake, key="the-right-key").search("K2", min_upload_date=0, page=1, per_page=5).total
+
+
+def test_error_codes_are_sorted_by_flickrs_documentation() -> None:
+    """Issue 23, finding 4: 10 ("search API not currently available") is transient, not a rejection;
+    0 and 429 are no Flickr error codes (a rate limit is HTTP 429); a bad key or endpoint is fatal."""
+    assert {code for code, (kind, _) in SEARCH_ERRORS.items() if kind is ErrorKind.TRANSIENT} == {10, 105, 106}
+    assert 0 not in SEARCH_ERRORS and 429 not in SEARCH_ERRORS
+    assert error_kind(0) is error_kind(429) is error_kind(999) is ErrorKind.REJECTED  # unknown: not retried
+    assert {error_kind(code) for code in (95, 96, 97, 98, 99, 100, 111, 112, 114, 115)} == {ErrorKind.FATAL}
+    assert {error_kind(code) for code in (1, 2, 3, 4, 5, 11, 12, 17, 18, 20, 116)} == {ErrorKind.REJECTED}
+
+
+@pytest.mark.parametrize(("code", "raised"), [
+    (100, FlickrAuthError), (96, FlickrAuthError), (112, FlickrFatal), (95, FlickrFatal), (18, FlickrRejected),
+    (0, FlickrRejected),
+])
+def test_fatal_and_rejected_codes_are_not_retried(fake_flickr: FakeFlickr, code: int,
+                                                  raised: type[Exception]) -> None:
+    fake_flickr.inject(Fault("search", "flickr", code=code))
+    with pytest.raises(raised) as error:
+        client_for(fake_flickr).search("K2", min_upload_date=0, page=1, per_page=5)
+    assert fake_flickr.hits["search"] == 1
+    assert isinstance(error.value, ConfigError) == (raised is not FlickrRejected)  # fatal: names a variable
+
+
+def test_search_api_unavailable_for_good_is_flickr_unavailable_not_a_rejection(fake_flickr: FakeFlickr) -> None:
+    fake_flickr.inject(Fault("search", "flickr", times=None, code=10))
+    with pytest.raises(FlickrUnavailable, match="not currently available"):
+        client_for(fake_flickr, retries=1).search("K2", min_upload_date=0, page=1, per_page=5)
+    assert fake_flickr.hits["search"] == 2
+
+
+def test_the_fake_serves_only_the_first_results_like_flickr(peaks_dir: Path) -> None:
+    """Issue 23, finding 5: Flickr serves a search's first 4,000 results and refuses pages beyond them."""
+    assert FakeFlickr(peaks_dir).max_results == FLICKR_MAX_RESULTS == 4_000
+    with FakeFlickr(peaks_dir, max_per_page=4, max_results=10) as fake:
+        client = client_for(fake)
+        assert client.search("K2", min_upload_date=0, page=3, per_page=4).photos  # results 9-12: starts inside
+        with pytest.raises(FlickrRejected, match="4,000"):
+            client.search("K2", min_upload_date=0, page=4, per_page=4)
+        assert fake.hits["search"] == 2, "refused, not retried"
+
+
+@pytest.mark.parametrize("name", ["MOUNTAINID_INGEST_SEARCH_PAGES", "MOUNTAINID_RESWEEP_PAGES"])
+def test_search_pages_beyond_flickrs_cap_are_refused_at_configuration(name: str) -> None:
+    assert getattr(load_settings({name: "8"}), name.removeprefix("MOUNTAINID_").lower()) == 8  # 4,000 results
+    with pytest.raises(ConfigError, match=rf"{name} must be at most 8.*4,000"):
+        load_settings({name: "9"})
 
 
 def test_bad_request_is_not_retried(fake_flickr: FakeFlickr) -> None:

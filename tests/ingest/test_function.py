@@ -13,7 +13,6 @@ import pytest
 import requests
 from cloudevents.conversion import to_structured
 
-from mountainid.config import REUSABLE_LICENSES
 from mountainid.events.cloudevents import pubsub_event
 from mountainid.events.pubsub import PubSubBus, ensure_push_subscription, ensure_topic
 from mountainid.flickr.fake import FakeFlickr
@@ -21,6 +20,7 @@ from mountainid.ingest import Cursor, cursor_name
 from mountainid.localcloud import FakeGcsServer, FunctionsFrameworkServer, PubSubEmulator
 from mountainid.store.gcs import GcsBlobStore
 from tests.emulators import PROJECT, unique_name
+from tests.flickr.conftest import WIDE_LICENSES
 from tests.ingest.test_ingest import _as_flickr, stored_ids
 
 MAIN = Path(__file__).resolve().parents[2] / "functions" / "ingest" / "main.py"
@@ -31,7 +31,7 @@ def ingest_function(fake_gcs: FakeGcsServer, gcs_bucket: str,
                     fake_flickr: FakeFlickr) -> Iterator[FunctionsFrameworkServer]:
     env = {**fake_gcs.env, "MOUNTAINID_BUCKET": f"gs://{gcs_bucket}", "GOOGLE_CLOUD_PROJECT": PROJECT,
            "FLICKR_REST_URL": fake_flickr.rest_url, "MOUNTAINID_CATALOG": "peaks14",
-           "MOUNTAINID_PHOTOS_PER_RUN": "3", "MOUNTAINID_FLICKR_BACKOFF_S": "0.01"}
+           "MOUNTAINID_LICENSES": WIDE_LICENSES, "MOUNTAINID_PHOTOS_PER_RUN": "3", "MOUNTAINID_FLICKR_BACKOFF_S": "0.01"}
     with FunctionsFrameworkServer(MAIN, "ingest", env=env) as server:
         yield server
 
@@ -51,7 +51,7 @@ def test_scheduler_tick_through_pubsub_runs_the_ingest(
     ensure_topic(PROJECT, topic, emulator_host=pubsub_emulator.host)
     ensure_push_subscription(PROJECT, topic, f"{topic}-ingest", ingest_function.push_endpoint(PROJECT, topic),
                              emulator_host=pubsub_emulator.host)
-    expected = fake_flickr.photos("k2", licenses=REUSABLE_LICENSES)
+    expected = fake_flickr.photos("k2", licenses=tuple(map(int, WIDE_LICENSES.split(","))))
 
     PubSubBus(PROJECT, emulator_host=pubsub_emulator.host).publish_json(topic, {"mountains": ["K2"]})
     wait_for(lambda: store.exists(cursor_name("k2")))
