@@ -21,7 +21,6 @@ import shlex
 import threading
 import time
 from contextlib import ExitStack
-from pathlib import Path
 
 from cloudevents.http import CloudEvent
 
@@ -136,7 +135,8 @@ class EmbeddedPipeline:
 def configure(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fake-flickr", type=existing_folder, metavar="DIR",
                         help="serve DIR (one subfolder per mountain) as Flickr, offline (default: real Flickr)")
-    parser.add_argument("--noise", type=existing_folder, metavar="DIR", help="with --fake-flickr: non-mountain photos mixed in")
+    parser.add_argument("--noise", type=existing_folder, metavar="DIR",
+                        help="with --fake-flickr: non-mountain photos mixed in")
     parser.add_argument("--photos-per-run", type=int, help="per-mountain budget (default MOUNTAINID_PHOTOS_PER_RUN)")
     parser.add_argument("--every", type=float, default=0.0, metavar="MINUTES",
                         help="while serving, run another cycle every MINUTES (0: once)")

@@ -15,13 +15,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from flask import request, url_for
+from PIL import Image
 
 from mountainid.catalog import Catalog, Mountain
 from mountainid.logs import event
 from mountainid.predict import Evidence, Prediction, SimilarPhoto
 from mountainid.serving import new_upload_id, store_upload
-from mountainid.vision.image import load_image
 from web.context import services
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,9 @@ class NoModel(RuntimeError):
     """No model has been published yet (or none could be loaded): the service cannot answer."""
 
     def __init__(self) -> None:
-        super().__init__("no model is loaded yet: the pipeline has not published its first model; "
-                         "try again in a few minutes")
+        problem = services().holder.problem  # a published model that cannot load says what to fix
+        super().__init__(problem or "no model is loaded yet: the pipeline has not published its first model; "
+                                    "try again in a few minutes")
 
 
 def license_label(license_value: str) -> tuple[str, str]:
@@ -82,42 +84,79 @@ class CreditedPhoto:
                    similarity=photo.similarity)
 
 
-EVIDENCE_HEIGHT = 300.0  # SVG units; both photos are drawn this high, side by side
+EVIDENCE_SIDE = 400.0  # SVG units: the photos' common height side by side, their common width stacked
 EVIDENCE_GAP = 12.0
+EVIDENCE_SHOWN = 24  # matches drawn: enough to see where they agree, few enough to follow each one
 THUMBNAIL_SIDE = 480
 
 
 @dataclass(frozen=True)
+class EvidenceLayout:
+    """Both photos in one drawing, side by side (wide) or one above the other (tall), with each shown
+    match as a line between its two end points, in SVG units."""
+
+    width: float
+    height: float
+    upload: tuple[float, float, float, float]  # x, y, width, height
+    photo: tuple[float, float, float, float]
+    lines: list[tuple[float, float, float, float]]
+
+    @classmethod
+    def of(cls, matches: list[tuple[float, float, float, float]], upload_aspect: float, photo_aspect: float,
+           tall: bool) -> EvidenceLayout:
+        if tall:
+            uh, ph = EVIDENCE_SIDE / upload_aspect, EVIDENCE_SIDE / photo_aspect
+            upload, photo = (0.0, 0.0, EVIDENCE_SIDE, uh), (0.0, uh + EVIDENCE_GAP, EVIDENCE_SIDE, ph)
+        else:
+            uw, pw = EVIDENCE_SIDE * upload_aspect, EVIDENCE_SIDE * photo_aspect
+            upload, photo = (0.0, 0.0, uw, EVIDENCE_SIDE), (uw + EVIDENCE_GAP, 0.0, pw, EVIDENCE_SIDE)
+
+        def at(box: tuple[float, float, float, float], x: float, y: float) -> tuple[float, float]:
+            return round(box[0] + x * box[2], 1), round(box[1] + y * box[3], 1)
+        lines = [(*at(upload, qx, qy), *at(photo, gx, gy)) for qx, qy, gx, gy in matches]
+        return cls(round(photo[0] + photo[2], 1), round(photo[1] + photo[3], 1), upload, photo, lines)
+
+
+def spread(matches: list[tuple[float, float, float, float]], k: int) -> list[tuple[float, float, float, float]]:
+    """At most k matches spread over the upload (farthest-point order, deterministic): a handful on
+    each ridge reads at a glance, where a hundred near-parallel lines blur into one."""
+    if len(matches) <= k:
+        return list(matches)
+    points = np.asarray([(qx, qy) for qx, qy, _, _ in matches])
+    chosen = [0]
+    distance = np.linalg.norm(points - points[0], axis=1)
+    while len(chosen) < k:
+        chosen.append(int(distance.argmax()))
+        distance = np.minimum(distance, np.linalg.norm(points - points[chosen[-1]], axis=1))
+    return [matches[i] for i in sorted(chosen)]
+
+
+@dataclass(frozen=True)
 class EvidenceView:
-    """The upload and the best-verified training photo side by side, with lines between agreeing points."""
+    """The upload and the best-verified training photo, with a sample of the points on which they agree."""
 
     photo: CreditedPhoto
     inliers: int
     upload_url: str  # a data: URL of a small copy (uploads are not stored unless the operator opts in)
-    upload_width: float
-    photo_x: float
-    photo_width: float
-    lines: list[tuple[float, float, float, float]]
-    height: float = EVIDENCE_HEIGHT
+    wide: EvidenceLayout
+    tall: EvidenceLayout
 
     @property
-    def width(self) -> float:
-        return self.photo_x + self.photo_width
+    def shown(self) -> int:
+        return len(self.wide.lines)
 
     @classmethod
-    def of(cls, evidence: Evidence, upload: bytes, max_pixels: int) -> EvidenceView:
+    def of(cls, evidence: Evidence, upload: Image.Image) -> EvidenceView:
         (uw, uh), (pw, ph) = evidence.upload_size, evidence.photo_size
-        upload_width, photo_width = EVIDENCE_HEIGHT * uw / uh, EVIDENCE_HEIGHT * pw / ph
-        photo_x = upload_width + EVIDENCE_GAP
-        lines = [(round(qx * upload_width, 1), round(qy * EVIDENCE_HEIGHT, 1), round(photo_x + gx * photo_width, 1),
-                  round(gy * EVIDENCE_HEIGHT, 1)) for qx, qy, gx, gy in evidence.matches]
-        return cls(CreditedPhoto.of(evidence.photo), evidence.inliers, _thumbnail_url(upload, max_pixels),
-                   upload_width, photo_x, photo_width, lines)
+        matches = spread(list(evidence.matches), EVIDENCE_SHOWN)
+        return cls(CreditedPhoto.of(evidence.photo), evidence.inliers, _thumbnail_url(upload),
+                   EvidenceLayout.of(matches, uw / uh, pw / ph, tall=False),
+                   EvidenceLayout.of(matches, uw / uh, pw / ph, tall=True))
 
 
-def _thumbnail_url(data: bytes, max_pixels: int) -> str:
-    """A small JPEG of the upload, upright as the model saw it, inline in the page."""
-    image = load_image(data, max_pixels, draft_size=THUMBNAIL_SIDE)
+def _thumbnail_url(upload: Image.Image) -> str:
+    """A small JPEG of the upload, upright as the model saw it (the prediction's decode), inline in the page."""
+    image = upload.copy()
     image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=80)
@@ -151,9 +190,8 @@ class Answer:
         }
 
 
-def build_answer(prediction: Prediction, catalog: Catalog, upload_id: str, upload: bytes | None = None,
-                 max_pixels: int = 0) -> Answer:
-    """The reading of a prediction; with the ``upload`` bytes, also the matched-points view for the page."""
+def build_answer(prediction: Prediction, catalog: Catalog, upload_id: str, upload: Image.Image | None = None) -> Answer:
+    """The reading of a prediction; with the decoded ``upload``, also the matched-points view for the page."""
     best = prediction.guesses[0] if prediction.guesses else None
     if not prediction.is_mountain:
         verdict, headline = "not-a-mountain", "This does not look like a mountain."
@@ -166,7 +204,7 @@ def build_answer(prediction: Prediction, catalog: Catalog, upload_id: str, uploa
     photos = [CreditedPhoto.of(p) for p in prediction.similar] if verdict != "not-a-mountain" else []
     evidence = None
     if prediction.evidence is not None and upload is not None and verdict != "not-a-mountain":
-        evidence = EvidenceView.of(prediction.evidence, upload, max_pixels)
+        evidence = EvidenceView.of(prediction.evidence, upload)
     return Answer(prediction=prediction, verdict=verdict, headline=headline, location=location,
                   photos=photos, upload_id=upload_id, evidence=evidence)
 
@@ -241,10 +279,10 @@ def identify(*, page: bool = False) -> Answer:
     upload_id = new_upload_id()
     started = time.perf_counter()
     with svc.prediction_slots:  # decoding is the memory peak: only so many at once
-        prediction = predictor.predict(data)
-    stored = store_upload(svc.store, upload_id, data, prediction, svc.settings) if svc.settings.store_uploads else None
-    answer = build_answer(prediction, svc.catalog.merged(predictor.catalog), upload_id, data if page else None,
-                          svc.settings.max_image_pixels)
+        image = predictor.decode(data)  # the one decode: the prediction, the page's copy and the kept one
+        prediction = predictor.predict_image(image)
+    stored = store_upload(svc.store, upload_id, image, prediction) if svc.settings.store_uploads else None
+    answer = build_answer(prediction, svc.catalog.merged(predictor.catalog), upload_id, image if page else None)
     best = prediction.guesses[0] if prediction.guesses else None
     event(log, "photo identified", photo_id=upload_id, model_version=prediction.model_version,
           verdict=answer.verdict, guess=best.slug if best else None,

@@ -24,8 +24,16 @@ DAY = 86400
 @bp.app_context_processor
 def page_globals() -> dict[str, object]:
     svc = services()
-    return {"model": svc.holder.predictor, "store_uploads": svc.settings.store_uploads,
+    return {"model": svc.holder.predictor, "model_problem": svc.holder.problem,
+            "store_uploads": svc.settings.store_uploads,
             "max_upload_bytes": svc.settings.max_image_bytes}
+
+
+@bp.app_template_filter("sentence")
+def sentence(message: str) -> str:
+    """A message as a sentence: capitalised, one full stop (werkzeug's descriptions bring their own)."""
+    text = message.strip().rstrip(".")
+    return f"{text[:1].upper()}{text[1:]}."
 
 
 @bp.get("/")

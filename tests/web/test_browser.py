@@ -76,35 +76,64 @@ def test_upload_k2_then_a_street_photo(page, predictor: Predictor, k2_heldout: P
     assert problems == []
 
 
+@pytest.mark.parametrize("width", [390, 1280])
 def test_the_answer_shows_why_the_matched_points_between_upload_and_training_photo(
-        page, predictor: Predictor, reframed_training_photo: Path, tmp_path: Path) -> None:
-    """Another shot of a training photo's view: the page draws the two side by side with a line per
-    agreeing point, and credits the training photo."""
-    page, problems = page
+        browser, serve, app, predictor: Predictor, reframed_training_photo: Path, tmp_path: Path, width: int) -> None:
+    """Another shot of a training photo's view: a readable sample of the agreeing points, each drawn as a
+    dot on both photos (joined by a line), side by side on a desktop and stacked on a phone; enlargeable."""
     expected = predictor.predict(reframed_training_photo.read_bytes()).evidence
     assert expected is not None and expected.photo.photo_id == reframed_training_photo.stem
+    context = browser.new_context(viewport={"width": width, "height": 900}, is_mobile=width < 500)
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    try:
+        page.goto(serve(app).url + "/")
+        page.set_input_files("#photo", str(reframed_training_photo))
+        evidence = page.locator("#evidence")
+        evidence.wait_for()
+        assert int(evidence.get_attribute("data-inliers")) == expected.inliers
+        assert f"{expected.inliers} points agree" in evidence.locator("h3").inner_text()
+        evidence.scroll_into_view_if_needed()
+        page.screenshot(path=str(tmp_path / f"evidence-{width}.png"), full_page=True)
+        drawing = evidence.locator("svg.matches:visible")
+        assert drawing.count() == 1
+        shown = drawing.locator("g.match").count()
+        assert shown == min(len(expected.matches), 24) >= 15  # a sample one can follow, not a blur of lines
+        assert drawing.locator("circle.on-upload").count() == drawing.locator("circle.on-training").count() == shown
+        # Measured at one instant: the page scrolls smoothly to the answer.
+        upload, training, ends, starts = drawing.evaluate("""svg => {
+            const box = element => element.getBoundingClientRect().toJSON();
+            return [box(svg.querySelector('use.upload')), box(svg.querySelector('use.training')),
+                    [...svg.querySelectorAll('circle.on-upload')].map(box),
+                    [...svg.querySelectorAll('circle.on-training')].map(box)]; }""")
 
-    page.set_input_files("#photo", str(reframed_training_photo))
-    evidence = page.locator("#evidence")
-    evidence.wait_for()
-    assert int(evidence.get_attribute("data-inliers")) == expected.inliers
-    assert f"{expected.inliers} points agree" in evidence.locator("h3").inner_text()
-    lines = evidence.locator("line")
-    assert lines.count() == len(expected.matches) >= 15
-    # Every line starts on the upload (left) and ends on the training photo (right).
-    upload_width = float(evidence.locator("image.upload").get_attribute("width"))
-    photo_x = float(evidence.locator("image.training").get_attribute("x"))
-    ends = page.evaluate("() => [...document.querySelectorAll('#evidence line')].map(l => "
-                         "[l.x1.baseVal.value, l.x2.baseVal.value])")
-    assert all(x1 <= upload_width <= photo_x <= x2 for x1, x2 in ends)
-    assert evidence.locator("image.upload").get_attribute("href").startswith("data:image/jpeg;base64,")
-    training_url = evidence.locator("image.training").get_attribute("href")
-    assert page.evaluate("async (url) => (await fetch(url)).headers.get('content-type')", training_url) == "image/jpeg"
-    assert evidence.locator(".credit").inner_text().startswith("Right:")
-    box = evidence.locator("svg").bounding_box()
-    assert box["width"] > 300 and box["height"] > 100  # drawn at a readable size
-    page.screenshot(path=str(tmp_path / "evidence.png"), full_page=True)
-    assert problems == []  # no CSP violation: the inline copy of the upload is an allowed data: image
+        def inside(box, dot) -> bool:  # a dot's centre on its photo
+            x, y = dot["x"] + dot["width"] / 2, dot["y"] + dot["height"] / 2
+            return (box["x"] - 1 <= x <= box["x"] + box["width"] + 1
+                    and box["y"] - 1 <= y <= box["y"] + box["height"] + 1)
+        assert all(inside(upload, dot) for dot in ends) and all(inside(training, dot) for dot in starts)
+        if width < 500:  # stacked: the upload above the training photo, each nearly the card's width
+            assert upload["y"] + upload["height"] <= training["y"] and upload["width"] > 250
+        else:  # side by side
+            assert upload["x"] + upload["width"] <= training["x"] and upload["height"] > 150
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= width
+        training_url = evidence.locator("symbol#evidence-photo image").get_attribute("href")
+        assert page.evaluate("async (url) => (await fetch(url)).headers.get('content-type')",
+                             training_url) == "image/jpeg"
+        assert evidence.locator(".credit").inner_text().startswith("Training photo:")
+
+        before = drawing.bounding_box()
+        evidence.locator("button.enlarge").click()  # enlarge: the drawing fills the screen
+        big = evidence.locator("svg.matches:visible").bounding_box()
+        assert big["width"] > before["width"] and evidence.locator(".enlarged").count() == 1
+        page.screenshot(path=str(tmp_path / f"evidence-enlarged-{width}.png"))
+        page.keyboard.press("Escape")
+        assert evidence.locator(".enlarged").count() == 0
+        assert problems == []  # no CSP violation: the inline copy of the upload is an allowed data: image
+    finally:
+        context.close()
 
 
 def test_drag_and_drop_and_a_bad_file(page, street_photo: Path) -> None:

@@ -94,6 +94,25 @@
     }, 5000);
   }
 
+  // The "why" drawing: Enlarge fills the screen with it; the button, Escape or a click beside it closes it.
+  // Delegated: the answer arrives after the page loaded.
+  function enlarge(figure, on) {
+    figure.classList.toggle("enlarged", on);
+    const button = figure.querySelector("[data-enlarge]");
+    button.setAttribute("aria-expanded", String(on));
+    button.textContent = on ? "Close" : "Enlarge";
+  }
+  document.addEventListener("click", function (event) {
+    const button = event.target.closest("[data-enlarge]");
+    const open = document.querySelector(".evidence-figure.enlarged");
+    if (button) enlarge(button.closest(".evidence-figure"), !button.closest(".enlarged"));
+    else if (open && event.target === open) enlarge(open, false);
+  });
+  document.addEventListener("keydown", function (event) {
+    const open = document.querySelector(".evidence-figure.enlarged");
+    if (open && event.key === "Escape") enlarge(open, false);
+  });
+
   ["dragenter", "dragover"].forEach(function (name) {
     dropzone.addEventListener(name, function (event) {
       event.preventDefault();

@@ -1,0 +1,82 @@
+"""What a newcomer meets (issue 20), in a real headless Chromium at a phone's and a desktop's width:
+error pages with their own copy, a "why" view that reads at a glance, a model page readable on a phone,
+and a model trained on a photo folder that serves without setting anything more."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import requests
+
+from mountainid.store import LocalBlobStore
+from tests.web.test_browser import browser  # noqa: F401 - the shared headless Chromium
+from web import create_app
+
+pytestmark = pytest.mark.browser
+WIDTHS = [390, 1280]
+
+
+@pytest.fixture()
+def site(serve, session_settings, trained_bucket: Path, live_holder):
+    """The site on loopback with one route that fails, to see the 500 page."""
+    app = create_app(session_settings, LocalBlobStore(trained_bucket), live_holder, watch=False)
+
+    def fail() -> str:
+        raise RuntimeError("a bug")
+    app.add_url_rule("/fail", view_func=fail)
+    return serve(app).url
+
+
+def open_page(browser, width: int):  # noqa: F811
+    context = browser.new_context(viewport={"width": width, "height": 900}, is_mobile=width < 500,
+                                  has_touch=width < 500)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    return context, page
+
+
+def fits(page, width: int) -> None:
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= width
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize(("method", "path", "status", "title"), [
+    ("GET", "/nosuchpage", 404, "Page not found"), ("PUT", "/", 405, "Not available that way"),
+    ("GET", "/fail", 500, "Something went wrong on our side")])
+def test_error_pages_have_their_own_copy_in_the_site_style(browser, site: str, width: int, method: str,  # noqa: F811
+                                                           path: str, status: int, title: str, tmp_path: Path) -> None:
+    context, page = open_page(browser, width)
+    try:
+        if method == "GET":
+            response = page.goto(site + path)
+        else:  # a browser only sends PUT from a script: render its answer as the page
+            page.goto(site + "/api")
+            html = page.evaluate("async (url) => (await fetch(url, {method: 'PUT'})).text()", site + path)
+            page.set_content(html)
+            response = None
+        assert response is None or response.status == status
+        assert page.locator("h1").inner_text() == title
+        text = page.locator("main").inner_text()
+        assert "Try another photo" not in text and "could not use that file" not in text and ".." not in text
+        assert page.locator(".site-header .brand").is_visible()  # the site's own header and footer
+        assert page.locator(".error-actions a").first.is_visible()
+        fits(page, width)
+        page.screenshot(path=str(tmp_path / f"{status}-{width}.png"), full_page=True)
+    finally:
+        context.close()
+
+
+def test_api_errors_stay_json(site: str) -> None:
+    for method, path, status in [("GET", "/api/v1/nosuch", 404), ("PUT", "/api/v1/predict", 405)]:
+        response = requests.request(method, site + path, timeout=10)
+        assert response.status_code == status and response.headers["Content-Type"] == "application/json"
+        assert not response.json()["message"].endswith("..")
+
+
+def test_a_refused_upload_keeps_the_upload_copy_with_one_full_stop(site: str) -> None:
+    response = requests.post(site + "/", files={"photo": ("notes.jpg", b"not a photo\n" * 50, "image/jpeg")},
+                             timeout=10)
+    assert response.status_code == 400
+    assert "We could not use that file" in response.text and "Try another photo" in response.text
+    assert ".." not in response.text.replace("...", "")
