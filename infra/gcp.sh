@@ -14,19 +14,22 @@ Set up a project (once, as a project owner; `bootstrap` runs them all in this or
   apis        enable the Google Cloud APIs the pipeline uses
   registry    Artifact Registry docker repository for the images
   pubsub      topics (ingest-tick, raw-photos, model-published) and the model-published log subscription
-  bucket      the bucket (uniform access, no public access, lifecycle) and its raw/ -> raw-photos notification
+  bucket      the bucket (uniform access, no public access, lifecycle) and its raw/ -> raw-photos notification,
+              and Cloud Build's staging bucket PROJECT_cloudbuild (so the deployer can be allowed to read it)
   accounts    one service account per deployable, plus trigger, scheduler, builder and deployer
   secrets     Secret Manager secrets for the Flickr key and secret, and a generated admin token
   iam         least-privilege grants (bucket prefixes via IAM conditions, topics, secrets, deploy roles)
-  scheduler   Cloud Scheduler: hourly ingest tick, hourly filter catch-up, nightly training run
+  scheduler   Cloud Scheduler: hourly ingest tick, a re-sweep step every 6 hours, hourly filter catch-up,
+              nightly training run
   set-secret NAME   store a secret value read from stdin (flickr-api-key, flickr-api-secret, ...)
 
 Deploy (what cloudbuild.yaml runs; `deploy` runs them all, then verify):
   deploy-ingest deploy-filter deploy-training deploy-backfill deploy-web verify
 
 Settings (environment): PROJECT (required), REGION [us-central1], BUCKET [PROJECT-mountainid],
-AR_REPO [mountainid], TAG [latest], TRAINING_GPU [0], BACKFILL_TASKS [10], ALLOW_NO_MODEL [0], INGEST_SCHEDULE, CATCH_UP_SCHEDULE,
-TRAIN_SCHEDULE, SCHEDULE_TIME_ZONE, and any MOUNTAINID_* tuning variable (passed to the deployables).
+AR_REPO [mountainid], TAG [latest], TRAINING_GPU [0], BACKFILL_TASKS [10], ALLOW_NO_MODEL [0], INGEST_SCHEDULE,
+RESWEEP_SCHEDULE, CATCH_UP_SCHEDULE, TRAIN_SCHEDULE, SCHEDULE_TIME_ZONE, SHARED_URI (gs:// copy of ../shared the
+build's tests read), and any MOUNTAINID_* tuning variable (passed to the deployables).
 --dry-run (or DRY_RUN=1) prints each gcloud command instead of running it.
 EOF
 }
@@ -103,6 +106,15 @@ create_bucket() {
       --event-types=OBJECT_FINALIZE --object-prefix=raw/ --payload-format=json --skip-topic-setup \
       --project="$PROJECT"
   fi
+
+  # `gcloud builds submit` uploads the source here and creates the bucket (in US) on first use; made now,
+  # the deployer can be granted read access before the first build fetches its source from it.
+  if exists gcloud storage buckets describe "gs://$STAGING_BUCKET" --project="$PROJECT"; then
+    note "Cloud Build staging bucket gs://$STAGING_BUCKET exists"
+  else
+    run gcloud storage buckets create "gs://$STAGING_BUCKET" --location=US --uniform-bucket-level-access \
+      --public-access-prevention --project="$PROJECT"
+  fi
 }
 
 create_accounts() {
@@ -161,14 +173,15 @@ set_secret() {
   fi
 }
 
-# The objects under PREFIX... in the bucket; with "list", also listing with a prefix inside them.
-# A list request is made on the bucket, not on objects, so resource.name cannot scope it; the
-# objectListPrefix attribute can (a list without a prefix, or outside these prefixes, is denied).
+# objects_condition BUCKET MODE PREFIX...: the objects under PREFIX... in BUCKET; with MODE "list",
+# also listing with a prefix inside them. A list request is made on the bucket, not on objects, so
+# resource.name cannot scope it; the objectListPrefix attribute can (a list without a prefix, or
+# outside these prefixes, is denied).
 objects_condition() {
-  local mode=$1 prefix parts=()
-  shift
+  local bucket=$1 mode=$2 prefix parts=()
+  shift 2
   for prefix in "$@"; do
-    parts+=("resource.name.startsWith(\"projects/_/buckets/$BUCKET/objects/$prefix\")")
+    parts+=("resource.name.startsWith(\"projects/_/buckets/$bucket/objects/$prefix\")")
     if [[ $mode == list ]]; then
       parts+=("api.getAttribute(\"storage.googleapis.com/objectListPrefix\", \"\").startsWith(\"$prefix\")")
     fi
@@ -178,12 +191,15 @@ objects_condition() {
   printf '%s' "${joined:4}"
 }
 
-# bucket_role ID ROLE TITLE PREFIX...: grant ROLE on the bucket to one service account, limited to PREFIXes.
-bucket_role() {
-  local id=$1 role=$2 title=$3 mode=get
-  shift 3
+# bucket_role ID ROLE TITLE PREFIX...: grant ROLE on the pipeline's bucket to one service account, limited to PREFIXes.
+bucket_role() { prefixed_role "$BUCKET" "$@"; }
+
+# prefixed_role BUCKET ID ROLE TITLE PREFIX...: the same on any bucket.
+prefixed_role() {
+  local bucket=$1 id=$2 role=$3 title=$4 mode=get
+  shift 4
   [[ $role == roles/storage.objectCreator ]] || mode=list
-  grant "storage buckets" "gs://$BUCKET" "$(sa_member "$id")" "$role" "$(objects_condition "$mode" "$@")" "$title"
+  grant "storage buckets" "gs://$bucket" "$(sa_member "$id")" "$role" "$(objects_condition "$bucket" "$mode" "$@")" "$title"
 }
 
 grant_access() {
@@ -217,6 +233,19 @@ grant_access() {
     grant projects "$PROJECT" "$(sa_member deployer)" "$role"
   done
   grant "artifacts repositories" "$AR_REPO --location=$REGION" "$(sa_member deployer)" roles/artifactregistry.writer
+  # A build fetches its source from the staging bucket as the account it runs as ("does not have
+  # storage.objects.list access ... Fetching storage object" otherwise). The bucket holds build sources only.
+  grant "storage buckets" "gs://$STAGING_BUCKET" "$(sa_member deployer)" roles/storage.objectViewer
+  # cloudbuild.yaml's shared-data step copies _SHARED_URI for the tests: read access to that folder only.
+  if [[ -n $SHARED_URI ]]; then
+    local shared=${SHARED_URI#gs://} folder
+    folder=${shared#*/}
+    if [[ $shared == */* && -n ${folder%/} ]]; then
+      prefixed_role "${shared%%/*}" deployer roles/storage.objectViewer deployer-reads-shared-data "${folder%/}/"
+    else
+      grant "storage buckets" "gs://${shared%/}" "$(sa_member deployer)" roles/storage.objectViewer
+    fi
+  fi
   for id in ingest filter training web trigger builder; do
     grant "iam service-accounts" "$(sa_email "$id")" "$(sa_member deployer)" roles/iam.serviceAccountUser
   done
@@ -230,6 +259,14 @@ create_schedules() {
   run gcloud scheduler jobs "$verb" pubsub "$SCHED_INGEST" --location="$REGION" --schedule="$INGEST_SCHEDULE" \
     --time-zone="$SCHEDULE_TIME_ZONE" --topic="projects/$PROJECT/topics/$TOPIC_INGEST_TICK" --message-body='{}' \
     --description="MountainID: poll Flickr for new photos" --project="$PROJECT"
+
+  # A re-sweep step: photos before the ingest cursor that became eligible later (mountainid/ingest.py).
+  verb=create
+  exists gcloud scheduler jobs describe "$SCHED_RESWEEP" --location="$REGION" --project="$PROJECT" && verb=update
+  run gcloud scheduler jobs "$verb" pubsub "$SCHED_RESWEEP" --location="$REGION" --schedule="$RESWEEP_SCHEDULE" \
+    --time-zone="$SCHEDULE_TIME_ZONE" --topic="projects/$PROJECT/topics/$TOPIC_INGEST_TICK" \
+    --message-body='{"resweep": true}' \
+    --description="MountainID: re-sweep for photos relicensed or indexed after the cursor passed" --project="$PROJECT"
 
   # The filter judges raw/ photos whose notification was lost (mountainid.filter.is_catch_up_request).
   # `create` takes --attributes; `update` has only --update-attributes (and --remove/--clear-attributes).
@@ -301,7 +338,7 @@ deploy_ingest() {
     --memory=1Gi --cpu=1 --timeout=540s --max-instances=1 --concurrency=1 \
     "$(env_vars_flag MOUNTAINID_CATALOG MOUNTAINID_PHOTOS_PER_RUN MOUNTAINID_LICENSES \
       MOUNTAINID_DOWNLOAD_WORKERS MOUNTAINID_FLICKR_RETRIES MOUNTAINID_FLICKR_TIMEOUT_S \
-      MOUNTAINID_INGEST_MAX_ATTEMPTS MOUNTAINID_INGEST_SEARCH_PAGES MOUNTAINID_MAX_IMAGE_BYTES \
+      MOUNTAINID_INGEST_MAX_ATTEMPTS MOUNTAINID_INGEST_SEARCH_PAGES MOUNTAINID_RESWEEP_PAGES MOUNTAINID_MAX_IMAGE_BYTES \
       MOUNTAINID_LOG_LEVEL)" \
     --set-secrets="FLICKR_API_KEY=$SECRET_FLICKR_KEY:latest,FLICKR_API_SECRET=$SECRET_FLICKR_SECRET:latest"
   allow_trigger "$FN_INGEST"

@@ -19,6 +19,9 @@ DRY_RUN_EXISTS=${DRY_RUN_EXISTS:-0}
 INGEST_SCHEDULE=${INGEST_SCHEDULE:-0 * * * *}
 TRAIN_SCHEDULE=${TRAIN_SCHEDULE:-30 3 * * *}
 CATCH_UP_SCHEDULE=${CATCH_UP_SCHEDULE:-30 * * * *}
+RESWEEP_SCHEDULE=${RESWEEP_SCHEDULE:-45 */6 * * *}
+# Optional gs:// copy of ../shared the build's tests read (cloudbuild.yaml's _SHARED_URI): the deployer may read it.
+SHARED_URI=${SHARED_URI:-}
 SCHEDULE_TIME_ZONE=${SCHEDULE_TIME_ZONE:-Etc/UTC}
 TRAINING_GPU=${TRAINING_GPU:-0}
 BACKFILL_TASKS=${BACKFILL_TASKS:-10}
@@ -39,6 +42,7 @@ SUB_MODEL_LOG=model-published-log
 SCHED_INGEST=mountainid-ingest-tick
 SCHED_TRAIN=mountainid-train
 SCHED_CATCH_UP=mountainid-filter-catch-up
+SCHED_RESWEEP=mountainid-ingest-resweep
 SECRET_FLICKR_KEY=flickr-api-key
 SECRET_FLICKR_SECRET=flickr-api-secret
 SECRET_ADMIN_TOKEN=mountainid-admin-token
@@ -109,6 +113,10 @@ require_settings() {
   BUCKET=${BUCKET:-$PROJECT-mountainid}
   BUCKET=${BUCKET#gs://}
   [[ $BUCKET =~ ^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$ ]] || die "BUCKET '$BUCKET' is not a valid bucket name"
+  [[ -z $SHARED_URI || $SHARED_URI =~ ^gs://[a-z0-9][a-z0-9._-]{1,61}[a-z0-9](/.*)?$ ]] ||
+    die "SHARED_URI '$SHARED_URI' is not a gs:// URI"
+  # Where `gcloud builds submit` stages the source (its default: PROJECT_cloudbuild, "google" spelt backwards).
+  STAGING_BUCKET="${PROJECT//google/elgoog}_cloudbuild"
   AR_HOST="$REGION-docker.pkg.dev"
   IMAGE_WEB="$AR_HOST/$PROJECT/$AR_REPO/web:$TAG"
   IMAGE_TRAINING="$AR_HOST/$PROJECT/$AR_REPO/training:$TAG"

@@ -26,6 +26,10 @@ GCP_SCRIPT = REPO / "infra" / "gcp.sh"
 CLOUDBUILD = REPO / "cloudbuild.yaml"
 INFRA_README = REPO / "infra" / "README.md"
 BASE_ENV = {"PROJECT": "demo-project-1", "REGION": "europe-west1", "TAG": "b1234"}
+# Values for cloudbuild.yaml's substitutions when its gcloud calls are read.
+PLACEHOLDERS = {"PROJECT_ID": "demo-project-1", "BUILD_ID": "b1234", "_REGION": "europe-west1",
+                "_BUCKET": "demo-bucket", "_AR_REPO": "mountainid", "_CATALOG": "mountains11",
+                "_TRAINING_GPU": "0", "_ALLOW_NO_MODEL": "0", "_SHARED_URI": "gs://ci-data/shared"}
 
 # Cloud Build substitutions: $NAME or ${NAME}; "$$" is an escaped dollar for the step's shell.
 SUBSTITUTION = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")

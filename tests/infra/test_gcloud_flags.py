@@ -17,6 +17,7 @@ import pytest
 
 from tests.infra.commands import (
     INFRA_README,
+    PLACEHOLDERS,
     Command,
     cloudbuild_gcloud_lines,
     gcloud_commands,
@@ -28,11 +29,6 @@ from tests.infra.commands import (
 
 pytestmark = pytest.mark.skipif(shutil.which("gcloud") is None,
                                 reason="needs the Google Cloud SDK (gcloud) and its argument parser")
-
-PLACEHOLDERS = {"PROJECT_ID": "demo-project-1", "BUILD_ID": "b1234", "_REGION": "europe-west1",
-                "_BUCKET": "demo-bucket", "_AR_REPO": "mountainid", "_CATALOG": "mountains11",
-                "_TRAINING_GPU": "0", "_ALLOW_NO_MODEL": "0", "_SHARED_URI": "gs://ci-data/shared"}
-
 
 @pytest.fixture(scope="session")
 def all_commands(fresh_run: subprocess.CompletedProcess, again_run: subprocess.CompletedProcess,
@@ -57,8 +53,8 @@ def test_the_update_path_of_every_scheduler_job_parses() -> None:
     result = run_dry("scheduler", env={"DRY_RUN_EXISTS": "1"})
     assert result.returncode == 0, result.stderr
     updates = [cmd for cmd in gcloud_commands(printed_lines(result.stdout)) if "update" in cmd.path]
-    assert len(updates) == 3
-    assert parse_with_gcloud(updates) == [None, None, None]
+    assert len(updates) == 4
+    assert parse_with_gcloud(updates) == [None] * 4
 
 
 def test_the_check_catches_what_a_help_text_search_let_through() -> None:
