@@ -103,6 +103,21 @@ def test_training_image_has_a_gpu_variant() -> None:
     assert any(line.startswith("tensorflow_cpu==") for line in LOCK.read_text().splitlines())
 
 
+def test_the_gpu_image_is_pinned_to_a_cuda_build_cloud_runs_driver_runs() -> None:
+    """Issue 23, finding 3: Cloud Run's L4 hosts have driver 535 (CUDA 12.2). The GPU build must stop
+    unless TensorFlow is a CUDA 12 / cuDNN 9 build (NVIDIA: CUDA 12.x runs on drivers >= 525; cuDNN 9
+    for CUDA 12 on >= 525.60.13); the CPU image keeps tensorflow-cpu from the lock."""
+    instructions = dockerfile(REPO / "infra" / "docker" / "training.Dockerfile")
+    lines = [i.value for i in instructions]
+    args = dict(i.value.split("=", 1) for i in instructions if i.keyword == "ARG" and i.value.startswith("GPU_"))
+    assert args == {"GPU_CUDA_MAJOR": "12", "GPU_CUDNN_MAJOR": "9"}
+    install = next(line for line in lines if "tensorflow[and-cuda]" in line)
+    assert "tf.sysconfig.get_build_info()" in install and "cuda_version" in install and "cudnn_version" in install
+    assert 'cpu) tf_package="tensorflow-cpu==$tf"' in install, "the CPU image is unchanged"
+    guide = (REPO / "infra" / "README.md").read_text()
+    assert "Total Nvidia L4 GPU allocation" in guide and "driver 535" in guide, "quota step and driver written down"
+
+
 @pytest.mark.parametrize("image", sorted(IMAGES))
 def test_image_holds_everything_its_command_imports(image: str, tmp_path: Path) -> None:
     build_context_copy(REPO / "infra" / "docker" / f"{image}.Dockerfile", tmp_path)
