@@ -10,9 +10,11 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from mountainid.config import load_settings
 from mountainid.localcloud import free_port
@@ -122,3 +124,71 @@ def test_a_terminal_sees_progress_bars_and_logs_one_line_per_epoch(tmp_path, sha
     assert [line["epoch"] for line in lines if line["message"] == "epoch finished"] == [1, 2, 3, 4, 5]
     accepted = [line for line in lines if line["message"] == "photo accepted"]
     assert len(accepted) >= 18 and all(line["photo_id"] for line in accepted)  # one line per photo, with its id
+
+
+def _served(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
+    """`mountainid serve` on a free port, its stderr to ``log``; returns once it accepts connections."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "mountainid.cli", "serve", "--port", str(port)], cwd=REPO,
+                               env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()[-2000:]
+        try:
+            requests.get(f"{url}/health", timeout=5)
+            return process, url
+        except (requests.ConnectionError, requests.Timeout):
+            time.sleep(0.3)
+    raise AssertionError("serve did not accept connections in 120 s")
+
+
+def _wait_for(url: str, status: int, seconds: float = 120) -> requests.Response:
+    deadline = time.monotonic() + seconds
+    while True:
+        answer = requests.get(f"{url}/health", timeout=10)
+        if answer.status_code == status or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.3)
+
+
+def test_a_photo_folder_reaches_the_site_with_train_then_serve(tmp_path, shared_dir, weights_path) -> None:
+    """The README's path: `train --photos DIR`, then `serve` in a shell that never set MOUNTAINID_WEIGHTS
+    finds the weights file training used; moved away, serve says on stderr and in /health what to set,
+    and serves by itself once the file is back."""
+    photos = own_folder(tmp_path / "mine", shared_dir, {"Hausberg": "K2", "Schneekoppe": "Lhotse"})
+    env = training_env(weights_path, str(tmp_path / "bucket"))
+    trained = _mountainid(env, "train", "--photos", str(photos), "--cut", "", "--augment-views", "0",
+                          "--epochs", "5", "--patience", "50")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    unset = {key: value for key, value in {**os.environ, **env}.items() if key != "MOUNTAINID_WEIGHTS"}
+    serving = {**unset, "MOUNTAINID_MODEL_POLL_S": "0.5", "KERAS_HOME": str(tmp_path / "keras")}  # no download
+
+    process, url = _served(serving, tmp_path / "serve.log")
+    try:
+        assert _wait_for(url, 200).status_code == 200, (tmp_path / "serve.log").read_text()[-2000:]
+        page = requests.get(url + "/", timeout=10).text
+        assert "Training photos from a local photo folder" in page and "from Flickr" not in page
+    finally:
+        process.terminate()
+        process.wait(30)
+
+    moved = tmp_path / "moved" / weights_path.name
+    store = LocalBlobStore(tmp_path / "bucket")
+    version = json.loads(store.get("models/LATEST"))["version"]
+    config = json.loads(store.get(f"models/{version}/config.json"))
+    assert config["weights"] == str(weights_path.resolve())  # the model records the weights it needs
+    store.put(f"models/{version}/config.json", json.dumps({**config, "weights": str(moved)}).encode())
+    process, url = _served(serving, tmp_path / "serve2.log")
+    try:
+        health = _wait_for(url, 503, seconds=0)
+        assert health.status_code == 503 and f"{moved}, which is not on this machine: set MOUNTAINID_WEIGHTS" in (
+            health.json()["message"])
+        said = [line for line in (tmp_path / "serve2.log").read_text().splitlines() if "MOUNTAINID_WEIGHTS" in line]
+        assert len(said) == 1 and str(moved) in said[0]  # one line on stderr, not one per poll
+        moved.parent.mkdir()
+        shutil.copy(weights_path, moved)
+        assert _wait_for(url, 200).status_code == 200  # retried by itself
+    finally:
+        process.terminate()
+        process.wait(30)

@@ -4,12 +4,15 @@ and a model trained on a photo folder that serves without setting anything more.
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 import requests
 
 from mountainid.store import LocalBlobStore
+from tests.web.conftest import web_settings
 from tests.web.test_browser import browser  # noqa: F401 - the shared headless Chromium
 from web import create_app
 
@@ -80,3 +83,45 @@ def test_a_refused_upload_keeps_the_upload_copy_with_one_full_stop(site: str) ->
     assert response.status_code == 400
     assert "We could not use that file" in response.text and "Try another photo" in response.text
     assert ".." not in response.text.replace("...", "")
+
+
+def move_recorded_weights(bucket: Path, where: Path) -> None:
+    """Make the live version record its weights at ``where`` (as if trained on another machine's path)."""
+    store = LocalBlobStore(bucket)
+    version = json.loads(store.get("models/LATEST"))["version"]
+    name = f"models/{version}/config.json"
+    config = json.loads(store.get(name))
+    assert Path(config["weights"]).is_file()  # training recorded the file it used
+    store.put(name, json.dumps({**config, "weights": str(where)}).encode())
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_a_model_finds_its_weights_or_says_what_to_set_and_retries(browser, serve, bucket_copy: Path,  # noqa: F811
+                                                                    weights_path: Path, tmp_path: Path,
+                                                                    width: int) -> None:
+    """MOUNTAINID_WEIGHTS left unset ('imagenet', a download): the model loads from the file it records;
+    where that file is missing, the page and /health say what to set, and it loads once the file is there."""
+    missing = tmp_path / "elsewhere" / weights_path.name
+    move_recorded_weights(bucket_copy, missing)
+    settings = web_settings(weights_path, bucket_copy, MOUNTAINID_WEIGHTS="imagenet")
+    server = serve(create_app(settings, LocalBlobStore(bucket_copy)))
+    health = requests.get(server.url + "/health", timeout=10)
+    assert health.status_code == 503 and health.headers["Content-Type"] == "application/json"
+    assert f"{missing}, which is not on this machine: set MOUNTAINID_WEIGHTS to that .weights.h5 file" in (
+        health.json()["message"])
+    context, page = open_page(browser, width)
+    try:
+        page.goto(server.url + "/")
+        problem = page.locator("#model-problem")
+        assert "set MOUNTAINID_WEIGHTS" in problem.inner_text() and str(missing) in problem.inner_text()
+        assert "still collecting photos" not in page.locator("main").inner_text()
+        fits(page, width)
+        page.screenshot(path=str(tmp_path / f"no-weights-{width}.png"), full_page=True)
+        missing.parent.mkdir()
+        shutil.copy(weights_path, missing)  # the cause fixed: the site retries by itself at its next poll
+        page.locator("#submit:not([disabled])").wait_for(timeout=60_000)
+        assert requests.get(server.url + "/health", timeout=10).status_code == 200
+        page.goto(server.url + "/model")
+        assert "local photo folder" in page.locator("#photo-sources").inner_text()  # the photos came from files
+    finally:
+        context.close()
