@@ -397,7 +397,7 @@ deploy_web() {
     --service-account="$(sa_email web)" --allow-unauthenticated --port=8080 \
     --cpu=2 --memory=2Gi --concurrency=8 --min-instances=0 --max-instances=4 --timeout=120s \
     --cpu-boost --no-cpu-throttling \
-    "$(env_vars_flag MOUNTAINID_WEIGHTS=imagenet MOUNTAINID_CATALOG MOUNTAINID_MODEL_POLL_S \
+    "$(env_vars_flag MOUNTAINID_WEIGHTS=imagenet MOUNTAINID_CATALOG MOUNTAINID_MODEL_POLL_S MOUNTAINID_LICENSES \
       MOUNTAINID_FILTER_THRESHOLD MOUNTAINID_STORE_UPLOADS MOUNTAINID_MAX_IMAGE_PIXELS MOUNTAINID_MAX_IMAGE_BYTES MOUNTAINID_LOG_LEVEL)" \
     --set-secrets="MOUNTAINID_ADMIN_TOKEN=$SECRET_ADMIN_TOKEN:latest"
 }

@@ -192,6 +192,11 @@ class Settings:
     env: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
+    def license_terms(self) -> list[tuple[int, FlickrLicense]]:
+        """The accepted Flickr licence ids with what each allows (the model page shows the choice)."""
+        return [(code, FLICKR_LICENSES[code]) for code in self.licenses]
+
+    @property
     def uses_gcs(self) -> bool:
         return self.bucket.startswith("gs://")
 

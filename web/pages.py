@@ -55,7 +55,8 @@ def model_page() -> str:
     predictor = services().holder.predictor
     mountains = mountain_list(predictor.labels, predictor.catalog) if predictor else []
     return render_template("model.html", predictor=predictor, info=predictor.info if predictor else {},
-                           mountains=mountains, training=training_progress(services().store))
+                           mountains=mountains, training=training_progress(services().store),
+                           licenses=services().settings.license_terms)
 
 
 @bp.get("/api")

@@ -277,6 +277,7 @@ def test_gpu_training_and_tuning_pass_through(again_run: subprocess.CompletedPro
     assert filter_env["MOUNTAINID_WEIGHTS"] == "imagenet"  # never the operator's local weights path
     web_env = env_vars(one(cmds, "run", "deploy"))
     assert web_env["MOUNTAINID_STORE_UPLOADS"] == "true"
+    assert web_env["MOUNTAINID_LICENSES"] == "4,5,9"  # the model page shows the licences the ingest takes
     assert web_env["MOUNTAINID_FILTER_THRESHOLD"] == "0.4"  # the site and the filter agree on "a mountain"
 
 
