@@ -117,3 +117,14 @@ def test_a_resweep_tick_runs_a_resweep_step(store: BlobStore, fake_flickr: FakeF
     tick = pubsub_event("p", "t", json.dumps({"mountains": ["k2"], "resweep": True}).encode())
     report = handle_tick(tick, settings, store, PEAKS)
     assert report is not None and report.stored == 1 and store.exists(raw_name("k2", old.id))
+
+
+def test_a_lost_race_between_sweeps_keeps_the_newer_sweep() -> None:
+    """The compare-and-swap merge: a newer sweep (larger ``until``) wins over an older one however far that
+    got; within one sweep the further position wins, as for the main cursor."""
+    old_far = Cursor(uploaded=900, query="q", until=1_000).finish()
+    new_start = Cursor(uploaded=10, query="q", until=2_000)
+    assert new_start.merged(old_far) == new_start and old_far.merged(new_start) == new_start
+    further = Cursor(uploaded=50, done=frozenset({"a"}), query="q", until=2_000)
+    assert new_start.merged(further) == further
+    assert Cursor.from_json(further.to_json()) == further and Cursor.from_json(Cursor(5).to_json()).until is None
