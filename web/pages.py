@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from flask import Blueprint, Response, abort, render_template, request
+from flask import Blueprint, Response, abort, render_template, request, url_for
 
 from mountainid.catalog import Catalog
 from mountainid.store import NotFound
@@ -54,8 +54,11 @@ def identify_page() -> str:
 def model_page() -> str:
     predictor = services().holder.predictor
     mountains = mountain_list(predictor.labels, predictor.catalog) if predictor else []
-    return render_template("model.html", predictor=predictor, info=predictor.info if predictor else {},
-                           mountains=mountains, training=training_progress(services().store),
+    names = {m["slug"]: m["name"] for m in mountains}
+    info = predictor.info if predictor else {}
+    return render_template("model.html", predictor=predictor, info=info, mountains=mountains,
+                           confusion=confusion_rows(info, predictor.labels if predictor else [], names),
+                           conflicts=label_conflicts(info, names), training=training_progress(services().store),
                            licenses=services().settings.license_terms)
 
 
@@ -102,3 +105,37 @@ def mountain_list(labels: list[str], known: Catalog) -> list[dict[str, object]]:
                           "longitude": found.longitude if found else None,
                           "map_url": found.map_url if found else None})
     return mountains
+
+
+CONFUSION_SHADES = 5  # a cell's share of its row, in steps the stylesheet colours (no inline styles: CSP)
+
+
+def confusion_rows(info: dict, labels: list[str], names: dict[str, str]) -> list[dict[str, object]]:
+    """The test confusion matrix as table rows a phone can read: named rows, numbered columns, shaded
+    by share of the row; a row with no test photos says so instead of a line of zeros."""
+    matrix = (info.get("test_detail") or {}).get("confusion") or []
+    rows = []
+    for index, (slug, counts) in enumerate(zip(labels, matrix, strict=False)):
+        total = sum(counts)
+        rows.append({"number": index + 1, "name": names.get(slug, slug), "n": total,
+                     "cells": [{"count": count, "right": column == index,
+                                "shade": round(CONFUSION_SHADES * count / total) if total else 0}
+                               for column, count in enumerate(counts)]})
+    return rows
+
+
+def label_conflicts(info: dict, names: dict[str, str]) -> list[dict[str, object]]:
+    """Suspected label noise as pairs of photos (a thumbnail and the mountain each is filed under)
+    rather than bucket paths; a name that is not a training photo's is left out."""
+    def photo(name: str) -> dict[str, str] | None:
+        if not TRAINING_PHOTO.match(name):
+            return None
+        slug = name.split("/")[1]
+        return {"url": url_for("pages.training_photo", name=name), "mountain": names.get(slug, slug)}
+
+    pairs = []
+    for pair in info.get("label_conflicts") or []:
+        a, b = photo(pair["a"]), photo(pair["b"])
+        if a and b:
+            pairs.append({"a": a, "b": b, "bits": pair["bits"]})
+    return pairs

@@ -71,7 +71,7 @@ def test_the_answer_carries_its_evidence(client, predictor: Predictor, reframed_
     assert expected.guesses[0].slug == evidence["photo"]["slug"]  # evidence for the answer given
     page = post_photo(client, data, path="/").get_data(as_text=True)
     assert f'data-inliers="{expected.evidence.inliers}"' in page
-    assert page.count("<line ") == len(expected.evidence.matches)
+    assert page.count("<line ") == 2 * min(len(expected.evidence.matches), 24)  # a sample, side by side and stacked
     assert 'href="data:image/jpeg;base64,' in page and f'href="/photos/{evidence["photo"]["object_name"]}"' in page
 
 
@@ -143,6 +143,8 @@ def test_bad_input_gets_a_clear_4xx_in_api_and_page(client, k2_heldout: Path, bo
     html = page.get_data(as_text=True)
     assert page.status_code == 400
     assert "We could not use that file" in html and body["message"][1:] in html
+    # In our words: no imaging library wording ("image file is truncated (47 bytes not processed)"), one full stop.
+    assert "image file is" not in html and "bytes not processed" not in html and f"{body['message'][1:]}.." not in html
     # The service is still up and answering.
     assert post_photo(client, good).status_code == 200
 
@@ -174,7 +176,7 @@ def test_model_page_and_api(client, predictor: Predictor) -> None:
     for url in body["plots"].values():
         plot = client.get(url)
         assert plot.status_code == 200 and plot.mimetype == "image/png" and plot.data[:8] == b"\x89PNG\r\n\x1a\n"
-        assert f'src="{url}"' in page
+        assert f'"{url}"' in page  # shown (curves) or linked (the confusion matrix, drawn as a table)
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/health"])  # Cloud Run only passes /health to the app
@@ -284,6 +286,27 @@ def test_uploads_opt_in_keeps_a_clean_copy_under_a_random_name(weights_path: Pat
     assert not any("jane" in str(path) for path in bucket_copy.rglob("*"))
 
 
+def test_an_upload_is_decoded_once_for_the_answer_the_page_and_the_kept_copy(weights_path: Path, bucket_copy: Path,
+                                                                               live_holder, monkeypatch,
+                                                                               reframed_training_photo: Path) -> None:
+    """Both networks, the keypoints, the page's thumbnail and the kept copy all come from one decode."""
+    settings = web_settings(weights_path, bucket_copy, MOUNTAINID_STORE_UPLOADS="true")
+    client = create_app(settings, LocalBlobStore(bucket_copy), live_holder, watch=False).test_client()
+    assert live_holder.predictor.verifies  # the keypoints are part of the answer
+    opened: list[int] = []
+    real_open = Image.open
+
+    def counting_open(*args, **kwargs):  # the real decoder, counted
+        opened.append(1)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    page = post_photo(client, reframed_training_photo.read_bytes(), path="/")  # a page with matched points
+    assert page.status_code == 200 and 'href="data:image/jpeg;base64,' in page.get_data(as_text=True)
+    assert len(LocalBlobStore(bucket_copy).list_names("uploads/")) == 1
+    assert len(opened) == 1
+
+
 def test_license_labels() -> None:
     assert license_label("4") == ("CC BY 2.0", "https://creativecommons.org/licenses/by/2.0/")
     assert license_label("9")[0].startswith("CC0")
@@ -361,19 +384,23 @@ def test_photos_are_decoded_and_analysed_a_bounded_number_at_a_time(weights_path
     settings = web_settings(weights_path, trained_bucket, MOUNTAINID_MAX_CONCURRENT_PREDICTIONS="2")
     app = create_app(settings, LocalBlobStore(trained_bucket), live_holder, watch=False)
     predictor = live_holder.predictor
-    real, lock, in_flight, peak = predictor.predict, threading.Lock(), [0], [0]
+    decode, predict_image, lock, in_flight, peak = predictor.decode, predictor.predict_image, threading.Lock(), [0], [0]
 
-    def counted(data: bytes):  # instrumentation around the real prediction: how many run at once
+    def decoding(data: bytes):  # instrumentation around the real decode and prediction: how many at once
         with lock:
             in_flight[0] += 1
             peak[0] = max(peak[0], in_flight[0])
+        return decode(data)
+
+    def predicting(image):
         try:
-            return real(data)
+            return predict_image(image)
         finally:
             with lock:
                 in_flight[0] -= 1
 
-    monkeypatch.setattr(predictor, "predict", counted)
+    monkeypatch.setattr(predictor, "decode", decoding)
+    monkeypatch.setattr(predictor, "predict_image", predicting)
     ramp = np.linspace(0, 255, 3000, dtype=np.float32)
     buffer = io.BytesIO()
     Image.fromarray(np.stack([(ramp[None, :] + ramp[:, None]) / 2] * 3, axis=2).astype(np.uint8)).save(buffer, "PNG")

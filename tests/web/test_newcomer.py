@@ -125,3 +125,47 @@ def test_a_model_finds_its_weights_or_says_what_to_set_and_retries(browser, serv
         assert "local photo folder" in page.locator("#photo-sources").inner_text()  # the photos came from files
     finally:
         context.close()
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_the_model_page_reads_on_a_phone(browser, serve, bucket_copy: Path, weights_path: Path,  # noqa: F811
+                                         tmp_path: Path, width: int) -> None:
+    """Confusion matrix as a table with readable names, an empty row explained, label noise as thumbnails
+    with the mountains they are filed under (not bucket paths)."""
+    store = LocalBlobStore(bucket_copy)
+    version = json.loads(store.get("models/LATEST"))["version"]
+    metrics = json.loads(store.get(f"models/{version}/metrics.json"))
+    labels = metrics["labels"]
+    metrics["test_detail"]["confusion"][0] = [0] * len(labels)  # a mountain with no test photo
+    photos = [next(name for name in store.list_names(f"accepted/{slug}/") if name.endswith(".jpg"))
+              for slug in labels[1:3]]
+    metrics["label_conflicts"] = [{"a": photos[0], "b": photos[1], "bits": 3}]
+    store.put(f"models/{version}/metrics.json", json.dumps(metrics).encode())
+    server = serve(create_app(web_settings(weights_path, bucket_copy), store))
+    context, page = open_page(browser, width)
+    try:
+        page.goto(server.url + "/model")
+        rows = page.locator("#confusion tbody th.row-head")
+        assert rows.count() == len(labels)
+        names = rows.all_inner_texts()
+        assert all(metrics["names"][slug] in text for slug, text in zip(labels, names))
+        for index in range(rows.count()):  # every name whole, on screen, at a readable size
+            box = rows.nth(index).bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= width
+        assert float(rows.first.evaluate("e => parseFloat(getComputedStyle(e).fontSize)")) >= 12
+        empty = page.locator("#confusion tbody tr.empty")
+        assert empty.count() == 1 and "No test photos" in empty.inner_text()
+        assert metrics["names"][labels[0]] in page.locator("#confusion-empty").inner_text()
+        conflicts = page.locator("#label-conflicts")
+        conflicts.scroll_into_view_if_needed()
+        images = conflicts.locator("img")
+        assert images.count() == 2
+        page.wait_for_function("() => [...document.querySelectorAll('#label-conflicts img')]"
+                               ".every(img => img.complete && img.naturalWidth > 0)")
+        captions = conflicts.locator("figcaption").all_inner_texts()
+        assert [metrics["names"][slug] in text for slug, text in zip(labels[1:3], captions)] == [True, True]
+        assert "accepted/" not in page.locator("main").inner_text()
+        fits(page, width)
+        page.screenshot(path=str(tmp_path / f"model-{width}.png"), full_page=True)
+    finally:
+        context.close()
