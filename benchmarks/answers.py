@@ -5,6 +5,13 @@ confidence, photos of other mountains and streets, latency, and the gallery in m
 measures them again without retraining:
 
     .venv/bin/python benchmarks/answers.py --bucket DIR [--version VERSION]
+    .venv/bin/python benchmarks/answers.py --bucket DIR --against HEAD~1 [--photos 40]
+
+``--against REF`` compares instead, on the same test photos, the answers of the code at git ``REF`` (a
+temporary worktree) with the working tree's: both load the model in their own process and answer one photo
+each in turn (interleaved, so a busy machine slows both alike). It prints top-1, top-3 and the answers given
+outright with how many of those are right, for each; the photos right for one only, with McNemar's exact p;
+and each one's predict p50 / p95 with the ratio.
 
 Lines: the test split through ``predict()`` (upload bytes to answer, the gallery in memory), the fused
 and the classifier-alone top-1 from ``metrics.json``, the gallery's memory, the same test photos with the
@@ -20,10 +27,13 @@ import dataclasses
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from baseline import REPO, checkout, code_env, short
+
 SHARED = Path(os.environ.get("MOUNTAINID_SHARED", REPO.parent / "shared")).resolve()
 WEIGHTS = SHARED / "models" / "imagenet" / "mobilenet_v2_1.0_224_imagenet.weights.h5"
 
@@ -106,10 +116,80 @@ def rule_now(store, version: str, settings, predictor, other_mountains: list) ->
           f"{named}/{len(other_mountains)} ({named / len(other_mountains):.1%})")
 
 
+def answer_worker(store, version: str, settings) -> None:
+    """Answer each object name read from stdin with one JSON line (top three, sure, milliseconds): the
+    subprocess ``--against`` runs, once with each version of the code."""
+    from mountainid.predict import Predictor
+
+    predictor = Predictor.load(store, version, settings)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        data = store.get(line.strip())
+        started = time.perf_counter()
+        answer = predictor.predict(data)
+        ms = (time.perf_counter() - started) * 1000
+        print(json.dumps({"top3": [g.slug for g in answer.guesses], "sure": answer.sure, "ms": ms}), flush=True)
+
+
+def against(bucket: Path, version: str, ref: str, photos: int, store) -> None:
+    """Paired comparison of the code at ``ref`` and the working tree on the same test photos, interleaved."""
+    from mountainid.training.evaluate import mcnemar_p
+
+    test = json.loads(store.get(f"models/{version}/dataset.json"))["splits"]["test"][:photos or None]
+    command = [sys.executable, __file__, "--bucket", str(bucket), "--version", version, "--answer-worker"]
+    with checkout(ref) as old:
+        workers = {name: subprocess.Popen(command, cwd=root, env=code_env(root), stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, text=True)
+                   for name, root in ((f"{short(ref)} (today)", old), ("working tree", REPO))}
+        for worker in workers.values():
+            if worker.stdout.readline().strip() != "ready":
+                sys.exit("a worker failed to load the model")
+
+        def ask(worker: subprocess.Popen, name: str) -> dict:
+            worker.stdin.write(name + "\n")
+            worker.stdin.flush()
+            return json.loads(worker.stdout.readline())
+
+        warm = f"accepted/{test[0]}.jpg"
+        answers = {name: [] for name in workers}
+        for name, worker in workers.items():
+            ask(worker, warm)
+        for i, entry in enumerate(test):
+            order = list(workers.items()) if i % 2 else list(workers.items())[::-1]
+            for name, worker in order:
+                answers[name].append(ask(worker, f"accepted/{entry}.jpg"))
+        for worker in workers.values():
+            worker.stdin.close()
+            worker.wait(60)
+    truth = [entry.split("/")[0] for entry in test]
+    right = {}
+    for name, given in answers.items():
+        right[name] = [a["top3"][0] == slug for a, slug in zip(given, truth, strict=True)]
+        top3 = sum(slug in a["top3"] for a, slug in zip(given, truth, strict=True))
+        sure = [r for a, r in zip(given, right[name], strict=True) if a["sure"]]
+        ms = sorted(a["ms"] for a in given)
+        print(f"{name}: n={len(test)} top1={sum(right[name])} ({sum(right[name]) / len(test):.1%}) "
+              f"top3={top3} ({top3 / len(test):.1%}) outright={len(sure)}, right {sum(sure)} "
+              f"({sum(sure) / max(len(sure), 1):.1%}); predict p50 {statistics.median(ms):.0f} ms, "
+              f"p95 {ms[round(0.95 * (len(ms) - 1))]:.0f} ms")
+    (old_name, old_right), (new_name, new_right) = right.items()
+    only_old = sum(a and not b for a, b in zip(old_right, new_right, strict=True))
+    only_new = sum(b and not a for a, b in zip(old_right, new_right, strict=True))
+    same = sum(a["top3"][0] == b["top3"][0] for a, b in zip(*answers.values(), strict=True))
+    ratio = (statistics.median(a["ms"] for a in answers[new_name])
+             / statistics.median(a["ms"] for a in answers[old_name]))
+    print(f"paired: the same top guess on {same}/{len(test)}; right only for {old_name} {only_old}, only for "
+          f"{new_name} {only_new} (McNemar p={mcnemar_p(only_old, only_new):.3f}); predict p50 ratio "
+          f"{ratio:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bucket", type=Path, required=True, help="a local bucket with a trained model")
     parser.add_argument("--version", help="the model version (default: the live one)")
+    parser.add_argument("--against", metavar="REF", help="compare with the code at this git commit instead")
+    parser.add_argument("--photos", type=int, default=0, help="with --against: the first N test photos (0: all)")
+    parser.add_argument("--answer-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -124,7 +204,12 @@ def main() -> None:
     logs.configure(settings)
     store = LocalBlobStore(args.bucket)
     version = args.version or Registry(store).live()[0]
-    report(store, version, settings)
+    if args.answer_worker:
+        answer_worker(store, version, settings)
+    elif args.against:
+        against(args.bucket, version, args.against, args.photos, store)
+    else:
+        report(store, version, settings)
 
 
 if __name__ == "__main__":

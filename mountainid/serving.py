@@ -15,6 +15,7 @@ The holder learns about new versions by polling the generation of ``models/LATES
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import io
 import json
@@ -27,17 +28,36 @@ from pathlib import Path
 from typing import Any
 
 from cloudevents.http import CloudEvent
+from PIL import Image
 
 from mountainid.config import Settings
 from mountainid.logs import event
 from mountainid.predict import Prediction, Predictor
 from mountainid.registry import ModelLoadError, Registry
 from mountainid.store import BlobStore, NotFound
-from mountainid.vision.image import load_image
 
 log = logging.getLogger(__name__)
 
 UPLOADS_PREFIX = "uploads"
+# glibc's malloc, tuned in the serving process itself (wherever it is started: ``mountainid serve``, the
+# image, ``mountainid run``), not by an environment variable one start-up path sets and another forgets.
+# By default each request thread may get an arena of its own (up to 8 per core), and freed photo buffers
+# stay cached in them: 32 threads took the worker to 2.6 GB under 40 Mpx uploads (benchmarks/web.py).
+MALLOC_ARENAS = 2
+# Blocks from this size up are mapped on their own and given back to the system when freed: decoded
+# photos and model inputs never linger. glibc would raise this threshold by itself as big blocks are
+# freed (up to 32 MB), after which they would stay in the arenas.
+MALLOC_MMAP_THRESHOLD = 256 * 1024
+_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # mallopt's parameter numbers (malloc.h)
+
+
+def bound_memory() -> bool:
+    """Apply the allocator limits above to this process (and to processes it forks). Call it before
+    request threads start; returns False where the C library is not glibc (the limits do not apply)."""
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is None:
+        return False
+    return bool(mallopt(_M_ARENA_MAX, MALLOC_ARENAS)) and bool(mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD))
 
 
 class WeightsNotFound(ModelLoadError):
@@ -205,15 +225,14 @@ class ModelHolder:
         }
 
 
-def store_upload(store: BlobStore, upload_id: str, image_bytes: bytes, prediction: Prediction,
-                 settings: Settings) -> str:
+def store_upload(store: BlobStore, upload_id: str, image: Image.Image, prediction: Prediction) -> str:
     """Keep an upload for later labelling (only when settings.store_uploads; the caller checks).
 
-    The photo is re-encoded, which drops EXIF (camera serial numbers, GPS position), and named by
-    date and ``upload_id`` (a random id from :func:`new_upload_id`): nothing the client sent (its
-    file name) reaches the store.
+    ``image`` is the upload as the prediction decoded it (:meth:`Predictor.decode`: large enough for
+    every model input, so for any later training). It is re-encoded, which drops EXIF (camera serial
+    numbers, GPS position), and named by date and ``upload_id`` (a random id from :func:`new_upload_id`):
+    nothing the client sent (its file name) reaches the store.
     """
-    image = load_image(image_bytes, settings.max_image_pixels, settings.max_image_bytes)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=90)
     now = dt.datetime.now(dt.UTC)

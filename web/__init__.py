@@ -35,13 +35,14 @@ def create_app(settings: Settings | None = None, store: BlobStore | None = None,
     from mountainid import logs
     from mountainid.catalog import load_catalog
     from mountainid.config import get_settings
-    from mountainid.serving import ModelHolder
+    from mountainid.serving import ModelHolder, bound_memory
     from mountainid.store import open_store
     from web import admin, api, pages
     from web.context import Services
     from web.limits import BodyDeadline
     from web.security import install_security
 
+    bound_memory()  # before any request thread or model exists, however the process was started
     if settings is None:
         settings = get_settings()
         logs.configure(settings)

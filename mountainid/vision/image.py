@@ -11,12 +11,19 @@ This module imports only Pillow and NumPy, so the ingest can validate downloads 
 from __future__ import annotations
 
 import io
+import threading
 import warnings
+from contextlib import nullcontext
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 MIN_SIDE = 32  # smaller than this is an icon or a tracking pixel, not a photo
+# A decode this large (after any JPEG draft) holds a full-size copy, ~3 bytes a pixel: a 40 Mpx PNG is
+# 120 MB. Such decodes take turns, one at a time in the process, so concurrent uploads never hold
+# several (a JPEG photo drafts far below this; a phone's 12 Mpx photo decoded whole is 36 MB).
+LARGE_DECODE_PIXELS = 16_000_000
+_large_decode = threading.Lock()
 
 
 class BadImage(ValueError):
@@ -33,7 +40,9 @@ def load_image(data: bytes, max_pixels: int, max_bytes: int | None = None,
 
     The pixel count is checked from the header before any pixel is decoded, so a decompression
     bomb costs nothing. ``draft_size`` lets JPEG decoding downscale in the DCT (several times
-    faster for big photos) when only a small image is needed; it never goes below that size.
+    faster for big photos) when only a small image is needed; other formats (PNG has no draft) are
+    reduced by an integer factor right after decoding, so their one full-size copy lives only
+    briefly and everything after works on the small one. Neither goes below that size.
     """
     if not data:
         raise BadImage("empty", "the file is empty")
@@ -56,14 +65,26 @@ def load_image(data: bytes, max_pixels: int, max_bytes: int | None = None,
         raise BadImage("too-small", f"the image is {width}x{height}; a photo needs at least {MIN_SIDE} px a side")
     if draft_size and image.format == "JPEG":
         image.draft("RGB", (draft_size, draft_size))
-    try:
-        image.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        if "truncated" in str(error):
-            raise BadImage("truncated", "the file ends too early: it was cut off while copying or uploading") from None
-        raise BadImage("corrupt", "the image data is damaged") from None
-    ImageOps.exif_transpose(image, in_place=True)  # in place: a copy would double the peak (~120 MB at 40 Mpx)
-    return _to_rgb(image)
+    with _large_decode if image.width * image.height > LARGE_DECODE_PIXELS else nullcontext():
+        try:
+            image.load()
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            if "truncated" in str(error):
+                raise BadImage("truncated", "the file ends too early: it was cut off while copying or uploading") from None
+            raise BadImage("corrupt", "the image data is damaged") from None
+        if draft_size:
+            image = _reduce(image, draft_size)
+        ImageOps.exif_transpose(image, in_place=True)  # in place: a copy would double the peak (~120 MB at 40 Mpx)
+        return _to_rgb(image)
+
+
+def _reduce(image: Image.Image, size: int) -> Image.Image:
+    """Box-average by the largest integer factor that keeps the shorter side at least ``size`` (a
+    drafted JPEG is usually there already). Palette, bilevel and 16-bit modes cannot be averaged."""
+    factor = min(image.size) // size
+    if factor < 2 or image.mode in ("P", "1") or image.mode.startswith("I;16"):
+        return image
+    return image.reduce(factor)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -3,6 +3,7 @@ outgrows MOUNTAINID_GALLERY_MEMORY_MB, a shortlist per upload whose keypoints ar
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mountainid.filter import local_features_name
@@ -29,3 +30,16 @@ def test_a_gallery_too_big_for_memory_is_verified_against_a_shortlist_read_from_
     damaged = shortlisted.predict(data)
     assert damaged.guesses and (damaged.evidence is None
                                 or damaged.evidence.photo.photo_id != reframed_training_photo.stem)
+
+
+def test_uploads_verified_side_by_side_get_the_answers_they_get_one_at_a_time(
+        predictor: Predictor, trained_bucket: Path, reframed_training_photo: Path, k2_heldout: Path) -> None:
+    """Keypoints run beside the network passes and gallery searches run at once (no lock): the same
+    answers, evidence and matched points as uploads taken one after the other."""
+    store = LocalBlobStore(trained_bucket)
+    photos = [reframed_training_photo.read_bytes(), k2_heldout.read_bytes(),
+              *(store.get(name) for name in store.list_names("accepted/")[:4])]
+    alone = [predictor.predict(data) for data in photos]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(predictor.predict, photos * 3))
+    assert together == alone * 3
