@@ -123,6 +123,7 @@ def test_a_model_finds_its_weights_or_says_what_to_set_and_retries(browser, serv
         assert requests.get(server.url + "/health", timeout=10).status_code == 200
         page.goto(server.url + "/model")
         assert "local photo folder" in page.locator("#photo-sources").inner_text()  # the photos came from files
+        assert "shown by file name" in page.locator("#photo-folder").inner_text()
     finally:
         context.close()
 
