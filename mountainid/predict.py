@@ -21,7 +21,7 @@ import logging
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,15 @@ from mountainid.logs import event
 from mountainid.registry import ModelLoadError, Registry
 from mountainid.store import BlobStore, NotFound
 from mountainid.training.features import FeatureExtractor, FeatureSpec
-from mountainid.verification import VERIFICATION_FILE, Gallery, Verified, fuse
+from mountainid.verification import (
+    EVIDENCE_INLIERS,
+    VERIFICATION_FILE,
+    Gallery,
+    Verified,
+    fuse,
+    in_view_matrix,
+    shared,
+)
 from mountainid.vision import local
 from mountainid.vision.backbone import INPUT_SIZE, get_backbone
 from mountainid.vision.image import load_image, to_model_input
@@ -46,7 +54,7 @@ log = logging.getLogger(__name__)
 
 TOP_K = 3
 SIMILAR = 4
-EVIDENCE_MIN_INLIERS = 15  # fewer agreeing points can be chance (sky, snow texture): no evidence shown
+
 EVIDENCE_LINES = 40        # matched points drawn, spread over the inliers
 SHORTLIST = 24             # a gallery too big for memory: photos verified per upload (read from the bucket)
 SHORTLIST_CLASSES = 3      # ... the most similar ones among the classifier's likeliest mountains
@@ -91,6 +99,7 @@ class Prediction:
     sure: bool
     similar: list[SimilarPhoto]
     evidence: Evidence | None = None
+    also_in_view: list[str] = field(default_factory=list)  # mountains in the answer's verified view (names)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,6 +133,7 @@ class Predictor:
         self.verifier = verifier
         self._keypoint_store = keypoint_store
         self.fusion_weight = float(info.get("fusion_weight", 0.0))
+        self.in_view = in_view_matrix(info.get("also_in_view", {}), labels)  # learnt from its gallery
         self._row_of = {row["photo_id"]: i for i, row in enumerate(gallery_rows)}
         self._gallery_by_slug = {slug: np.array([i for i, row in enumerate(gallery_rows) if row["slug"] == slug],
                                                 np.intp) for slug in labels}
@@ -212,16 +222,20 @@ class Predictor:
         gallery = self.verifier or (self._shortlist(probs[0], embedding[0]) if self._keypoint_store else None)
         if gallery and self.verifier is None:  # the shortlist needed the head's answer: verify now
             verified = gallery.verify(keypoints)
+        scores = gallery.scores(verified, len(self.labels)) if gallery else np.zeros(len(self.labels), np.float32)
         if gallery:
-            probs = fuse(probs, gallery.scores(verified, len(self.labels))[None], self.fusion_weight)
+            probs = fuse(probs, scores[None], self.fusion_weight, self.in_view)
         probs = probs[0]
         order = np.argsort(-probs)[:TOP_K]
+        evidence = shared(scores[None], self.in_view)[0][order[0]] >= EVIDENCE_INLIERS  # the view was verified
         guesses = [Guess(self.labels[i], self.names.get(self.labels[i], self.labels[i]), float(probs[i]))
                    for i in order]
         return Prediction(self.version, score >= self.settings.filter_threshold, score, guesses,
                           bool(probs[order[0]] >= self.unknown_threshold),
                           self._similar(embedding[0], guesses[0].slug),
-                          self._evidence(gallery, verified, int(order[0]), keypoints, embedding[0]))
+                          self._evidence(gallery, verified, int(order[0]), keypoints, embedding[0]),
+                          [self.names.get(self.labels[i], self.labels[i])
+                           for i in np.flatnonzero(self.in_view[order[0]])] if evidence else [])
 
     @staticmethod
     def _match(image: Image.Image, gallery: Gallery | None) -> tuple[LocalFeatures, list[Verified]]:
@@ -243,7 +257,7 @@ class Predictor:
             gallery = Gallery.from_bytes(Registry(self._keypoint_store).read(self.version, VERIFICATION_FILE))
         if gallery is None:
             return probs
-        return fuse(probs, gallery.score_many(keypoints, len(self.labels)), self.fusion_weight)
+        return fuse(probs, gallery.score_many(keypoints, len(self.labels)), self.fusion_weight, self.in_view)
 
     def _shortlist(self, probs: np.ndarray, embedding: np.ndarray) -> Gallery:
         """A gallery of the training photos most like the upload among its likeliest mountains, their
@@ -272,7 +286,7 @@ class Predictor:
             return None
         match = next((v for v in verified if gallery.classes[v.row] == label), None)
         row = self._row_of.get(gallery.photo_ids[match.row]) if match else None
-        if match is None or row is None or match.inliers < EVIDENCE_MIN_INLIERS:
+        if match is None or row is None or match.inliers < EVIDENCE_INLIERS:
             return None
         photo_size = (int(gallery.sizes[match.row][0]), int(gallery.sizes[match.row][1]))
         spread = match.pairs[np.linspace(0, len(match.pairs) - 1, min(EVIDENCE_LINES, len(match.pairs))).astype(int)]

@@ -32,6 +32,14 @@ INLIER_CAP = 100          # beyond this many inliers a match is certain; more mu
 WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.4)  # fusion weights tried on validation
 DEFAULT_WEIGHT = 0.1      # the probe's weight, used only when there is no validation photo to choose on
 VERIFICATION_FILE = "verification.npz"  # a model version's gallery keypoints (absent in versions before it)
+# An overlay (a stock agency's watermark grid, a logo, a caption bar, a border) or a copy of the photo matches
+# at the same place in both frames; a mountain seen in two photos almost never does. Of 437 verified pairs of
+# one mountain's photos in peaks14 (at least 15 inliers), 8 had half their inliers within 1 % of the side of the
+# same relative position (all copies or bursts), of 70 pairs across mountains 13 (copies, watermarks).
+OVERLAY_TOLERANCE = 0.01  # of the image's width and height: "the same place"
+OVERLAY_SHARE = 0.5       # a match whose inliers sit this much at the same place proves nothing about the subject
+EVIDENCE_INLIERS = 15     # fewer agreeing points can be chance (sky, snow texture): no evidence of a mountain
+IN_VIEW_PAIRS = 2         # verified pairs of two mountains' training photos that put them in one view
 
 
 @dataclass(frozen=True)
@@ -134,8 +142,37 @@ class Gallery:
             if mask is None or not mask.any():
                 continue
             inlier = mask.ravel().astype(bool)
-            results.append(Verified(int(photo), int(inlier.sum()), np.hstack([a[inlier], b[inlier]])))
+            pairs = np.hstack([a[inlier], b[inlier]])
+            if same_place(pairs, query.size, self.sizes[photo]).mean() >= OVERLAY_SHARE:
+                continue  # an overlay or a copy: not evidence of the mountain
+            results.append(Verified(int(photo), int(inlier.sum()), pairs))
         return sorted(results, key=lambda v: -v.inliers)
+
+    def photo(self, row: int) -> LocalFeatures:
+        """A gallery photo's indexed keypoints (a storable gallery only)."""
+        if self._raw is None:
+            raise ValueError("this gallery was loaded for serving (storable=False): its descriptors are gone")
+        start, end = self._offsets[row], self._offsets[row + 1]
+        return LocalFeatures(self._points[start:end], self._raw[start:end], (int(self.sizes[row][0]),
+                                                                              int(self.sizes[row][1])))
+
+    def in_view(self, groups: Sequence[str], classes: int) -> np.ndarray:
+        """(classes, classes) bool: which mountains stand in one view, learnt from the gallery itself.
+
+        Each training photo is verified against the others (its photographer's own photos left out, as a
+        burst is no second view); two mountains whose photos verify each other, with at least
+        ``EVIDENCE_INLIERS`` inliers, in at least ``IN_VIEW_PAIRS`` pairs, share a view (Gasherbrum I and II,
+        Everest and Lhotse): a match with one of them is then no proof of which of the two a photo shows.
+        """
+        pairs = np.zeros((classes, classes), np.int32)
+        for row in range(len(self)):
+            for match in self.verify(self.photo(row)):
+                other = match.row
+                if groups[other] != groups[row] and match.inliers >= EVIDENCE_INLIERS:
+                    pairs[self.classes[row], self.classes[other]] += 1
+        pairs = pairs + pairs.T  # a pair found from either side
+        np.fill_diagonal(pairs, 0)
+        return pairs >= 2 * IN_VIEW_PAIRS
 
     def scores(self, verified: Sequence[Verified], classes: int) -> np.ndarray:
         """Per class: the inliers of its two best-verified photos, summed (one lucky match is not enough)."""
@@ -170,15 +207,62 @@ class Gallery:
         return cls([str(p) for p in stored["photo_ids"]], stored["classes"], features, storable=storable)
 
 
-def fuse(probs: np.ndarray, scores: np.ndarray, weight: float) -> np.ndarray:
-    """Classifier probabilities (N, C) and verification scores (N, C) -> fused probabilities (N, C)."""
-    logits = np.log(np.clip(probs, 1e-9, 1.0)) + weight * np.minimum(scores, INLIER_CAP)
+def in_view_names(in_view: np.ndarray, labels: Sequence[str]) -> dict[str, list[str]]:
+    """The matrix as stored with a model: each mountain's slug -> the slugs in its view (only those with any)."""
+    return {labels[a]: [labels[b] for b in np.flatnonzero(row)] for a, row in enumerate(in_view) if row.any()}
+
+
+def in_view_matrix(names: dict[str, list[str]], labels: Sequence[str]) -> np.ndarray:
+    """Back from :func:`in_view_names`; mountains the labels do not hold are ignored."""
+    index = {slug: i for i, slug in enumerate(labels)}
+    matrix = np.zeros((len(labels), len(labels)), bool)
+    for slug, others in names.items():
+        for other in others:
+            if slug in index and other in index:
+                matrix[index[slug], index[other]] = True
+    return matrix
+
+
+def same_place(pairs: np.ndarray, query_size: Sequence[int], gallery_size: Sequence[int]) -> np.ndarray:
+    """Per correspondence (upload x, y, gallery x, y): whether both points sit at the same relative position."""
+    upload = pairs[:, :2] / np.asarray(query_size, np.float32)
+    gallery = pairs[:, 2:] / np.asarray(gallery_size, np.float32)
+    return (np.abs(upload - gallery) <= OVERLAY_TOLERANCE).all(axis=1)
+
+
+def shared(scores: np.ndarray, in_view: np.ndarray | None) -> np.ndarray:
+    """Verification scores (N, C) with each mountain's evidence credited to the mountains in its view too:
+    a verified match with a photo of Gasherbrum I that also shows Gasherbrum II cannot tell them apart, so
+    the classifier decides between them (and the answer's confidence says so) instead of the match."""
+    if in_view is None or not in_view.any():
+        return scores
+    spread = np.where(in_view[None, :, :], scores[:, :, None], 0.0).max(axis=1)  # best neighbour's score
+    return np.maximum(scores, spread)
+
+
+def fuse(probs: np.ndarray, scores: np.ndarray, weight: float, in_view: np.ndarray | None = None) -> np.ndarray:
+    """Classifier probabilities (N, C) and verification scores (N, C) -> fused probabilities (N, C);
+    ``in_view`` (C, C): mountains that share a view share their evidence (:func:`shared`)."""
+    logits = np.log(np.clip(probs, 1e-9, 1.0)) + weight * np.minimum(shared(scores, in_view), INLIER_CAP)
     logits -= logits.max(axis=1, keepdims=True)
     fused = np.exp(logits)
     return fused / fused.sum(axis=1, keepdims=True)
 
 
-def choose_weight(probs: np.ndarray, scores: np.ndarray, targets: np.ndarray) -> float:
+def fuse_without_own(probs: np.ndarray, scores: np.ndarray, targets: np.ndarray, weight: float,
+                     in_view: np.ndarray | None = None) -> np.ndarray:
+    """Each photo's fused answer had its own mountain not been known: its head probability and its gallery
+    photos' evidence both gone (so no neighbour borrows that evidence), the rest renormalised. A stand-in,
+    from labelled photos alone, for a photo of a mountain the model does not know."""
+    rows, targets = np.arange(len(targets)), np.asarray(targets, np.int64)
+    scores = np.array(scores, np.float32)
+    scores[rows, targets] = 0.0
+    others = fuse(probs, scores, weight, in_view)
+    others[rows, targets] = 0.0
+    return others / np.maximum(others.sum(axis=1, keepdims=True), 1e-12)
+
+
+def choose_weight(probs: np.ndarray, scores: np.ndarray, targets: np.ndarray, in_view: np.ndarray | None = None) -> float:
     """The weight with the best validation top-1; ties go to the better log-likelihood (confidence that
     means something), then to the smaller weight."""
     targets = np.asarray(targets, np.int64)
@@ -187,7 +271,7 @@ def choose_weight(probs: np.ndarray, scores: np.ndarray, targets: np.ndarray) ->
     best: tuple[float, float] | None = None
     chosen = WEIGHTS[0]
     for weight in WEIGHTS:
-        fused = fuse(probs, scores, weight)
+        fused = fuse(probs, scores, weight, in_view)
         top1 = float(np.mean(fused.argmax(axis=1) == targets))
         likelihood = float(np.mean(np.log(np.clip(fused[np.arange(len(targets)), targets], 1e-9, 1.0))))
         if best is None or (top1, likelihood) > best:

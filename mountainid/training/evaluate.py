@@ -90,6 +90,7 @@ def metrics(probs: np.ndarray, targets: np.ndarray, labels: list[str], threshold
         "per_class": {label: {"accuracy": float(recall[i]), "n": int(support[i])}
                       for i, label in enumerate(labels)},
         "confusion": matrix.tolist(),
+        "calibration": calibration(probs, targets),
         **confident_figures(probs, targets, threshold),
     }
 
@@ -120,22 +121,28 @@ def choose_unknown_threshold(probs: np.ndarray, targets: np.ndarray, precision: 
 OPEN_SET_NAMED = 0.10  # at most this share of photos of mountains the model does not know may be named outright
 
 
-def open_set_threshold(probs: np.ndarray, targets: np.ndarray, rate: float = OPEN_SET_NAMED) -> float:
-    """The confidence that only ``rate`` of validation photos reach once their own mountain is taken out of
-    the answer (the rest renormalised): a stand-in, from validation alone, for photos of a mountain the
-    model does not know, which it must not name outright."""
-    if len(targets) == 0:
+def open_set_threshold(others: np.ndarray, rate: float = OPEN_SET_NAMED) -> float:
+    """The confidence that only ``rate`` of validation photos reach once their own mountain is taken out
+    (``others``: their answers without it, ``verification.fuse_without_own``): a stand-in, from validation
+    alone, for photos of a mountain the model does not know, which it must not name outright."""
+    if len(others) == 0:
         return 0.0
-    others = np.array(probs, np.float64)
-    others[np.arange(len(targets)), np.asarray(targets)] = 0.0
-    others /= np.maximum(others.sum(axis=1, keepdims=True), 1e-12)
     return float(np.quantile(others.max(axis=1), 1.0 - rate, method="higher")) + 1e-6
 
 
-def choose_answer_threshold(probs: np.ndarray, targets: np.ndarray) -> float:
+def without_own(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Probabilities with each photo's own mountain taken out, the rest renormalised (a classifier alone)."""
+    others = np.array(probs, np.float64)
+    others[np.arange(len(targets)), np.asarray(targets)] = 0.0
+    return others / np.maximum(others.sum(axis=1, keepdims=True), 1e-12)
+
+
+def choose_answer_threshold(probs: np.ndarray, targets: np.ndarray, others: np.ndarray | None = None) -> float:
     """The site's "This looks like X" threshold: answers at least CONFIDENT_PRECISION right on validation, and
-    photos of unknown mountains named at most OPEN_SET_NAMED of the time (both from the validation split)."""
-    return max(choose_unknown_threshold(probs, targets), open_set_threshold(probs, targets))
+    photos of unknown mountains named at most OPEN_SET_NAMED of the time (both from the validation split;
+    ``others``: the answers had each photo's mountain been unknown, by default its probability taken out)."""
+    others = without_own(probs, targets) if others is None else others
+    return max(choose_unknown_threshold(probs, targets), open_set_threshold(others))
 
 
 def confident_figures(probs: np.ndarray, targets: np.ndarray, threshold: float) -> dict[str, float]:
@@ -145,7 +152,29 @@ def confident_figures(probs: np.ndarray, targets: np.ndarray, threshold: float) 
     answered = probs.max(axis=1) >= threshold
     right = answered & (probs.argmax(axis=1) == np.asarray(targets))
     return {"coverage": float(answered.mean()),
-            "confident_precision": float(right.sum() / answered.sum()) if answered.any() else 0.0}
+            "confident_precision": float(right.sum() / answered.sum()) if answered.any() else 0.0,
+            "confident_interval": wilson_interval(int(right.sum()), int(answered.sum())),
+            "coverage_interval": wilson_interval(int(answered.sum()), len(targets))}
+
+
+TOP_SHARE = 0.3  # "the most confident 30 %": how right the answers are that the model is surest of
+
+
+def calibration(probs: np.ndarray, targets: np.ndarray, bins: int = 10) -> dict:
+    """Whether "87 %" means right 87 % of the time: per confidence bin the photos, their mean confidence
+    and how many were right; the expected calibration error (their gap, weighted by photos); and the
+    precision of the ``TOP_SHARE`` most confident answers."""
+    if not len(targets):
+        return {"ece": 0.0, "bins": [], "top_share": TOP_SHARE, "top_share_precision": 0.0}
+    confidence = probs.max(axis=1)
+    right = probs.argmax(axis=1) == np.asarray(targets)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    table = [{"low": b / bins, "high": (b + 1) / bins, "n": int((which == b).sum()),
+              "confidence": float(confidence[which == b].mean()), "accuracy": float(right[which == b].mean())}
+             for b in range(bins) if (which == b).any()]
+    top = np.argsort(-confidence, kind="stable")[:max(1, round(TOP_SHARE * len(targets)))]
+    return {"ece": float(sum(row["n"] * abs(row["confidence"] - row["accuracy"]) for row in table) / len(targets)),
+            "bins": table, "top_share": TOP_SHARE, "top_share_precision": float(right[top].mean())}
 
 
 def summary_line(figures: dict) -> str:

@@ -185,10 +185,12 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
     (val_probs, val_scores), (test_probs, test_scores) = (
         (_probs(head, x, len(labels)), gallery.score_many(keypoints[split], len(labels)))
         for x, split in ((x_val, "val"), (x_test, "test")))
-    weight = verification.choose_weight(val_probs, val_scores, y_val)  # on validation, never test
-    val_fused, test_fused = verification.fuse(val_probs, val_scores, weight), verification.fuse(test_probs,
-                                                                                                 test_scores, weight)
-    threshold = evaluate.choose_answer_threshold(val_fused, y_val)
+    in_view = gallery.in_view([e.group for e, _ in usable_train], len(labels))  # from the gallery itself
+    weight = verification.choose_weight(val_probs, val_scores, y_val, in_view)  # on validation, never test
+    val_fused, test_fused = (verification.fuse(probs, scores, weight, in_view)
+                             for probs, scores in ((val_probs, val_scores), (test_probs, test_scores)))
+    threshold = evaluate.choose_answer_threshold(
+        val_fused, y_val, verification.fuse_without_own(val_probs, val_scores, y_val, weight, in_view))
     val = evaluate.metrics(val_fused, y_val, labels, threshold)
     test = evaluate.metrics(test_fused, y_test, labels, threshold)
     for figures, probs, targets in ((val, val_probs, y_val), (test, test_probs, y_test)):
@@ -207,9 +209,11 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
     metrics = {
         "version": version, "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "labels": labels, "names": names, "unknown_threshold": threshold, "fusion_weight": weight,
+        "also_in_view": verification.in_view_names(in_view, labels),
         "gallery": {"photos": len(gallery), "keypoints_mb": round(gallery.nbytes / 1e6, 1)},
         "test": {k: test[k] for k in ("top1", "top1_interval", "top3", "macro_f1", "n", "confident_precision",
-                                      "coverage", "classifier_top1")}, "test_detail": test,
+                                      "confident_interval", "coverage", "coverage_interval", "classifier_top1")},
+        "test_detail": test,
         "val": {k: val[k] for k in ("top1", "top3", "macro_f1", "n", "confident_precision", "coverage",
                                     "classifier_top1")},
         "train": {"n": len(x_train)}, "accepted_photos": len(examples), "excluded_classes": dataset.excluded,

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mountainid.training.evaluate import (
+    calibration,
     choose_answer_threshold,
     choose_unknown_threshold,
     confident_figures,
@@ -15,6 +16,7 @@ from mountainid.training.evaluate import (
     open_set_threshold,
     paired_difference_interval,
     summary_line,
+    without_own,
 )
 
 
@@ -32,7 +34,8 @@ def test_threshold_answers_the_most_photos_at_90_percent_precision() -> None:
     threshold = choose_unknown_threshold(probs, targets)
     assert threshold == confidences[11]  # 11 right of the 12 most confident: 0.917; 11 of 13 would be 0.846
     figures = confident_figures(probs, targets, threshold)
-    assert figures == {"coverage": 12 / 16, "confident_precision": 11 / 12}
+    assert (figures["coverage"], figures["confident_precision"]) == (12 / 16, 11 / 12)
+    assert figures["confident_interval"][0] < 11 / 12 < figures["confident_interval"][1]
 
 
 def test_ties_are_answered_together_and_an_unreachable_precision_answers_nothing() -> None:
@@ -40,7 +43,8 @@ def test_ties_are_answered_together_and_an_unreachable_precision_answers_nothing
     assert choose_unknown_threshold(probs, targets, precision=0.8) == 0.8  # 5/6 with both ties in
     assert choose_unknown_threshold(probs, targets, precision=0.9) > 0.9  # 3/4 and 5/6 both fall short
     never = choose_unknown_threshold(probs, targets, precision=0.9)
-    assert confident_figures(probs, targets, never) == {"coverage": 0.0, "confident_precision": 0.0}
+    figures = confident_figures(probs, targets, never)
+    assert (figures["coverage"], figures["confident_precision"]) == (0.0, 0.0)
 
 
 def test_summary_line_carries_the_confident_figures() -> None:
@@ -59,7 +63,7 @@ def test_the_answer_threshold_also_keeps_unknown_mountains_from_being_named() ->
     precise = choose_unknown_threshold(probs, targets)
     assert precise <= 0.60  # every answer is right: precision alone would answer all
     answer = choose_answer_threshold(probs, targets)
-    assert answer > 0.60 and answer == pytest.approx(open_set_threshold(probs, targets), abs=1e-5)
+    assert answer > 0.60 and answer == pytest.approx(open_set_threshold(without_own(probs, targets)), abs=1e-5)
     # Unknown-mountain stand-ins (own class out, renormalised) reach 0.36 / 0.40 = 0.9: above every answer here.
     assert confident_figures(probs, targets, answer)["coverage"] == 0.0
 
@@ -96,3 +100,12 @@ def test_paired_bootstrap_interval_matches_the_normal_one_and_is_seeded() -> Non
 def test_paired_bootstrap_interval_of_models_that_agree_is_zero() -> None:
     assert paired_difference_interval(0, 0, 100) == (0.0, 0.0)
     assert paired_difference_interval(0, 0, 0) == (-1.0, 1.0)  # no photo: nothing is known
+
+
+def test_calibration_says_how_often_each_confidence_was_right() -> None:
+    """Half the 0.95 answers right is an overconfident model: the error is their gap, weighted by photos."""
+    probs, targets = probs_of([0.95] * 10 + [0.55] * 10, [True] * 5 + [False] * 5 + [True] * 5 + [False] * 5)
+    figures = calibration(probs, targets)
+    assert [(row["n"], row["accuracy"]) for row in figures["bins"]] == [(10, 0.5), (10, 0.5)]
+    assert figures["ece"] == pytest.approx((0.45 * 10 + 0.05 * 10) / 20)
+    assert figures["top_share_precision"] == pytest.approx(5 / 6)  # the 6 most confident: 5 right, then 1 wrong

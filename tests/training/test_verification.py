@@ -17,7 +17,15 @@ from mountainid.training.dataset import list_accepted
 from mountainid.training.evaluate import choose_answer_threshold
 from mountainid.training.features import load_features, load_local_features
 from mountainid.training.job import train_and_register
-from mountainid.verification import LARGE_FROM, LARGE_GALLERY, SMALL_GALLERY, Gallery, choose_weight, fuse
+from mountainid.verification import (
+    LARGE_FROM,
+    LARGE_GALLERY,
+    SMALL_GALLERY,
+    Gallery,
+    choose_weight,
+    fuse,
+    fuse_without_own,
+)
 from mountainid.vision.local import LocalFeatures
 from tests.training.conftest import FAST
 
@@ -78,13 +86,17 @@ def test_the_gallery_holds_the_training_split_and_validation_chooses_weight_and_
                                                                settings), len(predictor.labels))
     targets = np.array([predictor.labels.index(e.slug) for e in val])
     info = registry.info(result.version)
-    assert info["fusion_weight"] == choose_weight(probs, scores, targets)
-    fused = fuse(probs, scores, info["fusion_weight"])
-    assert info["unknown_threshold"] == pytest.approx(choose_answer_threshold(fused, targets))
+    in_view = predictor.in_view  # learnt from the gallery, stored with the model
+    assert info["fusion_weight"] == choose_weight(probs, scores, targets, in_view)
+    fused = fuse(probs, scores, info["fusion_weight"], in_view)
+    others = fuse_without_own(probs, scores, targets, info["fusion_weight"], in_view)
+    assert info["unknown_threshold"] == pytest.approx(choose_answer_threshold(fused, targets, others))
     assert info["val"]["top1"] == pytest.approx(float(np.mean(fused.argmax(axis=1) == targets)))
     # The gain of verification is stated next to the classifier's own figure.
     assert info["val"]["classifier_top1"] == pytest.approx(float(np.mean(probs.argmax(axis=1) == targets)))
-    assert {"classifier_top1", "top1", "confident_precision", "coverage"} <= set(info["test"])
+    assert {"classifier_top1", "top1", "confident_precision", "confident_interval", "coverage",
+            "coverage_interval"} <= set(info["test"])
+    assert "ece" in info["test_detail"]["calibration"]
 
 
 def test_a_gallery_matches_as_cross_validation_chose_for_its_size() -> None:

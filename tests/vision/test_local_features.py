@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import ImageEnhance
 
-from mountainid.predict import EVIDENCE_MIN_INLIERS
+from mountainid.verification import EVIDENCE_INLIERS as EVIDENCE_MIN_INLIERS
 from mountainid.verification import Gallery, choose_weight, fuse
 from mountainid.vision.image import load_image
 from mountainid.vision.local import MAX_SIDE, CorruptFeatures, LocalFeatures, extract_from_bytes
