@@ -91,11 +91,11 @@ def main() -> None:
     from mountainid import verification
     from mountainid.arrays import load_array
     from mountainid.filter import embedding_name, local_features_name
-    from mountainid.verification import EVIDENCE_INLIERS as EVIDENCE_MIN_INLIERS
     from mountainid.store import LocalBlobStore
     from mountainid.training.dataset import list_accepted
     from mountainid.training.evaluate import mcnemar_p
     from mountainid.training.shards import shard_of
+    from mountainid.verification import EVIDENCE_INLIERS as EVIDENCE_MIN_INLIERS
     from mountainid.vision.local import LocalFeatures
 
     store = LocalBlobStore(args.bucket)

@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import socket
 import sys
-from pathlib import Path
 
 from mountainid import logs
 from mountainid.config import ConfigError, Settings, get_settings
@@ -53,27 +51,6 @@ def import_tensorflow_quietly(settings: Settings) -> None:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(null)
-
-
-def existing_folder(value: str) -> Path:
-    """An argparse type for a photo folder: a missing one stops the command with one line (ConfigError
-    escapes argparse, which would otherwise print its usage), before any server starts or file is written."""
-    path = Path(value)
-    if not path.is_dir():
-        raise ConfigError(f"photo folder {value} does not exist (or is not a folder)")
-    return path
-
-
-def check_port_free(host: str, port: int) -> None:
-    """Fail at once, in our words, when the site could not start on this port (not after minutes of
-    ingest and training, nor as a web server's traceback)."""
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is free
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            raise ConfigError(f"port {port} is not free ({error.strerror}): stop what uses it, or pass --port N "
-                              "(or set PORT)") from None
 
 
 def settings_epilog() -> str:

@@ -24,8 +24,8 @@ from contextlib import ExitStack
 
 from cloudevents.http import CloudEvent
 
+from mountainid.arguments import check_port_free, existing_folder
 from mountainid.catalog import Catalog, load_catalog
-from mountainid.cli import check_port_free, existing_folder
 from mountainid.config import ConfigError, Settings
 from mountainid.events import InProcessBus
 from mountainid.events.cloudevents import finalized_object

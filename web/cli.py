@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from mountainid.arguments import check_port_free
 from mountainid.catalog import load_catalog
-from mountainid.cli import check_port_free
 from mountainid.config import Settings
 from mountainid.logs import event
 from mountainid.vision.backbone import check_weights

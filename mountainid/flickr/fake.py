@@ -46,8 +46,8 @@ from pathlib import Path
 from typing import Any, Self
 from urllib.parse import parse_qsl, urlsplit
 
+from mountainid.arguments import existing_folder
 from mountainid.catalog import Catalog, load_catalog, slugify
-from mountainid.cli import existing_folder
 from mountainid.config import FLICKR_MAX_RESULTS, Settings
 from mountainid.flickr.client import SEARCH_ERRORS
 from mountainid.logs import event

@@ -39,7 +39,7 @@ def _stamped(path: Path, watermark: bool) -> bytes:
 @pytest.fixture(scope="module")
 def photos(shared_dir: Path) -> list[Path]:
     peaks = shared_dir / "data" / "peaks14"
-    return [sorted((peaks / "Shishapangma").iterdir())[0], sorted((peaks / "Gasherbrum I").iterdir())[0]]
+    return [min((peaks / "Shishapangma").iterdir()), min((peaks / "Gasherbrum I").iterdir())]
 
 
 def test_a_watermark_shared_by_two_mountains_photos_is_not_evidence(photos: list[Path],
