@@ -222,12 +222,14 @@ class Predictor:
         gallery = self.verifier or (self._shortlist(probs[0], embedding[0]) if self._keypoint_store else None)
         if gallery and self.verifier is None:  # the shortlist needed the head's answer: verify now
             verified = gallery.verify(keypoints)
-        scores = gallery.scores(verified, len(self.labels)) if gallery else np.zeros(len(self.labels), np.float32)
+        # Each mountain's evidence credited to those in its view too (once, here: fuse gets it already shared).
+        scores = shared(gallery.scores(verified, len(self.labels))[None] if gallery
+                        else np.zeros((1, len(self.labels)), np.float32), self.in_view)[0]
         if gallery:
-            probs = fuse(probs, scores[None], self.fusion_weight, self.in_view)
+            probs = fuse(probs, scores[None], self.fusion_weight)
         probs = probs[0]
         order = np.argsort(-probs)[:TOP_K]
-        evidence = shared(scores[None], self.in_view)[0][order[0]] >= EVIDENCE_INLIERS  # the view was verified
+        evidence = scores[order[0]] >= EVIDENCE_INLIERS  # the answer's view was verified
         guesses = [Guess(self.labels[i], self.names.get(self.labels[i], self.labels[i]), float(probs[i]))
                    for i in order]
         return Prediction(self.version, score >= self.settings.filter_threshold, score, guesses,

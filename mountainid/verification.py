@@ -249,17 +249,14 @@ def fuse(probs: np.ndarray, scores: np.ndarray, weight: float, in_view: np.ndarr
     return fused / fused.sum(axis=1, keepdims=True)
 
 
-def fuse_without_own(probs: np.ndarray, scores: np.ndarray, targets: np.ndarray, weight: float,
-                     in_view: np.ndarray | None = None) -> np.ndarray:
-    """Each photo's fused answer had its own mountain not been known: its head probability and its gallery
-    photos' evidence both gone (so no neighbour borrows that evidence), the rest renormalised. A stand-in,
-    from labelled photos alone, for a photo of a mountain the model does not know."""
-    rows, targets = np.arange(len(targets)), np.asarray(targets, np.int64)
+def fuse_without_evidence(probs: np.ndarray, scores: np.ndarray, targets: np.ndarray, weight: float,
+                          in_view: np.ndarray | None = None) -> np.ndarray:
+    """Each photo's fused answer with its own mountain's gallery evidence gone (so no neighbour in its view
+    borrows it): with its head probability taken out too (``evaluate.choose_answer_threshold``), a stand-in
+    from labelled photos alone for a photo of a mountain the model does not know."""
     scores = np.array(scores, np.float32)
-    scores[rows, targets] = 0.0
-    others = fuse(probs, scores, weight, in_view)
-    others[rows, targets] = 0.0
-    return others / np.maximum(others.sum(axis=1, keepdims=True), 1e-12)
+    scores[np.arange(len(targets)), np.asarray(targets, np.int64)] = 0.0
+    return fuse(probs, scores, weight, in_view)
 
 
 def choose_weight(probs: np.ndarray, scores: np.ndarray, targets: np.ndarray, in_view: np.ndarray | None = None) -> float:

@@ -123,7 +123,7 @@ OPEN_SET_NAMED = 0.10  # at most this share of photos of mountains the model doe
 
 def open_set_threshold(others: np.ndarray, rate: float = OPEN_SET_NAMED) -> float:
     """The confidence that only ``rate`` of validation photos reach once their own mountain is taken out
-    (``others``: their answers without it, ``verification.fuse_without_own``): a stand-in, from validation
+    (``others``: their answers without it, :func:`without_own`): a stand-in, from validation
     alone, for photos of a mountain the model does not know, which it must not name outright."""
     if len(others) == 0:
         return 0.0
@@ -137,11 +137,13 @@ def without_own(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return others / np.maximum(others.sum(axis=1, keepdims=True), 1e-12)
 
 
-def choose_answer_threshold(probs: np.ndarray, targets: np.ndarray, others: np.ndarray | None = None) -> float:
+def choose_answer_threshold(probs: np.ndarray, targets: np.ndarray, unknown: np.ndarray | None = None) -> float:
     """The site's "This looks like X" threshold: answers at least CONFIDENT_PRECISION right on validation, and
     photos of unknown mountains named at most OPEN_SET_NAMED of the time (both from the validation split;
-    ``others``: the answers had each photo's mountain been unknown, by default its probability taken out)."""
-    others = without_own(probs, targets) if others is None else others
+    ``unknown``: the answers before each photo's own mountain is taken out, by default ``probs``; a fused
+    answer passes them with that mountain's verification evidence already gone,
+    ``verification.fuse_without_evidence``)."""
+    others = without_own(probs if unknown is None else unknown, targets)
     return max(choose_unknown_threshold(probs, targets), open_set_threshold(others))
 
 

@@ -190,7 +190,7 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
     val_fused, test_fused = (verification.fuse(probs, scores, weight, in_view)
                              for probs, scores in ((val_probs, val_scores), (test_probs, test_scores)))
     threshold = evaluate.choose_answer_threshold(
-        val_fused, y_val, verification.fuse_without_own(val_probs, val_scores, y_val, weight, in_view))
+        val_fused, y_val, verification.fuse_without_evidence(val_probs, val_scores, y_val, weight, in_view))
     val = evaluate.metrics(val_fused, y_val, labels, threshold)
     test = evaluate.metrics(test_fused, y_test, labels, threshold)
     for figures, probs, targets in ((val, val_probs, y_val), (test, test_probs, y_test)):

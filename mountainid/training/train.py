@@ -253,8 +253,8 @@ def train_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
     validation = (x_val, keras.utils.to_categorical(y_val, classes)) if has_val else None
     onehot = keras.utils.to_categorical(y_train, classes)
     if augmenting:
-        weights = (np.asarray([class_weights(y_train, classes)[t] for t in y_train], np.float32) if config.balance
-                   else np.ones(len(y_train), np.float32))
+        per_class = class_weights(y_train, classes) if config.balance else dict.fromkeys(range(classes), 1.0)
+        weights = np.asarray([per_class[t] for t in y_train], np.float32)
         history = model.fit(_augmented_batches(x_train, onehot, weights, extractor.cut_shape, config),
                             epochs=config.epochs, verbose=0, callbacks=callbacks, validation_data=validation)
     else:

@@ -24,7 +24,7 @@ from mountainid.verification import (
     Gallery,
     choose_weight,
     fuse,
-    fuse_without_own,
+    fuse_without_evidence,
 )
 from mountainid.vision.local import LocalFeatures
 from tests.training.conftest import FAST
@@ -89,8 +89,8 @@ def test_the_gallery_holds_the_training_split_and_validation_chooses_weight_and_
     in_view = predictor.in_view  # learnt from the gallery, stored with the model
     assert info["fusion_weight"] == choose_weight(probs, scores, targets, in_view)
     fused = fuse(probs, scores, info["fusion_weight"], in_view)
-    others = fuse_without_own(probs, scores, targets, info["fusion_weight"], in_view)
-    assert info["unknown_threshold"] == pytest.approx(choose_answer_threshold(fused, targets, others))
+    unknown = fuse_without_evidence(probs, scores, targets, info["fusion_weight"], in_view)
+    assert info["unknown_threshold"] == pytest.approx(choose_answer_threshold(fused, targets, unknown))
     assert info["val"]["top1"] == pytest.approx(float(np.mean(fused.argmax(axis=1) == targets)))
     # The gain of verification is stated next to the classifier's own figure.
     assert info["val"]["classifier_top1"] == pytest.approx(float(np.mean(probs.argmax(axis=1) == targets)))

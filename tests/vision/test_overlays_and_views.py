@@ -10,7 +10,15 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mountainid import verification
-from mountainid.verification import Gallery, fuse, fuse_without_own, in_view_matrix, in_view_names, shared
+from mountainid.training.evaluate import without_own
+from mountainid.verification import (
+    Gallery,
+    fuse,
+    fuse_without_evidence,
+    in_view_matrix,
+    in_view_names,
+    shared,
+)
 from mountainid.vision.local import extract_from_bytes
 
 LIMITS = (40_000_000, 10_000_000)
@@ -73,7 +81,7 @@ def test_mountains_that_share_a_view_share_their_evidence() -> None:
     assert in_view_names(in_view, ["gasherbrum-i", "gasherbrum-ii", "k2"]) == {
         "gasherbrum-i": ["gasherbrum-ii"], "gasherbrum-ii": ["gasherbrum-i"]}
     # Had Gasherbrum I been unknown, its photos' evidence would be gone too: no neighbour borrows it.
-    others = fuse_without_own(probs, scores, np.array([0]), 0.1, in_view)[0]
+    others = without_own(fuse_without_evidence(probs, scores, np.array([0]), 0.1, in_view), np.array([0]))[0]
     np.testing.assert_allclose(others, [0.0, 6 / 7, 1 / 7], atol=1e-6)
 
 
