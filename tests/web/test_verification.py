@@ -43,3 +43,32 @@ def test_uploads_verified_side_by_side_get_the_answers_they_get_one_at_a_time(
     with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(predictor.predict, photos * 3))
     assert together == alone * 3
+
+
+def test_a_mountain_in_the_same_view_is_named_and_shares_the_evidence(
+        predictor: Predictor, bucket_copy: Path, weights_path: Path, reframed_training_photo: Path) -> None:
+    """A model whose gallery put the answer's mountain in one view with another (metrics.json's also_in_view,
+    as the training run learns it) names that neighbour with a verified answer, and no longer lets the match
+    alone decide between the two: the evidence counts for both, so the classifier tells them apart."""
+    import json
+
+    from mountainid.registry import Registry
+
+    data = reframed_training_photo.read_bytes()
+    alone = predictor.predict(data)
+    assert alone.evidence is not None and alone.also_in_view == []  # this small gallery shares no view
+    answer, neighbour = alone.guesses[0].slug, next(s for s in predictor.labels if s != alone.guesses[0].slug)
+    store = LocalBlobStore(bucket_copy)
+    name = Registry.path(predictor.version, "metrics.json")
+    info = json.loads(store.get(name))
+    info["also_in_view"] = {answer: [neighbour], neighbour: [answer]}
+    store.put(name, json.dumps(info).encode())
+    viewed = Predictor.load(store, predictor.version, web_settings(weights_path, bucket_copy))
+    shared_answer = viewed.predict(data)
+    assert shared_answer.also_in_view == [viewed.names[neighbour if shared_answer.guesses[0].slug == answer
+                                                       else answer]]
+    before = {g.slug: g.probability for g in alone.guesses}
+    after = {g.slug: g.probability for g in shared_answer.guesses}
+    # The match now counts for the neighbour too: it gains what the answer had from the match alone.
+    assert after.get(neighbour, 0.0) > before.get(neighbour, 0.0) + 0.05
+    assert after[answer] < before[answer]
