@@ -29,9 +29,13 @@ system-deps:
 	fi
 
 # Offline by default: a fake Flickr serves ../shared/data/peaks14 (+ street photos as noise) into the
-# local bucket var/bucket. For real Flickr: FLICKR_API_KEY=... FLICKR_API_SECRET=... .venv/bin/mountainid run
+# local bucket var/bucket. The fake makes up each photo's licence over every Flickr id, so the demo accepts all
+# but "All Rights Reserved" (NonCommercial and NoDerivs opted in) to train on the whole photo set; a
+# deployment keeps the default of licences that allow commercial reuse.
+# For real Flickr: FLICKR_API_KEY=... FLICKR_API_SECRET=... .venv/bin/mountainid run
 run: setup
-	MOUNTAINID_CATALOG=$${MOUNTAINID_CATALOG:-peaks14} $(PY) -m mountainid.cli run \
+	MOUNTAINID_CATALOG=$${MOUNTAINID_CATALOG:-peaks14} \
+	MOUNTAINID_LICENSES=$${MOUNTAINID_LICENSES:-1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16} $(PY) -m mountainid.cli run \
 		--fake-flickr $(SHARED)/data/peaks14 --noise $(SHARED)/data/scenes/street $(RUN_ARGS)
 
 test: setup system-deps
