@@ -63,12 +63,12 @@ def report(store, version: str, settings) -> None:
     figures = metrics["test"]
     print(f"test split through predict(), n={n}: top1={right['memory'] / n:.3f}; answered outright "
           f"{right['sure'] / n:.1%}, right {right['sure_right'] / max(right['sure'], 1):.1%} of those "
-          f"(threshold {predictor.unknown_threshold:.2f}, chosen on validation)")
+          f"(threshold {predictor.unknown_threshold:.2f}, fitted on held-out answers)")
     gallery = predictor.verifier
     if gallery is not None:
         print(f"verification (metrics.json, test): fused top1={figures['top1']:.3f}, classifier alone "
               f"{figures['classifier_top1']:.3f} ({(figures['top1'] - figures['classifier_top1']) * 100:+.1f} points); "
-              f"weight {predictor.fusion_weight:g} chosen on validation; gallery {len(gallery)} training photos, "
+              f"weight {predictor.fusion_weight:g} fitted on held-out answers; gallery {len(gallery)} photos, "
               f"{gallery.nbytes / 1e6:.0f} MB in memory ({gallery.nbytes / len(gallery) / 1e3:.0f} kB per photo)")
         print(f"gallery left in the bucket (verified per upload against the {SHORTLIST} most similar training "
               f"photos of the {SHORTLIST_CLASSES} likeliest mountains, keypoints read per request): top1="
@@ -83,37 +83,22 @@ def report(store, version: str, settings) -> None:
     print(f"other mountains (scenes/mountain) named outright as one of the peaks: {named}/{len(scenes['mountain'])} "
           f"({named / len(scenes['mountain']):.1%}); street photos answered 'not a mountain': "
           f"{rejected}/{len(scenes['street'])}")
-    rule_now(store, version, settings, predictor, scenes["mountain"])
+    held_out_line(metrics)
     latencies = timings["memory"]
     print(f"predict latency (upload bytes to answer, verification included): p50 {statistics.median(latencies):.0f} ms, "
           f"max {max(latencies):.0f} ms over {len(latencies)} test photos (one request at a time)")
 
 
-def rule_now(store, version: str, settings, predictor, other_mountains: list) -> None:
-    """What today's threshold rule (``choose_answer_threshold``) picks on this version's validation split,
-    and what it gives on its test split and on photos of other mountains: for a version trained under an
-    older rule."""
-    import numpy as np
-
-    from mountainid.training.evaluate import choose_answer_threshold, confident_figures
-    from mountainid.training.features import load_features, load_local_features
-
-    splits = json.loads(store.get(f"models/{version}/dataset.json"))["splits"]
-
-    def fused(split: str) -> tuple[np.ndarray, np.ndarray]:
-        photos = [(entry.split("/")[1], f"accepted/{entry}.jpg") for entry in splits[split]]
-        features, usable = load_features(store, photos, predictor.extractor, settings)
-        keypoints = [k for k, ok in zip(load_local_features(store, photos, settings), usable, strict=True) if ok]
-        targets = [predictor.labels.index(e.split("/")[0]) for e, ok in zip(splits[split], usable, strict=True) if ok]
-        return predictor.verified_probabilities(predictor.probabilities(features), keypoints), np.array(targets)
-
-    threshold = choose_answer_threshold(*fused("val"))
-    test = confident_figures(*fused("test"), threshold)
-    named = sum(a.is_mountain and max(g.probability for g in a.guesses) >= threshold for a in other_mountains)
-    print(f"today's threshold rule on this version's validation split: {threshold:.2f} (stored: "
-          f"{predictor.unknown_threshold:.2f}); at it, test coverage={test['coverage']:.3f} "
-          f"confident_precision={test['confident_precision']:.3f}; other mountains named outright "
-          f"{named}/{len(other_mountains)} ({named / len(other_mountains):.1%})")
+def held_out_line(metrics: dict) -> None:
+    """How the confidence was fitted: the held-out answers' figures stored with the version (none before them)."""
+    held = metrics.get("held_out")
+    if not held:
+        print("held-out answers: none stored (a version calibrated on its validation split alone)")
+        return
+    how = f"{held['folds']} folds by photographer over training + validation" if held["folds"] >= 2 else "validation"
+    print(f"held-out answers the confidence was fitted on ({how}), n={held['n']}: top1={held['top1']:.3f}; "
+          f"answered outright {held['coverage']:.1%}, right {held['confident_precision']:.1%} of those; "
+          f"calibration error {held['ece']:.3f}; temperature {metrics.get('temperature', 1.0):.2f}")
 
 
 def answer_worker(store, version: str, settings) -> None:

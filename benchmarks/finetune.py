@@ -69,7 +69,7 @@ def main() -> None:
         prepared = prepare(settings, store, config, examples)
         if prepared is None:
             raise SystemExit("not enough data in this bucket")
-        (x_train, y_train), (x_val, y_val) = prepared.arrays["train"], prepared.arrays["val"]
+        (x_train, y_train), (x_val, y_val) = prepared.training(("train",)), prepared.arrays["val"]
         for seed in args.seeds:
             head_config = dataclasses.replace(config.head, seed=seed, mirror_average=False)
             started = time.perf_counter()

@@ -133,6 +133,7 @@ class Predictor:
         self.verifier = verifier
         self._keypoint_store = keypoint_store
         self.fusion_weight = float(info.get("fusion_weight", 0.0))
+        self.temperature = float(info.get("temperature", 1.0))  # fitted with the weight; older versions have none
         self.in_view = in_view_matrix(info.get("also_in_view", {}), labels)  # learnt from its gallery
         self._row_of = {row["photo_id"]: i for i, row in enumerate(gallery_rows)}
         self._gallery_by_slug = {slug: np.array([i for i, row in enumerate(gallery_rows) if row["slug"] == slug],
@@ -226,7 +227,7 @@ class Predictor:
         scores = shared(gallery.scores(verified, len(self.labels))[None] if gallery
                         else np.zeros((1, len(self.labels)), np.float32), self.in_view)[0]
         if gallery:
-            probs = fuse(probs, scores[None], self.fusion_weight)
+            probs = fuse(probs, scores[None], self.fusion_weight, temperature=self.temperature)
         probs = probs[0]
         order = np.argsort(-probs)[:TOP_K]
         evidence = scores[order[0]] >= EVIDENCE_INLIERS  # the answer's view was verified
@@ -259,7 +260,8 @@ class Predictor:
             gallery = Gallery.from_bytes(Registry(self._keypoint_store).read(self.version, VERIFICATION_FILE))
         if gallery is None:
             return probs
-        return fuse(probs, gallery.score_many(keypoints, len(self.labels)), self.fusion_weight, self.in_view)
+        return fuse(probs, gallery.score_many(keypoints, len(self.labels)), self.fusion_weight, self.in_view,
+                    self.temperature)
 
     def _shortlist(self, probs: np.ndarray, embedding: np.ndarray) -> Gallery:
         """A gallery of the training photos most like the upload among its likeliest mountains, their

@@ -8,9 +8,9 @@ agree on one camera geometry (inliers). Pairwise brute-force matching would cost
 candidate; this costs one query plus ~1 ms per candidate.
 
 A mountain's score is the sum of its two best photos' inliers; the fused answer is
-``softmax(log p_classifier + weight * min(score, INLIER_CAP))`` with ``weight`` chosen on the
-validation split (:func:`choose_weight`), never on the test split. The gallery holds the training
-split only, so no evaluated photo can match itself.
+``softmax((log p_classifier + weight * min(score, INLIER_CAP)) / temperature)`` with ``weight`` and
+``temperature`` fitted on answers to photos that neither the head nor the gallery held
+(``mountainid.training.calibrate``), never on the test split, which the gallery never holds.
 """
 
 from __future__ import annotations
@@ -240,23 +240,26 @@ def shared(scores: np.ndarray, in_view: np.ndarray | None) -> np.ndarray:
     return np.maximum(scores, spread)
 
 
-def fuse(probs: np.ndarray, scores: np.ndarray, weight: float, in_view: np.ndarray | None = None) -> np.ndarray:
+def fuse(probs: np.ndarray, scores: np.ndarray, weight: float, in_view: np.ndarray | None = None,
+         temperature: float = 1.0) -> np.ndarray:
     """Classifier probabilities (N, C) and verification scores (N, C) -> fused probabilities (N, C);
-    ``in_view`` (C, C): mountains that share a view share their evidence (:func:`shared`)."""
+    ``in_view`` (C, C): mountains that share a view share their evidence (:func:`shared`); ``temperature``
+    (fitted out of fold, ``training.calibrate``) scales how sure the answer says it is, never which it is."""
     logits = np.log(np.clip(probs, 1e-9, 1.0)) + weight * np.minimum(shared(scores, in_view), INLIER_CAP)
+    logits /= temperature
     logits -= logits.max(axis=1, keepdims=True)
     fused = np.exp(logits)
     return fused / fused.sum(axis=1, keepdims=True)
 
 
 def fuse_without_evidence(probs: np.ndarray, scores: np.ndarray, targets: np.ndarray, weight: float,
-                          in_view: np.ndarray | None = None) -> np.ndarray:
+                          in_view: np.ndarray | None = None, temperature: float = 1.0) -> np.ndarray:
     """Each photo's fused answer with its own mountain's gallery evidence gone (so no neighbour in its view
     borrows it): with its head probability taken out too (``evaluate.choose_answer_threshold``), a stand-in
     from labelled photos alone for a photo of a mountain the model does not know."""
     scores = np.array(scores, np.float32)
     scores[np.arange(len(targets)), np.asarray(targets, np.int64)] = 0.0
-    return fuse(probs, scores, weight, in_view)
+    return fuse(probs, scores, weight, in_view, temperature)
 
 
 def choose_weight(probs: np.ndarray, scores: np.ndarray, targets: np.ndarray, in_view: np.ndarray | None = None) -> float:

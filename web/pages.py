@@ -17,7 +17,7 @@ bp = Blueprint("pages", __name__)
 # Only these names are ever read from the store by a public route: a training photo, or a model plot.
 TRAINING_PHOTO = re.compile(r"^accepted/[a-z0-9]+(?:-[a-z0-9]+)*/[A-Za-z0-9_-]{1,80}\.jpg$")
 MODEL_VERSION = re.compile(r"^[0-9a-z][0-9a-z-]{0,63}$")
-MODEL_PLOTS = ("confusion.png", "curves.png")
+MODEL_PLOTS = ("confusion.png", "curves.png", "reliability.png")
 DAY = 86400
 
 

@@ -7,8 +7,13 @@ gate (:mod:`mountainid.training.gate`) finds the new model not significantly wor
 on the *same* test photos (the live model is re-evaluated on today's test split, which grows with the
 bucket, less any photo it trained on).
 Every figure is of the answer as served: the classifier fused with keypoint verification against
-the training split (``mountainid.verification``), the fusion weight and the confidence threshold
-chosen on validation.
+the training and validation photos (``mountainid.verification``), with the fusion weight, temperature
+and confidence threshold fitted on answers to photos the answering models had not seen
+(``mountainid.training.calibrate``). The test split is the gate's alone: nothing trains or is chosen on it.
+
+The stages of a run, in order: prepare (dataset and features), train the released head, verify
+(keypoints, gallery, peaks in one view), calibrate (held-out answers), evaluate (test), register and
+promote.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import io
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +36,7 @@ from mountainid.events import EventBus
 from mountainid.logs import event
 from mountainid.registry import Lease, LeaseHeld, ModelLoadError, Registry, new_version
 from mountainid.store import BlobStore, PreconditionFailed
-from mountainid.training import evaluate, plots
+from mountainid.training import calibrate, evaluate, plots
 from mountainid.training.consolidate import consolidate
 from mountainid.training.dataset import Dataset, Example, build_dataset, list_accepted
 from mountainid.training.duplicates import Duplicates, find_duplicates
@@ -58,6 +64,10 @@ class JobConfig:
     head: HeadConfig = _FAST_HEAD
     lease_s: float = 3600.0  # a crashed run blocks others at most this long
     tier: str = "fast"
+    # Folds (by photographer) over training + validation photos for calibration, the released head then trained on
+    # both; 0: calibrate on the validation split with a head trained on the training split (a fine-tune on two
+    # CPU cores cannot be trained once per fold).
+    calibration_folds: int = 4
 
 
 # Two tiers, both through the same registry, gate and hot-swap (README, "Training"), measured on peaks14:
@@ -71,7 +81,7 @@ FINETUNE_TIER = JobConfig(
     FeatureSpec(input_size=320, cut="block9", backbone=efficientnet_lite.NAME),
     HeadConfig(dropout=0.3, weight_decay=0.05, label_smoothing=0.1, learning_rate=4e-4, epochs=14,
                augment_views=5, one_cycle=True),
-    tier="finetune")
+    tier="finetune", calibration_folds=0)
 TIERS = {"fast": FAST_TIER, "finetune": FINETUNE_TIER}
 
 
@@ -128,16 +138,39 @@ class Prepared:
     duplicates: Duplicates
     extractor: FeatureExtractor
     parts: dict[str, list[Example]]  # train / val / test: the photos with usable features
-    arrays: dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (features, targets); train's with its views
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (features of each photo, targets)
+    # split -> its photos' augmented views (features, targets, row of the photo in parts[split]), where computed
+    views: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @property
     def labels(self) -> list[str]:
         return list(self.dataset.labels)
 
+    def pooled(self, splits: Sequence[str]) -> tuple[list[Example], np.ndarray, np.ndarray]:
+        """The photos of ``splits`` as one list, with their features and targets."""
+        return ([e for split in splits for e in self.parts[split]],
+                np.concatenate([self.arrays[split][0] for split in splits]),
+                np.concatenate([self.arrays[split][1] for split in splits]))
+
+    def training(self, splits: Sequence[str], photos: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """What a head trains on for the photos of ``splits`` (``photos``: a mask over :meth:`pooled`'s list,
+        default all): their augmented views where the tier computes them, else the photos themselves."""
+        features, targets, owners, offset = [], [], [], 0
+        for split in splits:
+            x, y = self.arrays[split]
+            x, y, owner = self.views.get(split, (x, y, np.arange(len(y))))
+            features.append(x)
+            targets.append(y)
+            owners.append(owner + offset)
+            offset += len(self.parts[split])
+        keep = np.ones(sum(map(len, targets)), bool) if photos is None else photos[np.concatenate(owners)]
+        return np.concatenate(features)[keep], np.concatenate(targets)[keep]
+
 
 def prepare(settings: Settings, store: BlobStore, config: JobConfig, examples: list[Example]) -> Prepared | None:
-    """The dataset (copies under two mountains left out) and every split's features, training's augmented
-    views included; None when there is not enough to train on."""
+    """The dataset (copies under two mountains left out) and every split's features, with the augmented
+    views of the photos heads train on (training, and validation when calibration folds over it too);
+    None when there is not enough to train on."""
     duplicates = find_duplicates(store, settings, examples)
     suspect = duplicates.suspect_ids  # copies under two mountains: kept out of training and evaluation
     dataset = build_dataset([e for e in examples if e.photo_id not in suspect], settings.min_photos_per_class)
@@ -153,73 +186,156 @@ def prepare(settings: Settings, store: BlobStore, config: JobConfig, examples: l
         return None
     arrays = {split: (features[[by_id[e.object_name] for e in photos]],
                       np.asarray(dataset.targets(photos), np.int64)) for split, photos in parts.items()}
-    if config.head.augment_views:
-        arrays["train"] = _augmented(store, settings, extractor, parts["train"], arrays["train"][1],
-                                     config.head.augment_views)
-    return Prepared(dataset, duplicates, extractor, parts, arrays)
+    views = {split: _augmented(store, settings, extractor, parts[split], arrays[split][1], config.head.augment_views)
+             for split in _trained_on(config) if config.head.augment_views}
+    return Prepared(dataset, duplicates, extractor, parts, arrays, views)
+
+
+def _trained_on(config: JobConfig) -> tuple[str, ...]:
+    """The splits the released head trains on: validation too once calibration no longer needs it."""
+    return ("train", "val") if config.calibration_folds >= 2 else ("train",)
 
 
 def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig, lease: Lease,
          progress: Progress, examples: list[Example]) -> TrainingResult:
-    registry = Registry(store)
     prepared = prepare(settings, store, config, examples)
     if prepared is None:
         return TrainingResult("not-enough-data")
-    dataset, duplicates, extractor, parts = prepared.dataset, prepared.duplicates, prepared.extractor, prepared.parts
-    (x_train, y_train), (x_val, y_val), (x_test, y_test) = (prepared.arrays[s] for s in ("train", "val", "test"))
-    photos = sum(map(len, parts.values()))
-    progress.report("features ready", photos=photos, training_examples=len(x_train))
-    head, history = train_head(x_train, y_train, x_val, y_val, len(dataset.labels), config.head, extractor,
-                               progress.epoch)
+    photos = sum(map(len, prepared.parts.values()))
+    progress.report("features ready", photos=photos, training_examples=len(prepared.training(_trained_on(config))[1]))
+    head, history = _train_released(prepared, config, progress)
     lease.renew()
-    labels = list(dataset.labels)
     progress.report("verifying", photos=photos)
+    verified = _verify(store, settings, prepared)
+    lease.renew()
+    progress.report("calibrating", folds=config.calibration_folds)
+    answers = _held_out_answers(prepared, config, verified, head)
+    calibration = calibrate.fit(answers, verified.in_view)
+    evaluated = _evaluate(prepared, head, verified, answers, calibration)
+    lease.renew()
+    return _register_and_promote(settings, store, bus, config, lease, prepared, verified, evaluated, head, history,
+                                 len(examples))
+
+
+def _train_released(prepared: Prepared, config: JobConfig, progress: Progress):
+    """The head that is served: on training + validation photos when calibration folds over them (the
+    recipe's epochs, as every fold's head), else on the training split with validation for early stopping."""
+    splits = _trained_on(config)
+    x_train, y_train = prepared.training(splits)
+    x_val, y_val = prepared.arrays["val"] if splits == ("train",) else (x_train[:0], y_train[:0])
+    return train_head(x_train, y_train, x_val, y_val, len(prepared.labels), config.head, prepared.extractor,
+                      progress.epoch)
+
+
+@dataclass
+class Verified:
+    """The verification side of a run: every split's keypoints, the served gallery (training + validation
+    photos) and the peaks it shows in one view."""
+
+    keypoints: dict[str, list[LocalFeatures | None]]
+    gallery: Gallery
+    in_view: np.ndarray
+
+
+def _verify(store: BlobStore, settings: Settings, prepared: Prepared) -> Verified:
     splits = ("train", "val", "test")
+    parts = prepared.parts
     every = load_local_features(store, [(e.photo_id, e.object_name) for split in splits for e in parts[split]],
                                 settings)  # one read of the keypoint shards for all three splits
     bounds = np.cumsum([0] + [len(parts[split]) for split in splits])
     keypoints = {split: every[start:end] for split, start, end in zip(splits, bounds[:-1], bounds[1:], strict=True)}
-    usable_train = [(e, k) for e, k in zip(parts["train"], keypoints["train"], strict=True) if k is not None]
-    gallery = Gallery([e.photo_id for e, _ in usable_train], dataset.targets([e for e, _ in usable_train]),
-                      [k for _, k in usable_train])
-    (val_probs, val_scores), (test_probs, test_scores) = (
-        (_probs(head, x, len(labels)), gallery.score_many(keypoints[split], len(labels)))
-        for x, split in ((x_val, "val"), (x_test, "test")))
-    in_view = gallery.in_view([e.group for e, _ in usable_train], len(labels))  # from the gallery itself
-    weight = verification.choose_weight(val_probs, val_scores, y_val, in_view)  # on validation, never test
-    val_fused, test_fused = (verification.fuse(probs, scores, weight, in_view)
-                             for probs, scores in ((val_probs, val_scores), (test_probs, test_scores)))
-    threshold = evaluate.choose_answer_threshold(
-        val_fused, y_val, verification.fuse_without_evidence(val_probs, val_scores, y_val, weight, in_view))
-    val = evaluate.metrics(val_fused, y_val, labels, threshold)
-    test = evaluate.metrics(test_fused, y_test, labels, threshold)
-    for figures, probs, targets in ((val, val_probs, y_val), (test, test_probs, y_test)):
-        figures["classifier_top1"] = evaluate.top_k(probs, targets, 1)  # the gain of verification, stated
+    served = [(e, k) for split in ("train", "val") for e, k in zip(parts[split], keypoints[split], strict=True)
+              if k is not None]
+    gallery = Gallery([e.photo_id for e, _ in served], prepared.dataset.targets([e for e, _ in served]),
+                      [k for _, k in served])
+    in_view = gallery.in_view([e.group for e, _ in served], len(prepared.labels))  # from the gallery itself
+    return Verified(keypoints, gallery, in_view)
 
+
+def _held_out_answers(prepared: Prepared, config: JobConfig, verified: Verified, head) -> calibrate.Answers:
+    """Answers to photos the answering head and gallery never held: out of fold over training + validation,
+    or the validation split answered by the released head and a gallery of the training split."""
+    classes = len(prepared.labels)
+    splits = ("train", "val")
+    photos, features, targets = prepared.pooled(splits)
+    keypoints = verified.keypoints["train"] + verified.keypoints["val"]
+    if config.calibration_folds < 2:
+        return calibrate.out_of_fold(np.asarray([0 if e.split == "val" else -1 for e in photos]), targets, classes,
+                                     [e.photo_id for e in photos], keypoints,
+                                     lambda _, held: _probs(head, features[held], classes))
+    fold_of = calibrate.photographer_folds([e.group for e in photos], config.calibration_folds)
+
+    def answer(trained_on: np.ndarray, held: np.ndarray) -> np.ndarray:
+        x, y = prepared.training(splits, trained_on)
+        fold_head, _ = train_head(x, y, x[:0], y[:0], classes, config.head, prepared.extractor)
+        return _probs(fold_head, features[held], classes)
+
+    return calibrate.out_of_fold(fold_of, targets, classes, [e.photo_id for e in photos], keypoints, answer)
+
+
+@dataclass
+class Evaluated:
+    """The calibration and the figures it gives: on the held-out answers that fitted it, and on test."""
+
+    calibration: calibrate.Calibration
+    answers: calibrate.Answers
+    held_out: dict
+    test: dict
+    test_fused: np.ndarray
+
+
+def _evaluate(prepared: Prepared, head, verified: Verified, answers: calibrate.Answers,
+              calibration: calibrate.Calibration) -> Evaluated:
+    """The served answer's figures, with the calibration fitted on ``answers``."""
+    labels = prepared.labels
+    x_test, y_test = prepared.arrays["test"]
+    test_probs = _probs(head, x_test, len(labels))
+    test_fused = calibration.fuse(test_probs, verified.gallery.score_many(verified.keypoints["test"], len(labels)),
+                                  verified.in_view)
+    held_out = evaluate.metrics(calibration.fuse(answers.probs, answers.scores, verified.in_view), answers.targets,
+                                labels, calibration.threshold)
+    test = evaluate.metrics(test_fused, y_test, labels, calibration.threshold)
+    for figures, probs, targets in ((held_out, answers.probs, answers.targets), (test, test_probs, y_test)):
+        figures["classifier_top1"] = evaluate.top_k(probs, targets, 1)  # the gain of verification, stated
+    return Evaluated(calibration, answers, held_out, test, test_fused)
+
+
+def _register_and_promote(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig, lease: Lease,
+                          prepared: Prepared, verified: Verified, evaluated: Evaluated, head,
+                          history: dict[str, list[float]], accepted: int) -> TrainingResult:
+    """Write the version folder; promote it unless the gate, on the same test photos, keeps the live model."""
+    registry = Registry(store)
+    dataset, extractor, labels = prepared.dataset, prepared.extractor, prepared.labels
+    test, calibration = evaluated.test, evaluated.calibration
     version = new_version()
     live = registry.live()
-    compared = _compare_with_live(registry, live[0], parts["test"], keypoints["test"], test_fused, y_test, store,
-                                  settings) if live else None
+    compared = _compare_with_live(registry, live[0], prepared.parts["test"], verified.keypoints["test"],
+                                  evaluated.test_fused, prepared.arrays["test"][1], store, settings) if live else None
     if compared is None:  # nothing to compare with: the new model replaces no model, or an unusable one
         gate = Gate(True, "live model unusable" if live else "no live model", test["n"], new_top1=test["top1"])
     else:
         gate = decide(*compared, settings.promotion_min_test)
     mountains = _mountains(settings, store, labels)
     names = {slug: mountain["name"] for slug, mountain in mountains.items()}
+    held_out = evaluated.held_out
     metrics = {
         "version": version, "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "labels": labels, "names": names, "unknown_threshold": threshold, "fusion_weight": weight,
-        "also_in_view": verification.in_view_names(in_view, labels),
-        "gallery": {"photos": len(gallery), "keypoints_mb": round(gallery.nbytes / 1e6, 1)},
+        "labels": labels, "names": names, "unknown_threshold": calibration.threshold,
+        "fusion_weight": calibration.weight, "temperature": calibration.temperature,
+        "also_in_view": verification.in_view_names(verified.in_view, labels),
+        "gallery": {"photos": len(verified.gallery), "keypoints_mb": round(verified.gallery.nbytes / 1e6, 1)},
         "test": {k: test[k] for k in ("top1", "top1_interval", "top3", "macro_f1", "n", "confident_precision",
                                       "confident_interval", "coverage", "coverage_interval", "classifier_top1")},
         "test_detail": test,
-        "val": {k: val[k] for k in ("top1", "top3", "macro_f1", "n", "confident_precision", "coverage",
-                                    "classifier_top1")},
-        "train": {"n": len(x_train)}, "accepted_photos": len(examples), "excluded_classes": dataset.excluded,
+        "held_out": {"folds": config.calibration_folds,
+                     **{k: held_out[k] for k in ("top1", "top3", "macro_f1", "n", "confident_precision",
+                                                 "confident_interval", "coverage", "classifier_top1")},
+                     "ece": held_out["calibration"]["ece"]},
+        "train": {"n": len(prepared.training(_trained_on(config))[1]), "splits": list(_trained_on(config))},
+        "accepted_photos": accepted, "excluded_classes": dataset.excluded,
         "dataset_fingerprint": dataset.fingerprint(), "feature_id": extractor.feature_id, "tier": config.tier,
         "live_at_training": {"version": live[0], **gate.figures()} if live else None,
-        **duplicates.report(),
+        **prepared.duplicates.report(),
     }
     lease.renew()
     registry.write_version(version, {
@@ -229,14 +345,17 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
                               # where serving finds them when MOUNTAINID_WEIGHTS is left unset (serving.weights_for)
                               "weights": settings.weights if settings.weights == "imagenet"
                               else str(Path(settings.weights).resolve()),
-                              "head": config.head.to_dict(), "min_photos_per_class": settings.min_photos_per_class}),
+                              "head": config.head.to_dict(), "min_photos_per_class": settings.min_photos_per_class,
+                              "calibration_folds": config.calibration_folds}),
         "dataset.json": _json(dataset.manifest()),
         "metrics.json": _json(metrics),
         "confusion.png": plots.confusion_png(test["confusion"], labels,
                                              f"test split: top-1 {test['top1']:.1%}, n={test['n']}"),
         "curves.png": plots.curves_png(history),
-        **_gallery_files(store, settings, dataset, parts["train"], extractor),
-        VERIFICATION_FILE: gallery.to_bytes(),
+        "reliability.png": plots.reliability_png(test["calibration"], held_out["calibration"]),
+        "held_out.npz": evaluated.answers.to_bytes(),
+        **_gallery_files(store, settings, dataset, prepared.parts["train"] + prepared.parts["val"], extractor),
+        VERIFICATION_FILE: verified.gallery.to_bytes(),
     })
     figures = {"version": version, "test_top1": round(test["top1"], 4), "test_top3": round(test["top3"], 4),
                "test_n": test["n"], "live_version": live[0] if live else None, **gate.figures()}
@@ -270,16 +389,18 @@ def _consolidate(store: BlobStore, settings: Settings, examples: list[Example], 
               level=logging.WARNING)
 
 
-def _augmented(store: BlobStore, settings: Settings, extractor: FeatureExtractor, train: list[Example],
-               targets: np.ndarray, views: int) -> tuple[np.ndarray, np.ndarray]:
-    """Features of ``views`` augmented views of every training photo (cached like the rest)."""
-    photos = [(e.photo_id, e.object_name) for e in train]
-    features, labels = [], []
+def _augmented(store: BlobStore, settings: Settings, extractor: FeatureExtractor, photos: list[Example],
+               targets: np.ndarray, views: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features of ``views`` augmented views of each photo (cached like the rest), their targets, and the
+    row in ``photos`` each came from."""
+    names = [(e.photo_id, e.object_name) for e in photos]
+    features, labels, rows = [], [], []
     for view in range(1, views + 1):
-        matrix, usable = load_features(store, photos, extractor, settings, view)
+        matrix, usable = load_features(store, names, extractor, settings, view)
         features.append(matrix)
         labels.append(targets[np.asarray(usable, bool)])
-    return np.concatenate(features), np.concatenate(labels)
+        rows.append(np.flatnonzero(usable))
+    return np.concatenate(features), np.concatenate(labels), np.concatenate(rows)
 
 
 def _probs(head, features: np.ndarray, classes: int) -> np.ndarray:
@@ -325,7 +446,7 @@ def _compare_with_live(registry: Registry, version: str, test: list[Example], ke
 
 def _gallery_files(store: BlobStore, settings: Settings, dataset: Dataset, train: list[Example],
                    extractor: FeatureExtractor) -> dict[str, bytes]:
-    """gallery.npz (unit-length 224 px embeddings of the training photos) + gallery.json (their credits)."""
+    """gallery.npz (unit-length 224 px embeddings of the photos the model holds) + gallery.json (their credits)."""
     gallery_extractor = extractor if extractor.spec.is_filter_embedding else FeatureExtractor(settings)
     vectors, usable = load_features(store, [(e.photo_id, e.object_name) for e in train], gallery_extractor,
                                     settings)

@@ -1,9 +1,11 @@
 """Verification in the training run: keypoints come from the filter's cache (backfilled, repaired), the
-gallery holds the training split only, and the fusion weight and threshold are chosen on validation."""
+gallery holds the training and validation photos, never test, and the fusion weight, temperature and
+threshold are fitted on answers to photos the answering models had not seen."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,19 +15,11 @@ from mountainid.filter import local_features_name
 from mountainid.predict import Predictor
 from mountainid.registry import Registry
 from mountainid.store import BlobStore, LocalBlobStore
+from mountainid.training import calibrate
 from mountainid.training.dataset import list_accepted
-from mountainid.training.evaluate import choose_answer_threshold
 from mountainid.training.features import load_features, load_local_features
 from mountainid.training.job import train_and_register
-from mountainid.verification import (
-    LARGE_FROM,
-    LARGE_GALLERY,
-    SMALL_GALLERY,
-    Gallery,
-    choose_weight,
-    fuse,
-    fuse_without_evidence,
-)
+from mountainid.verification import LARGE_FROM, LARGE_GALLERY, SMALL_GALLERY, Gallery
 from mountainid.vision.local import LocalFeatures
 from tests.training.conftest import FAST
 
@@ -63,40 +57,77 @@ def test_a_photo_gone_from_the_bucket_is_left_out_not_fatal(local_seeded: LocalB
     assert load_local_features(local_seeded, [(photo_id, object_name)], settings) == [None]
 
 
-def test_the_gallery_holds_the_training_split_and_validation_chooses_weight_and_threshold(
-        seeded: BlobStore, settings) -> None:
+def test_a_model_that_learnt_from_validation_photos_is_calibrated_out_of_fold_and_gated_on_unseen_photos(
+        seeded: BlobStore, settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    held_out: list[tuple[list[str], calibrate.Answers]] = []
+    out_of_fold = calibrate.out_of_fold
+
+    def recorded(fold_of, targets, classes, photo_ids, keypoints, answer):  # what the fit is given
+        answers = out_of_fold(fold_of, targets, classes, photo_ids, keypoints, answer)
+        held_out.append(([i for i, f in zip(photo_ids, fold_of, strict=True) if f >= 0], answers))
+        return answers
+
+    monkeypatch.setattr(calibrate, "out_of_fold", recorded)
     result = train_and_register(settings, seeded, InProcessBus(), FAST)
     assert result.promoted
     registry = Registry(seeded)
+    info = registry.info(result.version)
     splits = json.loads(registry.read(result.version, "dataset.json"))["splits"]
     ids = {split: {entry.split("/", 1)[1] for entry in entries} for split, entries in splits.items()}
     predictor = Predictor.load(seeded, result.version, settings)
-    gallery = set(predictor.verifier.photo_ids)
-    assert gallery and gallery <= ids["train"]  # never a photo that is evaluated
-    assert not gallery & (ids["val"] | ids["test"])
+    # The head and the galleries learnt from training and validation photos; test is the gate's alone.
+    assert info["train"]["splits"] == ["train", "val"]
+    assert set(predictor.verifier.photo_ids) == ids["train"] | ids["val"]
+    assert {row["photo_id"] for row in json.loads(registry.read(result.version, "gallery.json"))} == (
+        ids["train"] | ids["val"])
+    assert info["test"]["n"] == len(ids["test"]) == result.gate.compared_on
 
-    # Recompute from the validation split alone: the stored weight and threshold are exactly what it gives.
-    examples = {e.photo_id: e for e in list_accepted(seeded)}
-    val = [examples[i] for i in sorted(ids["val"])]
-    features, usable = load_features(seeded, [(e.photo_id, e.object_name) for e in val], predictor.extractor,
-                                     settings)
-    assert all(usable)
-    probs = predictor.probabilities(features)
-    scores = predictor.verifier.score_many(load_local_features(seeded, [(e.photo_id, e.object_name) for e in val],
-                                                               settings), len(predictor.labels))
-    targets = np.array([predictor.labels.index(e.slug) for e in val])
-    info = registry.info(result.version)
+    # Calibration: every training and validation photo answered once, out of fold; never a test photo.
+    [(answered, answers)] = held_out
+    assert sorted(answered) == sorted(ids["train"] | ids["val"]) and not set(answered) & ids["test"]
+    assert info["held_out"]["n"] == len(answers) and info["held_out"]["folds"] == FAST.calibration_folds
     in_view = predictor.in_view  # learnt from the gallery, stored with the model
-    assert info["fusion_weight"] == choose_weight(probs, scores, targets, in_view)
-    fused = fuse(probs, scores, info["fusion_weight"], in_view)
-    unknown = fuse_without_evidence(probs, scores, targets, info["fusion_weight"], in_view)
-    assert info["unknown_threshold"] == pytest.approx(choose_answer_threshold(fused, targets, unknown))
-    assert info["val"]["top1"] == pytest.approx(float(np.mean(fused.argmax(axis=1) == targets)))
+    fitted = calibrate.fit(answers, in_view)  # the stored choices are exactly the fit on those answers
+    assert (info["fusion_weight"], info["temperature"]) == (fitted.weight, fitted.temperature)
+    assert info["unknown_threshold"] == pytest.approx(fitted.threshold)
+    fused = fitted.fuse(answers.probs, answers.scores, in_view)
+    assert info["held_out"]["top1"] == pytest.approx(float(np.mean(fused.argmax(axis=1) == answers.targets)))
     # The gain of verification is stated next to the classifier's own figure.
-    assert info["val"]["classifier_top1"] == pytest.approx(float(np.mean(probs.argmax(axis=1) == targets)))
+    assert info["held_out"]["classifier_top1"] == pytest.approx(
+        float(np.mean(answers.probs.argmax(axis=1) == answers.targets)))
     assert {"classifier_top1", "top1", "confident_precision", "confident_interval", "coverage",
             "coverage_interval"} <= set(info["test"])
     assert "ece" in info["test_detail"]["calibration"]
+    assert registry.read(result.version, "reliability.png").startswith(b"\x89PNG")
+
+
+def test_without_folds_the_validation_split_is_answered_by_the_released_head_and_a_training_gallery(
+        seeded: BlobStore, settings) -> None:
+    """The fine-tune tier's way (a head per fold is too slow on a CPU): the weight and threshold are recomputed
+    exactly from the validation photos, scored against the training photos alone."""
+    result = train_and_register(settings, seeded, InProcessBus(), replace(FAST, calibration_folds=0))
+    registry = Registry(seeded)
+    info = registry.info(result.version)
+    assert info["train"]["splits"] == ["train"] and info["held_out"]["folds"] == 0
+    splits = json.loads(registry.read(result.version, "dataset.json"))["splits"]
+    ids = {split: {entry.split("/", 1)[1] for entry in entries} for split, entries in splits.items()}
+    examples = {e.photo_id: e for e in list_accepted(seeded)}
+    train, val = ([examples[i] for i in sorted(ids[split])] for split in ("train", "val"))
+    predictor = Predictor.load(seeded, result.version, settings)
+    features, usable = load_features(seeded, [(e.photo_id, e.object_name) for e in val], predictor.extractor,
+                                     settings)
+    assert all(usable)
+    keypoints = {split: load_local_features(seeded, [(e.photo_id, e.object_name) for e in photos], settings)
+                 for split, photos in (("train", train), ("val", val))}
+    gallery = Gallery([e.photo_id for e in train], [predictor.labels.index(e.slug) for e in train],
+                      keypoints["train"])
+    targets = np.array([predictor.labels.index(e.slug) for e in val])
+    answers = calibrate.Answers(predictor.probabilities(features),
+                                gallery.score_many(keypoints["val"], len(predictor.labels)), targets)
+    fitted = calibrate.fit(answers, predictor.in_view)
+    assert info["fusion_weight"] == fitted.weight and info["temperature"] == fitted.temperature
+    assert info["unknown_threshold"] == pytest.approx(fitted.threshold)
+    assert info["held_out"]["n"] == len(val)
 
 
 def test_a_gallery_matches_as_cross_validation_chose_for_its_size() -> None:
