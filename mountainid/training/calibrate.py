@@ -21,7 +21,7 @@ import numpy as np
 
 from mountainid import verification
 from mountainid.arrays import load_arrays
-from mountainid.logs import event
+from mountainid.logs import Bar, event
 from mountainid.training import evaluate
 from mountainid.verification import Gallery
 from mountainid.vision.local import LocalFeatures
@@ -33,11 +33,12 @@ TEMPERATURES = tuple(float(t) for t in np.geomspace(0.5, 4.0, 31))  # tried on t
 
 @dataclass(frozen=True)
 class Answers:
-    """Held-out photos' head probabilities and verification scores (N, classes), and their mountains."""
+    """Held-out photos' head probabilities and verification scores (N, classes), their mountains and ids."""
 
     probs: np.ndarray
     scores: np.ndarray
     targets: np.ndarray
+    photo_ids: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -46,13 +47,13 @@ class Answers:
         """Stored with the model (``held_out.npz``), so a calibration can be re-fitted or studied without retraining."""
         buffer = io.BytesIO()
         np.savez_compressed(buffer, probs=self.probs.astype(np.float32), scores=self.scores.astype(np.float32),
-                            targets=self.targets)
+                            targets=self.targets, photo_ids=np.asarray(self.photo_ids, dtype=str))
         return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Answers:
         arrays = load_arrays(data)
-        return cls(arrays["probs"], arrays["scores"], arrays["targets"])
+        return cls(arrays["probs"], arrays["scores"], arrays["targets"], tuple(arrays["photo_ids"].tolist()))
 
 
 @dataclass(frozen=True)
@@ -90,15 +91,19 @@ def out_of_fold(fold_of: np.ndarray, targets: np.ndarray, classes: int, photo_id
     scores = np.zeros((len(targets), classes), np.float32)
     usable = np.asarray([k is not None for k in keypoints], bool)
     folds = np.unique(fold_of[fold_of >= 0])
-    for number, fold in enumerate(folds, 1):
-        held = fold_of == fold
-        probs[held] = answer(~held, held)
-        rows = np.flatnonzero(~held & usable)
-        gallery = Gallery([photo_ids[i] for i in rows], targets[rows], [keypoints[i] for i in rows])
-        scores[held] = gallery.score_many([keypoints[i] for i in np.flatnonzero(held)], classes)
-        event(log, "fold answered", fold=number, folds=len(folds), photos=int(held.sum()), gallery=len(gallery))
+    with Bar("calibrate", len(folds)) as bar:
+        for number, fold in enumerate(folds, 1):
+            held = fold_of == fold
+            probs[held] = answer(~held, held)
+            rows = np.flatnonzero(~held & usable)
+            gallery = Gallery([photo_ids[i] for i in rows], targets[rows], [keypoints[i] for i in rows])
+            scores[held] = gallery.score_many([keypoints[i] for i in np.flatnonzero(held)], classes)
+            event(log, "fold answered", fold=number, folds=len(folds), photos=int(held.sum()),
+                  gallery=len(gallery))
+            bar.advance()
     answered = fold_of >= 0
-    return Answers(probs[answered], scores[answered], targets[answered])
+    return Answers(probs[answered], scores[answered], targets[answered],
+                   tuple(photo_ids[i] for i in np.flatnonzero(answered)))
 
 
 def fit(answers: Answers, in_view: np.ndarray | None) -> Calibration:

@@ -267,7 +267,7 @@ def _held_out_answers(prepared: Prepared, config: JobConfig, verified: Verified,
 
     def answer(trained_on: np.ndarray, held: np.ndarray) -> np.ndarray:
         x, y = prepared.training(splits, trained_on)
-        fold_head, _ = train_head(x, y, x[:0], y[:0], classes, config.head, prepared.extractor)
+        fold_head, _ = train_head(x, y, x[:0], y[:0], classes, config.head, prepared.extractor, announce=False)
         return _probs(fold_head, features[held], classes)
 
     return calibrate.out_of_fold(fold_of, targets, classes, [e.photo_id for e in photos], keypoints, answer)

@@ -227,8 +227,10 @@ def _optimizer(config: HeadConfig, steps: int):
 
 def train_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
                classes: int, config: HeadConfig, extractor: FeatureExtractor,
-               on_epoch: Callable[[int, int, float], None] | None = None):
+               on_epoch: Callable[[int, int, float], None] | None = None, announce: bool = True):
     """Fit a head; returns (the model, history dict).
+
+    ``announce``: a bar and a line per epoch; off for calibration's fold heads, which the fold loop reports.
 
     Without ``one_cycle`` the weights of the best validation loss are kept (early stopping); with it
     the schedule runs to its end, as the fine-tuning recipe prescribes.
@@ -245,7 +247,7 @@ def train_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
     has_val = len(x_val) > 0
-    callbacks = [_epoch_logger(config.epochs, on_epoch)]
+    callbacks = [_epoch_logger(config.epochs, on_epoch)] if announce else []
     if has_val and not config.one_cycle:
         callbacks.append(keras.callbacks.EarlyStopping("val_loss", patience=config.patience,
                                                        restore_best_weights=True))

@@ -112,7 +112,11 @@ def test_without_folds_the_validation_split_is_answered_by_the_released_head_and
     splits = json.loads(registry.read(result.version, "dataset.json"))["splits"]
     ids = {split: {entry.split("/", 1)[1] for entry in entries} for split, entries in splits.items()}
     examples = {e.photo_id: e for e in list_accepted(seeded)}
-    train, val = ([examples[i] for i in sorted(ids[split])] for split in ("train", "val"))
+    stored = calibrate.Answers.from_bytes(registry.read(result.version, "held_out.npz"))
+    assert sorted(stored.photo_ids) == sorted(ids["val"])  # the validation photos, in the order they were answered
+    # The training gallery in the run's order: FLANN's approximate search depends on the order it indexed.
+    train = [examples[entry.split("/", 1)[1]] for entry in splits["train"]]
+    val = [examples[i] for i in stored.photo_ids]
     predictor = Predictor.load(seeded, result.version, settings)
     features, usable = load_features(seeded, [(e.photo_id, e.object_name) for e in val], predictor.extractor,
                                      settings)
@@ -121,10 +125,11 @@ def test_without_folds_the_validation_split_is_answered_by_the_released_head_and
                  for split, photos in (("train", train), ("val", val))}
     gallery = Gallery([e.photo_id for e in train], [predictor.labels.index(e.slug) for e in train],
                       keypoints["train"])
-    targets = np.array([predictor.labels.index(e.slug) for e in val])
-    answers = calibrate.Answers(predictor.probabilities(features),
-                                gallery.score_many(keypoints["val"], len(predictor.labels)), targets)
-    fitted = calibrate.fit(answers, predictor.in_view)
+    # The answers it fitted on: the validation photos, by the served head and a gallery of training photos.
+    assert stored.targets.tolist() == [predictor.labels.index(e.slug) for e in val]
+    assert np.allclose(stored.probs, predictor.probabilities(features), atol=1e-4)
+    assert np.allclose(stored.scores, gallery.score_many(keypoints["val"], len(predictor.labels)))
+    fitted = calibrate.fit(stored, predictor.in_view)  # and the stored choices are exactly the fit on them
     assert info["fusion_weight"] == fitted.weight and info["temperature"] == fitted.temperature
     assert info["unknown_threshold"] == pytest.approx(fitted.threshold)
     assert info["held_out"]["n"] == len(val)

@@ -169,7 +169,7 @@ def test_model_page_and_api(client, predictor: Predictor) -> None:
     test = predictor.info["test"]
     assert f"{test['top1'] * 100:.1f}%" in page
     assert f"against {test['classifier_top1'] * 100:.1f}% for the classifier alone" in page
-    assert f"checked against the {len(predictor.verifier)} training photos" in page
+    assert f"checked against the {len(predictor.verifier)} photos the model learnt from" in page
     body = client.get("/api/v1/model").get_json()
     assert body["version"] == predictor.version and body["labels"] == predictor.labels
     assert body["test"] == test and body["created"] == predictor.info["created"]
