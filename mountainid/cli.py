@@ -59,7 +59,7 @@ def settings_epilog() -> str:
         settings = get_settings()
     except ConfigError as error:
         return f"settings: {error}"
-    return ("settings that matter (environment variables; every one is in the README, 'Configuration'):\n"
+    return ("settings that matter (environment variables; every one is in docs/configuration.md):\n"
             f"  MOUNTAINID_BUCKET={settings.bucket}   a local folder, or gs://NAME for Cloud Storage\n"
             f"  MOUNTAINID_CATALOG={settings.catalog}   bundled catalog name or a .yaml file; photo folders "
             "may name any mountain\n"

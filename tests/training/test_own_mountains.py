@@ -153,7 +153,7 @@ def _wait_for(url: str, status: int, seconds: float = 120) -> requests.Response:
 
 
 def test_a_photo_folder_reaches_the_site_with_train_then_serve(tmp_path, shared_dir, weights_path) -> None:
-    """The README's path: `train --photos DIR`, then `serve` in a shell that never set MOUNTAINID_WEIGHTS
+    """The documented path (docs/running.md): `train --photos DIR`, then `serve` in a shell that never set MOUNTAINID_WEIGHTS
     finds the weights file training used; moved away, serve says on stderr and in /health what to set,
     and serves by itself once the file is back."""
     photos = own_folder(tmp_path / "mine", shared_dir, {"Hausberg": "K2", "Schneekoppe": "Lhotse"})
