@@ -50,7 +50,7 @@ def photo_id(index: int) -> str:
 
 def populate(store, size: int, feature_id: str, workers: int) -> None:
     """accepted/<mountain>/<id>.jpg placeholders and embeddings/<feature_id>/<id>.npy, as the filter writes them."""
-    from mountainid.filter import embedding_name
+    from mountainid.bucket import embedding_name
     from mountainid.training.features import encode_vector
     from mountainid.vision.backbone import EMBEDDING_DIM
 
@@ -109,7 +109,8 @@ def peak_mb() -> float:
 
 def retrain(store, settings, config_json: str) -> dict:
     """The training job's steps from cache that a synthetic bucket can hold (see the module docstring)."""
-    from mountainid.registry import Registry, new_version
+    from mountainid.bucket import new_version
+    from mountainid.registry import Registry
     from mountainid.training import evaluate
     from mountainid.training.dataset import build_dataset, list_accepted
     from mountainid.training.features import FeatureExtractor, FeatureSpec, load_features

@@ -43,12 +43,12 @@ from typing import Any, Self, TypeVar
 
 import requests
 
+from mountainid.bucket import ACCEPTED, EMBEDDINGS, RAW, REJECTED, cursor_name
 from mountainid.catalog import load_catalog
 from mountainid.config import Settings
 from mountainid.events.pubsub import PubSubBus, ensure_push_subscription, ensure_topic
-from mountainid.filter import ACCEPTED, EMBEDDINGS, RAW, REJECTED
 from mountainid.flickr.fake import FakeFlickr, FakePhoto
-from mountainid.ingest import Cursor, cursor_name
+from mountainid.ingest import Cursor
 from mountainid.localcloud import (
     FunctionsFrameworkServer,
     LocalCloud,

@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import io
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from cloudevents.http import CloudEvent
 
+from mountainid.bucket import ACCEPTED, DHASH, RAW, REJECTED, RawPhoto, embedding_name, local_features_name
 from mountainid.config import Settings
 from mountainid.events.cloudevents import PUBSUB_PUBLISHED, pubsub_payload
 from mountainid.logs import Bar, event, item_level
@@ -53,12 +53,7 @@ TERRAIN_CLASSES: dict[int, str] = {
 }
 _TERRAIN_INDEX = np.array(sorted(TERRAIN_CLASSES), dtype=np.intp)
 
-RAW, ACCEPTED, REJECTED, EMBEDDINGS, LOCAL_FEATURES = "raw/", "accepted/", "rejected/", "embeddings/", "localfeatures/"
-DHASH = "dhash"  # metadata key: the photo's 256-bit difference hash (hex), as the filter saw it
 TOP_K = 5
-# raw/<slug>/<photo id>.jpg as the ingest writes it (slugify() output, Flickr ids); nothing else is judged.
-_EMBEDDING_FILE = re.compile(r"(?P<photo_id>.+?)(?:-v(?P<view>\d+))?\.npy")  # <photo_id>[-v<view>].npy
-_RAW_NAME = re.compile(r"^raw/(?P<slug>[a-z0-9]+(?:-[a-z0-9]+)*)/(?P<photo_id>[0-9A-Za-z_-]{1,64})\.jpg$")
 
 
 def mountain_score(probs: np.ndarray) -> np.ndarray:
@@ -104,57 +99,6 @@ def judge(probs: np.ndarray, threshold: float) -> Verdict:
 
 def bad_image_verdict(error: BadImage) -> Verdict:
     return Verdict(False, error.reason, None, {"reason": error.reason, "reason_detail": str(error)})
-
-
-@dataclass(frozen=True)
-class RawPhoto:
-    """A photo under raw/, and where its results go."""
-
-    name: str
-    slug: str
-    photo_id: str
-
-    @classmethod
-    def parse(cls, name: str) -> RawPhoto | None:
-        """The photo an object name denotes, or None for anything that is not a raw/ photo."""
-        match = _RAW_NAME.match(name)
-        return cls(name, match["slug"], match["photo_id"]) if match else None
-
-    @property
-    def accepted_name(self) -> str:
-        return f"{ACCEPTED}{self.slug}/{self.photo_id}.jpg"
-
-    @property
-    def rejected_name(self) -> str:
-        return f"{REJECTED}{self.slug}/{self.photo_id}.jpg"
-
-
-def embedding_name(feature_id: str, photo_id: str, view: int = 0) -> str:
-    """The cached embedding of a photo (view 0) or of its augmented view ``view`` (the training job's)."""
-    return f"{EMBEDDINGS}{feature_id}/{photo_id}{f'-v{view}' if view else ''}.npy"
-
-
-def parse_embedding_name(name: str) -> tuple[str, str, int] | None:
-    """(feature id, photo id, view) of an :func:`embedding_name`; None for any other name."""
-    folder, _, file = name.removeprefix(EMBEDDINGS).rpartition("/")
-    match = _EMBEDDING_FILE.fullmatch(file)
-    if not name.startswith(EMBEDDINGS) or not folder or "/" in folder or not match:
-        return None
-    return folder, match["photo_id"], int(match["view"] or 0)
-
-
-# The current keypoint extractor's per-photo cache (a new extractor writes beside, never over, the old one).
-LOCAL_FEATURES_FOLDER = f"{LOCAL_FEATURES}{local.EXTRACTOR_ID}/"
-
-
-def local_features_name(photo_id: str) -> str:
-    return f"{LOCAL_FEATURES_FOLDER}{photo_id}.npz"
-
-
-def parse_local_features_name(name: str) -> str | None:
-    """The photo id of a :func:`local_features_name`; None for any other name."""
-    photo_id = name.removeprefix(LOCAL_FEATURES_FOLDER).removesuffix(".npz")
-    return photo_id if name == local_features_name(photo_id) and photo_id and "/" not in photo_id else None
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import re
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -58,6 +57,17 @@ from typing import Any
 
 from cloudevents.http import CloudEvent
 
+from mountainid.bucket import (
+    RESWEEP,
+    SKIPPED,
+    cursor_name,
+    is_photo_id,
+    raw_folder,
+    raw_name,
+    resweep_name,
+    skipped_name,
+    skipped_slug,
+)
 from mountainid.catalog import Catalog, Mountain, load_catalog
 from mountainid.config import Settings
 from mountainid.events.cloudevents import pubsub_json
@@ -75,16 +85,11 @@ from mountainid.vision.image import BadImage, load_image
 
 log = logging.getLogger(__name__)
 
-RAW_PREFIX = "raw"
-CURSOR_PREFIX = "state/ingest"
-SKIPPED_PREFIX = f"{CURSOR_PREFIX}/skipped"
-RESWEEP_PREFIX = f"{CURSOR_PREFIX}/resweep"
 # Version 1 gained "attempts" without a bump: a cursor written before reads as no failures, and code
 # from before ignores the field (it only resets the counts), so old and new runs can share a bucket.
 CURSOR_VERSION = 1
 CURSOR_WRITE_ATTEMPTS = 20
 VALIDATE_DRAFT_SIZE = 256  # decode downscaled: still reads every byte (so truncation shows), 4x faster
-_PHOTO_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 _JPEG_MAGIC = b"\xff\xd8\xff"
 # Cloud Storage allows 8 KiB of custom metadata per object, counted in UTF-8 bytes (a CJK character is
 # 3): these caps keep the whole raw/ metadata under 3.5 KiB, leaving room for what the filter adds.
@@ -94,22 +99,6 @@ _MAX_METADATA_BYTES = {"owner_name": 300, "title": 1000, "tags": 1500}
 def _clip(text: str, max_bytes: int) -> str:
     """At most ``max_bytes`` of UTF-8, never cutting a character in half."""
     return text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
-
-
-def raw_name(slug: str, photo_id: str) -> str:
-    return f"{RAW_PREFIX}/{slug}/{photo_id}.jpg"
-
-
-def cursor_name(slug: str) -> str:
-    return f"{CURSOR_PREFIX}/{slug}.json"
-
-
-def skipped_name(slug: str, photo_id: str) -> str:
-    return f"{SKIPPED_PREFIX}/{slug}/{photo_id}.json"
-
-
-def resweep_name(slug: str) -> str:
-    return f"{RESWEEP_PREFIX}/{slug}.json"
 
 
 @dataclass(frozen=True)
@@ -373,7 +362,7 @@ class _Run:
 
     def _stored_ids(self, slug: str) -> frozenset[str]:
         """The ids under ``raw/<slug>/``, from one listing rather than a request per photo."""
-        prefix = f"{RAW_PREFIX}/{slug}/"
+        prefix = raw_folder(slug)
         return frozenset(name[len(prefix):].removesuffix(".jpg") for name in self.store.list_names(prefix))
 
     def _walk(self, mountain: Mountain, cursor: Cursor, stored: frozenset[str]) -> tuple[list[FlickrPhoto], bool]:
@@ -440,7 +429,7 @@ class _Run:
         return True
 
     def _store_photo(self, slug: str, photo: FlickrPhoto) -> tuple[Outcome, str, int]:
-        if not _PHOTO_ID.match(photo.id):
+        if not is_photo_id(photo.id):
             return Outcome.SKIPPED, "unsafe-photo-id", 0
         name = raw_name(slug, photo.id)
         if photo.image_url is None:
@@ -528,12 +517,12 @@ def retry_given_up(settings: Settings, store: BlobStore, *, client: FlickrClient
     """
     started = time.perf_counter()
     report = IngestReport()
-    records = store.list_names(f"{SKIPPED_PREFIX}/")
+    records = store.list_names(SKIPPED)
     with _client(settings, client) as flickr, Bar("retry", len(records)) as bar, \
             ThreadPoolExecutor(1, thread_name_prefix="ingest") as pool:
         run = _Run(settings, store, flickr, pool, budget=len(records))
         for name in records:
-            slug = name.split("/")[-2]
+            slug = skipped_slug(name)
             report.mountains.setdefault(slug, MountainReport(slug)).count(run.retry(slug, name))
             bar.advance()
     report.seconds = time.perf_counter() - started
@@ -650,10 +639,10 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
                         help="with --fake-flickr: non-mountain photos to mix into the results")
     parser.add_argument("--resweep", action="store_true",
                         help=f"one re-sweep step instead of the usual walk: photos before the cursor that became "
-                             f"eligible later (state under {RESWEEP_PREFIX}/)")
+                             f"eligible later (state under {RESWEEP})")
     parser.add_argument("--retry-given-up", action="store_true",
                         help=f"instead of a search: try once more every photo given up after "
-                             f"MOUNTAINID_INGEST_MAX_ATTEMPTS failed runs (records under {SKIPPED_PREFIX}/)")
+                             f"MOUNTAINID_INGEST_MAX_ATTEMPTS failed runs (records under {SKIPPED})")
     parser.set_defaults(func=_command)
 
 

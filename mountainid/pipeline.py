@@ -25,6 +25,7 @@ from contextlib import ExitStack
 from cloudevents.http import CloudEvent
 
 from mountainid.arguments import check_port_free, existing_folder
+from mountainid.bucket import ACCEPTED, RAW, REJECTED
 from mountainid.catalog import Catalog, load_catalog
 from mountainid.config import ConfigError, Settings
 from mountainid.events import InProcessBus
@@ -66,7 +67,7 @@ class EmbeddedPipeline:
 
     def _notify(self, blob: BlobInfo) -> None:
         # infra/ sets up the bucket notification for raw/ only; do the same here.
-        if blob.name.startswith("raw/"):
+        if blob.name.startswith(RAW):
             data, attributes = gcs_notification(self.bucket, blob)
             self.bus.publish(self.settings.topic_raw_photos, data, attributes)
 
@@ -111,8 +112,8 @@ class EmbeddedPipeline:
             trained = "not due" if result is None else result.status
             self.bus.drain()  # model-published reaches its subscribers (the web service)
             summary = {"events": delivered, "caught_up": caught_up, "trained": trained,
-                       "raw": len(self.store.list_names("raw/")), "accepted": len(self.store.list_names("accepted/")),
-                       "rejected": len(self.store.list_names("rejected/")),
+                       "raw": len(self.store.list_names(RAW)), "accepted": len(self.store.list_names(ACCEPTED)),
+                       "rejected": len(self.store.list_names(REJECTED)),
                        "seconds": round(time.perf_counter() - started, 1)}
             event(log, "pipeline cycle finished", **summary)
             return summary

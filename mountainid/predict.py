@@ -28,9 +28,10 @@ import numpy as np
 from PIL import Image
 
 from mountainid.arrays import load_arrays
+from mountainid.bucket import local_features_name, model_file
 from mountainid.catalog import Catalog, Mountain
 from mountainid.config import Settings
-from mountainid.filter import local_features_name, mountain_score
+from mountainid.filter import mountain_score
 from mountainid.logs import event
 from mountainid.registry import ModelLoadError, Registry
 from mountainid.store import BlobStore, NotFound
@@ -158,7 +159,7 @@ class Predictor:
             gallery_rows = json.loads(registry.read(version, "gallery.json"))
             head = _load_keras(registry.read(version, "model.keras"))
             verifier, keypoint_store = None, None
-            if store.exists(registry.path(version, VERIFICATION_FILE)):
+            if store.exists(model_file(version, VERIFICATION_FILE)):
                 if info.get("gallery", {}).get("keypoints_mb", 0) <= settings.gallery_memory_mb:
                     verifier = Gallery.from_bytes(registry.read(version, VERIFICATION_FILE))
                 else:

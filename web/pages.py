@@ -6,6 +6,7 @@ import re
 
 from flask import Blueprint, Response, abort, render_template, request, url_for
 
+from mountainid.bucket import model_file
 from mountainid.catalog import Catalog
 from mountainid.store import NotFound
 from mountainid.training.progress import current as training_progress
@@ -80,7 +81,7 @@ def model_plot(version: str, filename: str) -> Response:
     """A model version's confusion matrix or training curves (versions never change once written)."""
     if not MODEL_VERSION.match(version) or filename not in MODEL_PLOTS:
         abort(404)
-    return _from_store(f"models/{version}/{filename}", "image/png", max_age=30 * DAY)
+    return _from_store(model_file(version, filename), "image/png", max_age=30 * DAY)
 
 
 def _from_store(name: str, mimetype: str, max_age: int) -> Response:

@@ -26,8 +26,8 @@ from logging.handlers import QueueHandler
 from queue import Empty
 
 from mountainid import logs
+from mountainid.bucket import ACCEPTED
 from mountainid.config import ConfigError, Settings
-from mountainid.filter import ACCEPTED
 from mountainid.logs import Bar, bars_hidden, event
 from mountainid.store import BlobStore, open_store
 from mountainid.training import features

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mountainid.bucket import ACCEPTED
 from mountainid.catalog import load_catalog
 from mountainid.config import ConfigError, Settings
 from mountainid.logs import event
@@ -102,7 +103,7 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         labelled_files(Path(args.photos), catalog)
         get_backbone(settings.weights)
     store = open_store(settings)
-    if not args.photos and next(store.list("accepted/"), None) is None:  # before the lease and TensorFlow
+    if not args.photos and next(store.list(ACCEPTED), None) is None:  # before the lease and TensorFlow
         raise ConfigError(f"no accepted photos in {settings.bucket} to train on: pass --photos DIR (one subfolder "
                           "of photos per mountain), or run the pipeline (mountainid run) first")
     bus = open_bus(settings)

@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image
 
 from mountainid.arrays import load_array
+from mountainid.bucket import embedding_name, local_features_name
 from mountainid.config import Settings
-from mountainid.filter import embedding_name, local_features_name
 from mountainid.logs import Bar, event
 from mountainid.store import BlobStore, NotFound
 from mountainid.training import shards

@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from mountainid import verification
+from mountainid.bucket import new_version
 from mountainid.catalog import Mountain, load_catalog
 from mountainid.config import Settings
 from mountainid.events import EventBus
 from mountainid.logs import event
-from mountainid.registry import Lease, LeaseHeld, ModelLoadError, Registry, new_version
+from mountainid.registry import Lease, LeaseHeld, ModelLoadError, Registry
 from mountainid.store import BlobStore, PreconditionFailed
 from mountainid.training import evaluate, plots
 from mountainid.training.consolidate import consolidate

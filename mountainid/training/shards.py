@@ -19,7 +19,6 @@ import hashlib
 import io
 import logging
 import math
-import re
 import zipfile
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
@@ -30,15 +29,14 @@ from typing import Generic, Protocol, TypeVar
 import numpy as np
 
 from mountainid.arrays import load_arrays
+from mountainid.bucket import parse_shard_name, shard_name, shard_prefix
 from mountainid.logs import event
 from mountainid.store import BlobStore, NotFound
 from mountainid.vision.local import EXTRACTOR_ID, KEYPOINTS, LocalFeatures
 
 log = logging.getLogger(__name__)
 
-SHARDS = "features/"
 SHARD_WORKERS = 4  # shards are large: a few in flight keep the link busy and memory bounded
-_NAME = re.compile(r"(\d+)-of-(\d+)\.npz")
 _CHECKSUM = "sha256"
 
 T = TypeVar("T")
@@ -56,10 +54,6 @@ def vectors_set(feature_id: str, view: int = 0) -> str:
 KEYPOINTS_SET = EXTRACTOR_ID
 
 
-def shard_prefix(set_id: str) -> str:
-    return f"{SHARDS}{set_id}/shards/"
-
-
 def shard_of(key: str, count: int) -> int:
     """A photo's shard among ``count``: a stable hash (not Python's salted hash())."""
     return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % count
@@ -73,7 +67,7 @@ class Shard:
 
     @property
     def name(self) -> str:
-        return f"{shard_prefix(self.set_id)}{self.index:05d}-of-{self.count:05d}.npz"
+        return shard_name(self.set_id, self.index, self.count)
 
     def holds(self, key: str) -> bool:
         return shard_of(key, self.count) == self.index
@@ -183,12 +177,11 @@ def decode(shard: Shard, data: bytes, codec: Codec[T]) -> dict[str, T]:
 
 def listed(store: BlobStore, set_id: str) -> list[Shard]:
     """The shards of a set in the bucket (while a consolidation changes their number, both layouts)."""
-    prefix = shard_prefix(set_id)
     found = []
-    for name in store.list_names(prefix):
-        match = _NAME.fullmatch(name[len(prefix):])
-        if match and int(match[1]) < int(match[2]):
-            found.append(Shard(set_id, int(match[1]), int(match[2])))
+    for name in store.list_names(shard_prefix(set_id)):
+        parsed = parse_shard_name(set_id, name)
+        if parsed and parsed[0] < parsed[1]:
+            found.append(Shard(set_id, *parsed))
     return found
 
 

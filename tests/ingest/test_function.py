@@ -13,10 +13,11 @@ import pytest
 import requests
 from cloudevents.conversion import to_structured
 
+from mountainid.bucket import cursor_name
 from mountainid.events.cloudevents import pubsub_event
 from mountainid.events.pubsub import PubSubBus, ensure_push_subscription, ensure_topic
 from mountainid.flickr.fake import FakeFlickr
-from mountainid.ingest import Cursor, cursor_name
+from mountainid.ingest import Cursor
 from mountainid.localcloud import FakeGcsServer, FunctionsFrameworkServer, PubSubEmulator
 from mountainid.store.gcs import GcsBlobStore
 from tests.emulators import PROJECT, unique_name

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from mountainid.arrays import load_array
+from mountainid.bucket import ACCEPTED, embedding_name, local_features_name
 from mountainid.catalog import slugify
 from mountainid.config import Settings
-from mountainid.filter import ACCEPTED, embedding_name, local_features_name
 from mountainid.store import BlobStore, LocalBlobStore
 from mountainid.training import backfill
 from mountainid.training.dataset import Example

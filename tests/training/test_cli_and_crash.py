@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from mountainid.bucket import TRAINING_LEASE
 from mountainid.config import load_settings
 from mountainid.events import InProcessBus
 from mountainid.predict import Predictor
-from mountainid.registry import LEASE, Registry
+from mountainid.registry import Registry
 from mountainid.store import LocalBlobStore
 from mountainid.training.job import train_and_register
 from tests.training.conftest import FAST, TINY_FINE_TUNE_FLAGS, cli_args, copy_objects, training_env
@@ -94,13 +95,13 @@ def test_job_killed_during_training_leaves_the_live_model_alone(live_bucket, tie
             break
     else:
         pytest.fail("the job ended before its first epoch: " + "".join(seen[-20:]))
-    assert store.exists(LEASE)
+    assert store.exists(TRAINING_LEASE)
     job.send_signal(signal.SIGKILL)
     job.wait()
     registry = Registry(store)
     assert registry.live()[0] == old and registry.versions() == [old]
     assert Predictor.load(store, old, settings).predict(store.get(store.list_names("accepted/")[0])).guesses
-    assert store.exists(LEASE)  # a killed run cannot release its lease ...
+    assert store.exists(TRAINING_LEASE)  # a killed run cannot release its lease ...
     time.sleep(3.1)
     # ... it expires: the next run trains to the end (promoted or kept by the gate, not "lease-held").
     assert train_and_register(settings, store, InProcessBus(), FAST).status in ("promoted", "kept")

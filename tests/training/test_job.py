@@ -10,11 +10,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from mountainid.bucket import ACCEPTED, COMPLETE, SHARDS, TRAINING_LEASE, embedding_name, model_file
 from mountainid.catalog import load_catalog
 from mountainid.events import InProcessBus
-from mountainid.filter import ACCEPTED, embedding_name
 from mountainid.predict import Predictor
-from mountainid.registry import COMPLETE, LEASE, ModelLoadError, Registry
+from mountainid.registry import ModelLoadError, Registry
 from mountainid.store import BlobStore
 from mountainid.training import shards
 from mountainid.training.dataset import build_dataset, list_accepted
@@ -68,8 +68,8 @@ def test_first_model_is_promoted_complete_and_published(seeded: BlobStore, setti
     assert 0.0 <= info["unknown_threshold"] <= 1.0
     assert seeded.get(f"models/{result.version}/confusion.png").startswith(b"\x89PNG")
     assert [m["version"] for m in messages] == [result.version]
-    assert not seeded.exists(LEASE)  # released
-    packed = {name.split("/")[1] for name in seeded.list_names(shards.SHARDS)}  # the next run reads shards
+    assert not seeded.exists(TRAINING_LEASE)  # released
+    packed = {name.split("/")[1] for name in seeded.list_names(SHARDS)}  # the next run reads shards
     assert shards.KEYPOINTS_SET in packed and len(packed) >= 2, packed  # keypoints and embeddings
     predictor = Predictor.load(seeded, result.version, settings)
     photo = seeded.get(next(n for n in seeded.list_names("accepted/lhotse/")))
@@ -123,7 +123,7 @@ def test_gate_promotes_a_better_model_and_replaces_an_unusable_one(seeded: BlobS
     assert decision.mountainid_fields["mcnemar_p"] == round(better.gate.p_value, 4)
     assert decision.mountainid_fields["right_only_new"] == better.gate.right_only_new
     registry = Registry(seeded)
-    seeded.put(registry.path(better.version, "dataset.json"), b"{ damaged")  # the live model cannot be compared
+    seeded.put(model_file(better.version, "dataset.json"), b"{ damaged")  # the live model cannot be compared
     replacing = train_and_register(settings, seeded, bus, WORSE)
     assert replacing.promoted and replacing.gate.reason == "live model unusable"
     assert registry.live()[0] == replacing.version
@@ -152,7 +152,7 @@ def test_upload_failure_leaves_the_old_model_live_and_no_loadable_half_version(s
     assert len(half) == 1  # the half-written folder exists ...
     with pytest.raises(ModelLoadError, match="COMPLETE"):
         Predictor.load(seeded, half.pop(), settings)  # ... but can never be served
-    assert not seeded.exists(LEASE)  # the failed run let go of the lease
+    assert not seeded.exists(TRAINING_LEASE)  # the failed run let go of the lease
     assert train_and_register(settings, seeded, bus, FAST).status == "promoted"
 
 
@@ -211,7 +211,7 @@ def test_the_gate_compares_only_on_test_photos_the_live_model_never_trained_on(s
     manifest = json.loads(registry.read(live.version, "dataset.json"))
     moved = manifest["splits"]["test"][:5]
     manifest["splits"]["train"] += moved  # as if these had been training photos of the live model
-    seeded.put(registry.path(live.version, "dataset.json"), json.dumps(manifest).encode())
+    seeded.put(model_file(live.version, "dataset.json"), json.dumps(manifest).encode())
     again = train_and_register(settings, seeded, bus, FAST)
     compared = registry.info(again.version)["live_at_training"]
     assert compared["version"] == live.version

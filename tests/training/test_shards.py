@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from mountainid.arrays import load_arrays
-from mountainid.filter import embedding_name, local_features_name
+from mountainid.bucket import embedding_name, local_features_name
 from mountainid.store import BlobStore, LocalBlobStore
 from mountainid.training import shards
 from mountainid.training.consolidate import consolidate, run, shard_count

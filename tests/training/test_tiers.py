@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mountainid.bucket import TRAINING_PROGRESS
 from mountainid.events import InProcessBus
 from mountainid.predict import Predictor
 from mountainid.registry import Registry
@@ -18,7 +19,7 @@ from mountainid.store import LocalBlobStore
 from mountainid.training.dataset import list_accepted
 from mountainid.training.features import FeatureExtractor, FeatureSpec, load_features
 from mountainid.training.job import maybe_train, train_and_register
-from mountainid.training.progress import PROGRESS, STALE_S, Progress, current
+from mountainid.training.progress import STALE_S, Progress, current
 from mountainid.vision import efficientnet_lite
 from tests.training.conftest import FAST, TINY_FINE_TUNE, copy_objects
 from web import create_app
@@ -95,7 +96,7 @@ def test_a_running_fine_tune_shows_its_progress_on_the_site(local: LocalBlobStor
     assert client.get("/api/v1/model").get_json()["training"]["epoch"] == 3
     page = client.get("/model").get_data(as_text=True)
     assert "A new model is training" in page and "epoch 3 of 14, about 10 min left" in page
-    body = json.loads(local.get(PROGRESS))
-    local.put(PROGRESS, json.dumps({**body, "updated": time.time() - STALE_S - 1}).encode())
+    body = json.loads(local.get(TRAINING_PROGRESS))
+    local.put(TRAINING_PROGRESS, json.dumps({**body, "updated": time.time() - STALE_S - 1}).encode())
     assert current(local) is None  # a run that stopped reporting died: nothing is shown
     assert "A new model is training" not in client.get("/model").get_data(as_text=True)

@@ -48,7 +48,7 @@ def web_settings(weights_path: Path, bucket: Path, **env: str) -> Settings:
 def publish_copy(store: LocalBlobStore, source_version: str, *, break_model: bool = False) -> str:
     """Publish a new version with the files of an existing one (optionally with a broken model.keras)
     and move LATEST to it, the way the training job does: files, COMPLETE, then LATEST."""
-    from mountainid.registry import LATEST, new_version
+    from mountainid.bucket import LATEST, new_version
 
     registry = Registry(store)
     version = new_version()

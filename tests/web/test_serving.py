@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from mountainid.bucket import LATEST
 from mountainid.events import InProcessBus
-from mountainid.registry import LATEST, Registry
+from mountainid.registry import Registry
 from mountainid.serving import ModelHolder
 from mountainid.store import LocalBlobStore
 from tests.web.conftest import publish_copy, web_settings
