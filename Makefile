@@ -45,8 +45,10 @@ test: setup system-deps
 local-cloud: setup
 	$(PY) -m mountainid.cli local-cloud --shared $(SHARED)
 
+# Ruff's rule sets and mypy over the core (pyproject.toml); a few seconds, so CI runs it before the tests.
 lint: setup
 	$(VENV)/bin/ruff check mountainid functions training_job web tests benchmarks
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

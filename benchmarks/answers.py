@@ -152,7 +152,7 @@ def against(bucket: Path, version: str, ref: str, photos: int, store) -> None:
 
         warm = f"accepted/{test[0]}.jpg"
         answers = {name: [] for name in workers}
-        for name, worker in workers.items():
+        for worker in workers.values():
             ask(worker, warm)
         for i, entry in enumerate(test):
             order = list(workers.items()) if i % 2 else list(workers.items())[::-1]

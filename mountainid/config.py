@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import Field, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar, cast, get_type_hints
+from typing import Any, TypeVar, get_type_hints
 
 T = TypeVar("T")
 
@@ -77,7 +77,7 @@ def setting(env: str, default: T, help: str, *, minimum: float | None = None, ma
     type; :func:`load_settings` parses and checks it and :func:`markdown` documents it from this alone."""
     metadata = {"env": env, "help": help, "minimum": minimum, "maximum": maximum,
                 "limit_reason": limit_reason, "choices": choices}
-    return cast(T, field(default=default, metadata=metadata))
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)

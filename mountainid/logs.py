@@ -103,7 +103,7 @@ class Bar:
     :func:`item_level` tell the same story one line per step."""
 
     def __init__(self, label: str, total: int) -> None:
-        self.label, self.total, self.done = label, total, 0
+        self.label, self.total, self.done, self.note = label, total, 0, ""
         stream = _terminal() if total > 0 and not _bars_hidden else None
         self._progress = None if stream is None else Progress(
             TextColumn("{task.description:<10}"), BarColumn(bar_width=28), MofNCompleteColumn(),
@@ -117,9 +117,9 @@ class Bar:
         return self
 
     def advance(self, count: int = 1, note: str = "") -> None:
-        self.done = min(self.total, self.done + count)
+        self.done, self.note = min(self.total, self.done + count), note or self.note
         if self._progress is not None:
-            self._progress.update(self._task, completed=self.done, **({"note": note} if note else {}))
+            self._progress.update(self._task, completed=self.done, note=self.note)
 
     def __exit__(self, *_: object) -> None:
         if self._progress is not None:

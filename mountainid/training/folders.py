@@ -129,5 +129,6 @@ def import_folder(store: BlobStore, settings: Settings, folder: Path, base: Cata
                 outcome.log(source="folder")
                 counts[outcome.status] += 1
             bar.advance(len(todo[start:start + JUDGE_BATCH]))
-    event(log, "photo folder imported", folder=str(folder), photos=len(files), **counts)
+    # the counts are outcome names, never event()'s own level/exc_info keywords
+    event(log, "photo folder imported", folder=str(folder), photos=len(files), **counts)  # type: ignore[arg-type]
     return counts

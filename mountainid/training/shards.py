@@ -80,8 +80,13 @@ class Shard:
 class Codec(Protocol[T]):
     """How one kind of cached feature is packed into a shard's arrays."""
 
-    compressed: bool
-    row_bytes: int  # about the bytes one photo adds to a shard, to size shards
+    @property
+    def compressed(self) -> bool: ...
+
+    @property
+    def row_bytes(self) -> int:
+        """About the bytes one photo adds to a shard, to size shards."""
+        ...
 
     def pack(self, values: list[T]) -> dict[str, np.ndarray]: ...
 
@@ -152,7 +157,8 @@ def encode(values: dict[str, T], codec: Codec[T]) -> bytes:
     keys = sorted(values)
     arrays = {"ids": np.asarray(keys, dtype=str), **codec.pack([values[k] for k in keys])}
     buffer = io.BytesIO()
-    (np.savez_compressed if codec.compressed else np.savez)(buffer, **arrays, **{_CHECKSUM: np.asarray(_digest(arrays))})
+    # numpy's stubs read ** as its allow_pickle keyword too; these keys are array names only
+    (np.savez_compressed if codec.compressed else np.savez)(buffer, **arrays, **{_CHECKSUM: np.asarray(_digest(arrays))})  # type: ignore[arg-type]
     return buffer.getvalue()
 
 
@@ -195,7 +201,7 @@ def read_valid(store: BlobStore, shard: Shard, codec: Codec[T],
     except CorruptShard as error:
         event(log, "corrupt shard not trusted", shard=shard.name, error=str(error), level=logging.WARNING)
         return None
-    if keep is None or keep.issuperset(values):
+    if keep is None or keep >= set(values):
         return values
     # Copies: a value of a shard views the shard's arrays, and one kept view would keep all of them alive.
     return {key: copy.deepcopy(value) for key, value in values.items() if key in keep}

@@ -76,7 +76,7 @@ def _detector():
         import cv2
 
         cv2.setNumThreads(1)  # each request one thread: two at once on 2 cores, not 2 x 2
-        _local.sift = cv2.SIFT_create(KEYPOINTS)
+        _local.sift = cv2.SIFT_create(KEYPOINTS)  # type: ignore[attr-defined]  # in cv2 >= 4.4; not in its stubs
     return _local.sift
 
 
