@@ -73,7 +73,8 @@ def child(stage: str, config: str) -> dict:
     from mountainid.config import load_settings
     from mountainid.store import open_store
     from mountainid.training.dataset import list_accepted
-    from mountainid.training.features import FeatureExtractor, load_features
+    from mountainid.training.features import load_features
+    from mountainid.vision.features import FeatureExtractor
 
     settings = load_settings()
     store = open_store(settings)
@@ -113,9 +114,10 @@ def retrain(store, settings, config_json: str) -> dict:
     from mountainid.registry import Registry
     from mountainid.training import evaluate
     from mountainid.training.dataset import build_dataset, list_accepted
-    from mountainid.training.features import FeatureExtractor, FeatureSpec, load_features
+    from mountainid.training.features import load_features
     from mountainid.training.job import JobConfig, _gallery_files, _json, _keras_bytes, _probs
     from mountainid.training.train import HeadConfig, train_head
+    from mountainid.vision.features import FeatureExtractor, FeatureSpec
 
     given = json.loads(config_json)
     config = JobConfig(FeatureSpec.from_dict(given["features"]), HeadConfig(**given["head"]))

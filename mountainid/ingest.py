@@ -52,7 +52,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 from cloudevents.http import CloudEvent
@@ -633,10 +632,6 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
                         help="only this mountain (name or slug; repeat for more); default: the whole catalog")
     parser.add_argument("--photos-per-run", type=int,
                         help="per-mountain budget (default: MOUNTAINID_PHOTOS_PER_RUN)")
-    parser.add_argument("--fake-flickr", type=Path, metavar="DIR",
-                        help="serve DIR (one subfolder per mountain) as a fake Flickr for this run, offline")
-    parser.add_argument("--noise", type=Path, metavar="DIR",
-                        help="with --fake-flickr: non-mountain photos to mix into the results")
     parser.add_argument("--resweep", action="store_true",
                         help=f"one re-sweep step instead of the usual walk: photos before the cursor that became "
                              f"eligible later (state under {RESWEEP})")
@@ -657,13 +652,8 @@ def _command(args: argparse.Namespace, settings: Settings) -> int:
                           resweep=args.resweep)
 
     try:
-        if args.fake_flickr is None:
-            report = once(settings)
-        else:
-            from mountainid.flickr.fake import FakeFlickr
-
-            with FakeFlickr(args.fake_flickr, args.noise, catalog=catalog) as fake:
-                report = once(dataclasses.replace(settings, flickr_rest_url=fake.rest_url))
+        with args.flickr(settings, catalog) as run_settings:  # the CLI's: real Flickr, or --fake-flickr
+            report = once(run_settings)
     except ValueError as error:  # UnknownMountain, a budget below 1
         print(f"mountainid ingest: {error}", file=sys.stderr)
         return 2

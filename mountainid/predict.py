@@ -31,11 +31,9 @@ from mountainid.arrays import load_arrays
 from mountainid.bucket import local_features_name, model_file
 from mountainid.catalog import Catalog, Mountain
 from mountainid.config import Settings
-from mountainid.filter import mountain_score
 from mountainid.logs import event
 from mountainid.registry import ModelLoadError, Registry
 from mountainid.store import BlobStore, NotFound
-from mountainid.training.features import FeatureExtractor, FeatureSpec
 from mountainid.verification import (
     EVIDENCE_INLIERS,
     VERIFICATION_FILE,
@@ -47,9 +45,11 @@ from mountainid.verification import (
 )
 from mountainid.vision import local
 from mountainid.vision.backbone import INPUT_SIZE, get_backbone
+from mountainid.vision.features import FeatureExtractor, FeatureSpec
 from mountainid.vision.image import load_image, to_model_input
 from mountainid.vision.layers import custom_objects
 from mountainid.vision.local import CorruptFeatures, LocalFeatures
+from mountainid.vision.terrain import mountain_score
 
 log = logging.getLogger(__name__)
 

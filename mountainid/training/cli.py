@@ -19,8 +19,8 @@ from mountainid.bucket import ACCEPTED
 from mountainid.catalog import load_catalog
 from mountainid.config import ConfigError, Settings
 from mountainid.logs import event
-from mountainid.training.features import FeatureSpec
 from mountainid.training.train import HeadConfig
+from mountainid.vision.features import FeatureSpec
 
 log = logging.getLogger(__name__)
 

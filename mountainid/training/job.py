@@ -29,13 +29,14 @@ from mountainid.catalog import Mountain, load_catalog
 from mountainid.config import Settings
 from mountainid.events import EventBus
 from mountainid.logs import event
+from mountainid.predict import Predictor  # the live model is evaluated exactly as it is served
 from mountainid.registry import Lease, LeaseHeld, ModelLoadError, Registry
 from mountainid.store import BlobStore, PreconditionFailed
 from mountainid.training import evaluate, plots
 from mountainid.training.consolidate import consolidate
 from mountainid.training.dataset import Dataset, Example, build_dataset, list_accepted
 from mountainid.training.duplicates import Duplicates, find_duplicates
-from mountainid.training.features import FeatureExtractor, FeatureSpec, load_features, load_local_features
+from mountainid.training.features import load_features, load_local_features
 from mountainid.training.folders import bucket_catalog
 from mountainid.training.gate import Gate, decide
 from mountainid.training.progress import Progress
@@ -43,6 +44,7 @@ from mountainid.training.train import HeadConfig, train_head
 from mountainid.verification import VERIFICATION_FILE, Gallery
 from mountainid.vision import efficientnet_lite
 from mountainid.vision.backbone import get_backbone
+from mountainid.vision.features import FeatureExtractor, FeatureSpec
 from mountainid.vision.local import LocalFeatures
 
 log = logging.getLogger(__name__)
@@ -299,8 +301,6 @@ def _compare_with_live(registry: Registry, version: str, test: list[Example], ke
     (e.g. photos grouped by photographer), its old training photos are left out of the comparison, so
     it cannot win on photos it has seen. None if the live model cannot be loaded (then it is replaced).
     """
-    from mountainid.predict import Predictor  # the live model is evaluated exactly as it is served
-
     try:
         live = Predictor.load(store, version, settings)
         manifest = json.loads(registry.read(version, "dataset.json"))

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from mountainid.logs import Bar, event, item_level
-from mountainid.training.features import FeatureExtractor, mobilenet
 from mountainid.vision import efficientnet_lite
+from mountainid.vision.features import FeatureExtractor, mobilenet
 
 log = logging.getLogger(__name__)
 

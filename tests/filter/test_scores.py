@@ -13,7 +13,8 @@ from mountainid.bucket import (
     parse_local_features_name,
 )
 from mountainid.config import Settings
-from mountainid.filter import TERRAIN_CLASSES, evaluate, judge, mountain_score
+from mountainid.filter import evaluate, judge
+from mountainid.vision.terrain import TERRAIN_CLASSES, mountain_score
 
 
 def _probs(**by_index: float) -> np.ndarray:

@@ -18,9 +18,9 @@ from mountainid.flickr.fake import FakeFlickr
 from mountainid.pipeline import EmbeddedPipeline
 from mountainid.registry import Registry
 from mountainid.store import LocalBlobStore
-from mountainid.training.features import FeatureSpec
 from mountainid.training.job import JobConfig
 from mountainid.training.train import HeadConfig
+from mountainid.vision.features import FeatureSpec
 from tests.training.conftest import TINY_FINE_TUNE
 from web import create_app
 from web.server import ServerThread

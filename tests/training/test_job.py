@@ -18,10 +18,11 @@ from mountainid.registry import ModelLoadError, Registry
 from mountainid.store import BlobStore
 from mountainid.training import shards
 from mountainid.training.dataset import build_dataset, list_accepted
-from mountainid.training.features import FeatureExtractor, load_features
+from mountainid.training.features import load_features
 from mountainid.training.folders import import_folder
 from mountainid.training.job import maybe_train, train_and_register
 from mountainid.training.train import HeadConfig
+from mountainid.vision.features import FeatureExtractor
 from tests.concurrency import run_together
 from tests.training.conftest import FAST
 

@@ -17,10 +17,11 @@ from mountainid.predict import Predictor
 from mountainid.registry import Registry
 from mountainid.store import LocalBlobStore
 from mountainid.training.dataset import list_accepted
-from mountainid.training.features import FeatureExtractor, FeatureSpec, load_features
+from mountainid.training.features import load_features
 from mountainid.training.job import maybe_train, train_and_register
 from mountainid.training.progress import STALE_S, Progress, current
 from mountainid.vision import efficientnet_lite
+from mountainid.vision.features import FeatureExtractor, FeatureSpec
 from tests.training.conftest import FAST, TINY_FINE_TUNE, copy_objects
 from web import create_app
 

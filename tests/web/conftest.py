@@ -24,10 +24,10 @@ from mountainid.predict import Predictor
 from mountainid.registry import Registry
 from mountainid.serving import ModelHolder
 from mountainid.store import LocalBlobStore
-from mountainid.training.features import FeatureSpec
 from mountainid.training.folders import import_folder
 from mountainid.training.job import JobConfig, train_and_register
 from mountainid.training.train import HeadConfig
+from mountainid.vision.features import FeatureSpec
 from mountainid.vision.image import load_image
 from web import create_app
 from web.server import ServerThread
