@@ -269,7 +269,7 @@ def main() -> None:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     if args.gcs_sizes:
-        from mountainid.localcloud import FakeGcsServer
+        from harness.localcloud import FakeGcsServer
         from mountainid.store.gcs import GcsBlobStore, storage_client
 
         with FakeGcsServer(project=PROJECT) as server:

@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from mountainid.vision.local import EXTRACTOR_ID
+from mountainid.vision.keypoint_settings import EXTRACTOR_ID
 
 RAW, ACCEPTED, REJECTED = "raw/", "accepted/", "rejected/"
 EMBEDDINGS, LOCAL_FEATURES, SHARDS = "embeddings/", "localfeatures/", "features/"

@@ -26,7 +26,7 @@ from mountainid.vision.runtime import import_tensorflow_quietly
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("web.cli", "embedded pipeline: ingest, filter, train, then serve the site"),
     "ingest": ("mountainid.ingest", "one Flickr ingest run into the bucket's raw/"),
-    "fake-flickr": ("mountainid.flickr.fake", "serve a photo folder as a fake Flickr REST API"),
+    "fake-flickr": ("harness.fake_flickr", "serve a photo folder as a fake Flickr REST API"),
     "filter": ("mountainid.filter", "run the mountain filter over raw/ photos not judged yet"),
     "filter-eval": ("mountainid.filter", "precision/recall of the mountain filter on a labelled folder"),
     "train": ("mountainid.training.cli", "train (from the bucket or a photo folder), evaluate, promote"),
@@ -34,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("mountainid.training.cli", "top-1/top-3 of the live (or a named) model on a photo folder"),
     "consolidate": ("mountainid.training.consolidate", "pack cached features into shards read in bulk by training"),
     "serve": ("web.cli", "serve the website and API from the configured store"),
-    "local-cloud": ("mountainid.e2e", "run the whole pipeline on local emulators, end to end, and report each stage"),
+    "local-cloud": ("harness.e2e", "run the whole pipeline on local emulators, end to end, and report each stage"),
 }
 
 
@@ -62,7 +62,7 @@ def _flickr(fake_photos: Path | None, noise: Path | None, settings: Settings,
     if fake_photos is None:
         yield settings
         return
-    from mountainid.flickr.fake import FakeFlickr
+    from harness.fake_flickr import FakeFlickr
 
     with FakeFlickr(fake_photos, noise, catalog=catalog) as fake:
         yield dataclasses.replace(settings, flickr_rest_url=fake.rest_url)

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from mountainid.arrays import load_arrays
-from mountainid.vision.local import KEYPOINTS, LocalFeatures, rootsift
+from mountainid.vision.keypoint_settings import KEYPOINTS
+from mountainid.vision.local import LocalFeatures, rootsift
 
 GALLERY_KEYPOINTS = 1000  # per training photo in the index (0.5 MB each as float32); 600 lost 3 points on val
 CANDIDATES = 30           # gallery photos verified per upload, by votes

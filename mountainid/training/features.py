@@ -28,7 +28,8 @@ from mountainid.store import BlobStore, NotFound
 from mountainid.training import shards
 from mountainid.vision.features import FeatureExtractor
 from mountainid.vision.image import BadImage, decode_for_model
-from mountainid.vision.local import EXTRACTOR_ID, CorruptFeatures, LocalFeatures, extract_from_bytes
+from mountainid.vision.keypoint_settings import EXTRACTOR_ID
+from mountainid.vision.local import CorruptFeatures, LocalFeatures, extract_from_bytes
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,8 @@ from mountainid.arrays import load_arrays
 from mountainid.bucket import parse_shard_name, shard_name, shard_prefix
 from mountainid.logs import event
 from mountainid.store import BlobStore, NotFound
-from mountainid.vision.local import EXTRACTOR_ID, KEYPOINTS, LocalFeatures
+from mountainid.vision.keypoint_settings import EXTRACTOR_ID, KEYPOINTS
+from mountainid.vision.local import LocalFeatures
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,8 @@ from PIL import Image
 
 from mountainid.arrays import load_arrays
 from mountainid.vision.image import load_image
+from mountainid.vision.keypoint_settings import KEYPOINTS, MAX_SIDE
 
-MAX_SIDE = 640  # the probe's setting: 84-87 ms a photo on this CPU, 1,000-1,500 keypoints
-KEYPOINTS = 1500
-EXTRACTOR_ID = f"rootsift{KEYPOINTS}-{MAX_SIDE}"
 _FIELDS = ("points", "descriptors", "size")
 
 

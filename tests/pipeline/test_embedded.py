@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.fake_flickr import FakeFlickr
 from mountainid.catalog import load_catalog
 from mountainid.config import Settings
-from mountainid.flickr.fake import FakeFlickr
 from mountainid.pipeline import EmbeddedPipeline
 from mountainid.registry import Registry
 from mountainid.store import LocalBlobStore

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.localcloud import free_port
 from mountainid.config import load_settings
-from mountainid.localcloud import free_port
 from mountainid.serving import ModelHolder
 from mountainid.store import LocalBlobStore
 from tests.training.conftest import cli_args, run_at_a_terminal, training_env

@@ -3,7 +3,7 @@
 What runs, all on 127.0.0.1 and each as its own process, wired as ``infra/`` wires GCP:
 
 * the Pub/Sub emulator and fake-gcs-server, which publishes an ``OBJECT_FINALIZE`` notification
-  for every object under ``raw/`` to topic ``raw-photos`` (:class:`~mountainid.localcloud.LocalCloud`);
+  for every object under ``raw/`` to topic ``raw-photos`` (:class:`~harness.localcloud.LocalCloud`);
 * ``functions/ingest`` and ``functions/filter`` under functions-framework, fed by push
   subscriptions ``ingest-tick -> ingest`` and ``raw-photos -> filter_photo``;
 * the fake Flickr (in this process) over a few peaks14 folders plus street photos as noise, with
@@ -43,13 +43,8 @@ from typing import Any, Self, TypeVar
 
 import requests
 
-from mountainid.bucket import ACCEPTED, EMBEDDINGS, RAW, REJECTED, cursor_name
-from mountainid.catalog import load_catalog
-from mountainid.config import Settings
-from mountainid.events.pubsub import PubSubBus, ensure_push_subscription, ensure_topic
-from mountainid.flickr.fake import FakeFlickr, FakePhoto
-from mountainid.ingest import Cursor
-from mountainid.localcloud import (
+from harness.fake_flickr import FakeFlickr, FakePhoto
+from harness.localcloud import (
     FunctionsFrameworkServer,
     LocalCloud,
     LocalCloudError,
@@ -57,6 +52,11 @@ from mountainid.localcloud import (
     PubSubEmulator,
     port_is_free,
 )
+from mountainid.bucket import ACCEPTED, EMBEDDINGS, RAW, REJECTED, cursor_name
+from mountainid.catalog import load_catalog
+from mountainid.config import Settings
+from mountainid.events.pubsub import PubSubBus, ensure_push_subscription, ensure_topic
+from mountainid.ingest import Cursor
 from mountainid.logs import event
 from mountainid.registry import Registry
 from mountainid.store.gcs import GcsBlobStore
