@@ -203,7 +203,7 @@ def main() -> None:
                               "MOUNTAINID_WEIGHTS": os.environ.get("MOUNTAINID_WEIGHTS", str(WEIGHTS))})
     logs.configure(settings)
     store = LocalBlobStore(args.bucket)
-    version = args.version or Registry(store).live()[0]
+    version = args.version or Registry(store).live().version
     if args.answer_worker:
         answer_worker(store, version, settings)
     elif args.against:

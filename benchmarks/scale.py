@@ -94,7 +94,7 @@ def child(stage: str, config: str) -> dict:
         from mountainid.predict import Predictor
         from mountainid.registry import Registry
 
-        Predictor.load(store, Registry(store).live()[0], settings)
+        Predictor.load(store, Registry(store).live().version, settings)
     else:
         raise ValueError(stage)
     figures["seconds"] = time.perf_counter() - started

@@ -481,7 +481,7 @@ class LocalPipeline:
         if live is None:
             raise ScenarioError(f"the training job finished but promoted no model (models/LATEST is missing)\n"
                                 f"{(self.workdir / 'training-job.log').read_text(errors='replace')[-3000:]}")
-        return live[0], registry.info(live[0])
+        return live.version, registry.info(live.version)
 
     def catch_up(self) -> str:
         """``mountainid filter``: judge every raw photo that has no result (the reconciliation path)."""

@@ -77,7 +77,7 @@ def bad_image_verdict(error: BadImage) -> Verdict:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class FilterOutcome:
     """What handling one object did: accepted, rejected, duplicate, missing or ignored."""
 
     status: str
@@ -104,7 +104,7 @@ def _judged(store: BlobStore, photo: RawPhoto) -> bool:
 
 
 def handle_raw_object(store: BlobStore, name: str, generation: int, settings: Settings,
-                      backbone: Backbone) -> Outcome:
+                      backbone: Backbone) -> FilterOutcome:
     """Judge the photo an OBJECT_FINALIZE event names; never raises for what is in the photo.
 
     Our own outputs and anything else outside raw/ are ignored (the function never triggers
@@ -114,18 +114,18 @@ def handle_raw_object(store: BlobStore, name: str, generation: int, settings: Se
     started = time.perf_counter()
     photo = RawPhoto.parse(name)
     if photo is None:
-        outcome = Outcome("ignored", name, reason="not a raw/<slug>/<id>.jpg photo")
+        outcome = FilterOutcome("ignored", name, reason="not a raw/<slug>/<id>.jpg photo")
     elif _judged(store, photo):
-        outcome = Outcome("duplicate", name, photo.photo_id, photo.slug)
+        outcome = FilterOutcome("duplicate", name, photo.photo_id, photo.slug)
     else:
         outcome = judge_photos(store, [photo], settings, backbone)[0]
     outcome.log(generation=generation, ms=round((time.perf_counter() - started) * 1000, 1))
     return outcome
 
 
-def judge_photos(store: BlobStore, photos: list[RawPhoto], settings: Settings, backbone: Backbone) -> list[Outcome]:
+def judge_photos(store: BlobStore, photos: list[RawPhoto], settings: Settings, backbone: Backbone) -> list[FilterOutcome]:
     """Read, decode, score (one backbone call for the whole batch) and record each photo."""
-    outcomes: dict[int, Outcome] = {}
+    outcomes: dict[int, FilterOutcome] = {}
     verdicts: dict[int, Verdict] = {}
     sources: dict[int, Mapping[str, str]] = {}
     decoded: dict[int, np.ndarray] = {}
@@ -143,7 +143,7 @@ def judge_photos(store: BlobStore, photos: list[RawPhoto], settings: Settings, b
             decoded[index] = decode_for_model(data, backbone.input_size, settings.max_image_pixels,
                                               settings.max_image_bytes)
         except NotFound:
-            outcomes[index] = Outcome("missing", photo.name, photo.photo_id, photo.slug,
+            outcomes[index] = FilterOutcome("missing", photo.name, photo.photo_id, photo.slug,
                                       reason="deleted before it was read")
         except BadImage as error:
             verdicts[index] = bad_image_verdict(error)
@@ -172,7 +172,7 @@ def judge_photos(store: BlobStore, photos: list[RawPhoto], settings: Settings, b
 
 
 def _record(store: BlobStore, photo: RawPhoto, verdict: Verdict, embedding: np.ndarray | None,
-            keypoints: local.LocalFeatures | None, source_metadata: Mapping[str, str], backbone_id: str) -> Outcome:
+            keypoints: local.LocalFeatures | None, source_metadata: Mapping[str, str], backbone_id: str) -> FilterOutcome:
     """Write the one result of a photo (cached features first); losing a race means it is already judged."""
     status = "accepted" if verdict.accepted else "rejected"
     try:
@@ -191,10 +191,10 @@ def _record(store: BlobStore, photo: RawPhoto, verdict: Verdict, embedding: np.n
         metadata = {**source_metadata, **verdict.metadata, "backbone": backbone_id}
         store.copy(photo.name, target, metadata=metadata, if_generation_match=0)
     except PreconditionFailed:
-        return Outcome("duplicate", photo.name, photo.photo_id, photo.slug, verdict.reason, verdict.score)
+        return FilterOutcome("duplicate", photo.name, photo.photo_id, photo.slug, verdict.reason, verdict.score)
     except NotFound:
-        return Outcome("missing", photo.name, photo.photo_id, photo.slug, "deleted before it was copied")
-    return Outcome(status, photo.name, photo.photo_id, photo.slug, verdict.reason, verdict.score)
+        return FilterOutcome("missing", photo.name, photo.photo_id, photo.slug, "deleted before it was copied")
+    return FilterOutcome(status, photo.name, photo.photo_id, photo.slug, verdict.reason, verdict.score)
 
 
 def filter_pending(store: BlobStore, settings: Settings, load_backbone: Callable[[], Backbone],

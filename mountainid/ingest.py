@@ -181,7 +181,7 @@ class Cursor:
                    None if until is None else int(until))
 
 
-class Outcome(Enum):
+class IngestOutcome(Enum):
     STORED = "stored"
     PRESENT = "already-present"
     SKIPPED = "skipped"  # for good: the cursor moves past it
@@ -200,14 +200,14 @@ class MountainReport:
     stopped: str | None = None  # why this mountain stopped early (the next run resumes there)
     cursor: int = 0  # upload date the next run searches from
 
-    def count(self, outcome: Outcome) -> None:
-        if outcome is Outcome.STORED:
+    def count(self, outcome: IngestOutcome) -> None:
+        if outcome is IngestOutcome.STORED:
             self.stored += 1
-        elif outcome is Outcome.PRESENT:
+        elif outcome is IngestOutcome.PRESENT:
             self.present += 1
-        elif outcome is Outcome.SKIPPED:
+        elif outcome is IngestOutcome.SKIPPED:
             self.skipped += 1
-        elif outcome is Outcome.GIVEN_UP:
+        elif outcome is IngestOutcome.GIVEN_UP:
             self.given_up += 1
         else:
             self.errors += 1
@@ -304,15 +304,15 @@ class _Run:
         for photo in photos:
             future = futures.get(photo.id)
             if future is None:
-                outcome, reason = Outcome.PRESENT, ""
+                outcome, reason = IngestOutcome.PRESENT, ""
             elif future.cancelled():
                 continue
             else:
                 outcome, reason = future.result()
-            if outcome is Outcome.FAILED and report.stopped is None:
+            if outcome is IngestOutcome.FAILED and report.stopped is None:
                 attempts = advanced.attempts.get(photo.id, 0) + 1
                 if attempts >= limit and self._give_up(mountain.slug, photo, reason, attempts):
-                    outcome = Outcome.GIVEN_UP
+                    outcome = IngestOutcome.GIVEN_UP
                 else:
                     report.stopped = f"photo {photo.id} failed (attempt {attempts} of {limit}); " \
                                      "the next run resumes there"
@@ -341,18 +341,18 @@ class _Run:
         event(log, "re-sweep starting", slug=slug, until=main.uploaded)
         return Cursor(query=query, until=main.uploaded)
 
-    def retry(self, slug: str, record: str) -> Outcome:
+    def retry(self, slug: str, record: str) -> IngestOutcome:
         """One more try of a given-up photo; its record goes once the photo no longer waits for anyone."""
         try:
             photo = _photo_from_metadata(json.loads(self.store.get(record))["photo"])
         except NotFound:  # a retry running beside this one took it
-            return Outcome.PRESENT
+            return IngestOutcome.PRESENT
         except (ValueError, KeyError, TypeError) as error:  # a record edited by hand: left for the operator
             event(log, "given-up record unreadable: kept", level=logging.WARNING, record=record, error=str(error))
-            return Outcome.FAILED
+            return IngestOutcome.FAILED
         present = self.store.exists(raw_name(slug, photo.id))  # stored since (by hand): no download
-        outcome = Outcome.PRESENT if present else self._handle(slug, photo)[0]
-        if outcome is not Outcome.FAILED:
+        outcome = IngestOutcome.PRESENT if present else self._handle(slug, photo)[0]
+        if outcome is not IngestOutcome.FAILED:
             try:
                 self.store.delete(record)
             except NotFound:
@@ -400,11 +400,11 @@ class _Run:
                 return walked[:index], False
         return walked, complete
 
-    def _handle(self, slug: str, photo: FlickrPhoto) -> tuple[Outcome, str]:
+    def _handle(self, slug: str, photo: FlickrPhoto) -> tuple[IngestOutcome, str]:
         """Store one photo; runs on a download thread. Logs one line, always with the photo id."""
         started = time.perf_counter()
         outcome, reason, size = self._store_photo(slug, photo)
-        level = logging.WARNING if outcome is Outcome.FAILED else item_level()
+        level = logging.WARNING if outcome is IngestOutcome.FAILED else item_level()
         why = {"reason": reason} if reason else {}
         event(log, f"photo {outcome.value}", level=level, photo_id=photo.id, slug=slug, **why, bytes=size,
               ms=round((time.perf_counter() - started) * 1000, 1))
@@ -427,33 +427,33 @@ class _Run:
               reason=reason, record=name)
         return True
 
-    def _store_photo(self, slug: str, photo: FlickrPhoto) -> tuple[Outcome, str, int]:
+    def _store_photo(self, slug: str, photo: FlickrPhoto) -> tuple[IngestOutcome, str, int]:
         if not is_photo_id(photo.id):
-            return Outcome.SKIPPED, "unsafe-photo-id", 0
+            return IngestOutcome.SKIPPED, "unsafe-photo-id", 0
         name = raw_name(slug, photo.id)
         if photo.image_url is None:
-            return Outcome.SKIPPED, "no-image-url", 0
+            return IngestOutcome.SKIPPED, "no-image-url", 0
         try:
             data = self.client.download(photo.image_url)
         except PhotoUnavailable as error:
-            return Outcome.SKIPPED, f"gone: {error}", 0
+            return IngestOutcome.SKIPPED, f"gone: {error}", 0
         except FlickrUnavailable as error:
-            return Outcome.FAILED, str(error), 0
+            return IngestOutcome.FAILED, str(error), 0
         if not data.startswith(_JPEG_MAGIC):
-            return Outcome.SKIPPED, "not-jpeg", len(data)
+            return IngestOutcome.SKIPPED, "not-jpeg", len(data)
         try:
             load_image(data, self.settings.max_image_pixels, self.settings.max_image_bytes,
                        draft_size=VALIDATE_DRAFT_SIZE)
         except BadImage as error:
-            return Outcome.SKIPPED, error.reason, len(data)
+            return IngestOutcome.SKIPPED, error.reason, len(data)
         try:
             self.store.put(name, data, metadata=photo_metadata(slug, photo), content_type="image/jpeg",
                            if_generation_match=0)
         except PreconditionFailed:
-            return Outcome.PRESENT, "written by a concurrent run", len(data)
+            return IngestOutcome.PRESENT, "written by a concurrent run", len(data)
         except Exception as error:  # noqa: BLE001 - any store failure means "not stored": retry next run
-            return Outcome.FAILED, f"store: {error}", len(data)
-        return Outcome.STORED, "", len(data)
+            return IngestOutcome.FAILED, f"store: {error}", len(data)
+        return IngestOutcome.STORED, "", len(data)
 
     def _read_cursor(self, name: str) -> tuple[Cursor, int]:
         """The cursor stored as ``name`` and its generation (0: none). An unreadable one starts over, safely."""

@@ -53,6 +53,15 @@ class LeaseHeld(RuntimeError):
         self.expires = expires
 
 
+@dataclass(frozen=True)
+class LiveModel:
+    """The promoted version, and the generation of ``models/LATEST`` that named it: a promotion over it
+    must still find that generation (compare-and-swap), and a server polls it to notice a new one."""
+
+    version: str
+    generation: int
+
+
 class Registry:
     """Reads and writes ``models/`` in one blob store."""
 
@@ -61,8 +70,8 @@ class Registry:
 
     # Reading (the web service and the promotion gate).
 
-    def live(self) -> tuple[str, int] | None:
-        """(version, generation of models/LATEST), or None when no model was ever promoted."""
+    def live(self) -> LiveModel | None:
+        """The live model, or None when no model was ever promoted."""
         info = self.store.info(LATEST)
         if info is None:
             return None
@@ -73,7 +82,7 @@ class Registry:
         version = pointer.get("version", "") if isinstance(pointer, dict) else ""
         if not is_version(version):
             raise ModelLoadError(str(version), f"{LATEST} does not name a valid version")
-        return version, info.generation
+        return LiveModel(version, info.generation)
 
     def versions(self) -> list[str]:
         """Complete versions, oldest first (a folder without COMPLETE is an aborted upload)."""

@@ -118,7 +118,7 @@ class ModelHolder:
             current = self._predictor
             if live is None:
                 return current
-            version, generation = live
+            version, generation = live.version, live.generation
             if not force and generation == self._seen_generation and self._waiting != version:
                 return current
             self._seen_generation = generation

@@ -140,7 +140,7 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         if live is None:
             print("mountainid evaluate: no model has been promoted yet; train one or pass --model", file=sys.stderr)
             return 2
-        version = live[0]
+        version = live.version
     try:
         predictor = Predictor.load(store, version, settings)
         files = labelled_files(Path(args.photos_dir), load_catalog(settings.catalog))

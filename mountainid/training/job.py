@@ -201,7 +201,7 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
 
     version = new_version()
     live = registry.live()
-    compared = _compare_with_live(registry, live[0], parts["test"], keypoints["test"], test_fused, y_test, store,
+    compared = _compare_with_live(registry, live.version, parts["test"], keypoints["test"], test_fused, y_test, store,
                                   settings) if live else None
     if compared is None:  # nothing to compare with: the new model replaces no model, or an unusable one
         gate = Gate(True, "live model unusable" if live else "no live model", test["n"], new_top1=test["top1"])
@@ -221,7 +221,7 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
                                     "classifier_top1")},
         "train": {"n": len(x_train)}, "accepted_photos": len(examples), "excluded_classes": dataset.excluded,
         "dataset_fingerprint": dataset.fingerprint(), "feature_id": extractor.feature_id, "tier": config.tier,
-        "live_at_training": {"version": live[0], **gate.figures()} if live else None,
+        "live_at_training": {"version": live.version, **gate.figures()} if live else None,
         **duplicates.report(),
     }
     lease.renew()
@@ -242,15 +242,15 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
         VERIFICATION_FILE: gallery.to_bytes(),
     })
     figures = {"version": version, "test_top1": round(test["top1"], 4), "test_top3": round(test["top3"], 4),
-               "test_n": test["n"], "live_version": live[0] if live else None, **gate.figures()}
-    result = TrainingResult("kept", version, metrics["test"], live[0] if live else None, gate.live_top1, gate=gate,
+               "test_n": test["n"], "live_version": live.version if live else None, **gate.figures()}
+    result = TrainingResult("kept", version, metrics["test"], live.version if live else None, gate.live_top1, gate=gate,
                             feature_ids=(extractor.feature_id, get_backbone(settings.weights).backbone_id))
     if not gate.promote:
         event(log, "model kept: the promotion gate kept the live model", **figures)
         return result
     try:
         lease.renew()  # still ours: nobody else can be promoting
-        registry.promote(version, live[1] if live else 0, test_top1=test["top1"])
+        registry.promote(version, live.generation if live else 0, test_top1=test["top1"])
     except (PreconditionFailed, LeaseHeld) as error:
         event(log, "model not promoted: another run moved models/LATEST", error=str(error), **figures,
               level=logging.WARNING)

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from mountainid.bucket import LATEST, TRAINING_LEASE, is_version, model_file, new_version
-from mountainid.registry import Lease, LeaseHeld, ModelLoadError, Registry
+from mountainid.registry import Lease, LeaseHeld, LiveModel, ModelLoadError, Registry
 from mountainid.store import BlobStore, PreconditionFailed
 
 FILES = {"model.keras": b"m", "labels.json": b'{"labels": []}', "metrics.json": b'{"test": {"top1": 0.5}}'}
@@ -46,13 +46,13 @@ def test_latest_moves_only_from_the_generation_that_was_read(store: BlobStore) -
     for version in (first, second, third):
         registry.write_version(version, FILES)
     generation = registry.promote(first, 0)
-    assert registry.live() == (first, generation)
+    assert registry.live() == LiveModel(first, generation)
     with pytest.raises(PreconditionFailed):
         registry.promote(second, 0)  # "no model yet" is stale: there is one
     registry.promote(second, generation)
     with pytest.raises(PreconditionFailed):
         registry.promote(third, generation)  # someone else moved LATEST since we read it
-    assert registry.live()[0] == second
+    assert registry.live().version == second
     assert json.loads(store.get(LATEST))["version"] == second
 
 

@@ -49,7 +49,7 @@ def test_both_tiers_pass_through_the_gate_on_the_same_test_photos(local: LocalBl
     assert info["tier"] == "finetune" and info["feature_id"].startswith("efficientnet_lite2_160_")
     low, high = info["test"]["top1_interval"]
     assert low <= info["test"]["top1"] <= high and high - low > 0.1  # a small test split: a wide interval
-    live = registry.live()[0]
+    live = registry.live().version
     assert live == (tuned.version if tuned.promoted else fast.version)
     prediction = Predictor.load(local, tuned.version, settings).predict(local.get(list_accepted(local)[0].object_name))
     assert prediction.model_version == tuned.version and len(prediction.guesses) == 3
