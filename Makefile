@@ -51,7 +51,7 @@ local-cloud: setup
 
 # Ruff's rule sets and mypy over the core (pyproject.toml); a few seconds, so CI runs it before the tests.
 lint: setup
-	$(VENV)/bin/ruff check mountainid functions training_job web tests benchmarks
+	$(VENV)/bin/ruff check mountainid harness functions training_job web tests benchmarks
 	$(VENV)/bin/mypy
 
 clean:

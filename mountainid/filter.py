@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from cloudevents.http import CloudEvent
@@ -92,7 +93,7 @@ class FilterOutcome:
         messages = {"accepted": "photo accepted", "rejected": "photo rejected",
                     "duplicate": "photo already judged", "missing": "photo gone before it was judged",
                     "ignored": "object ignored"}
-        values = {"photo_id": self.photo_id, "slug": self.slug, "outcome": self.status, "object": self.name,
+        values: dict[str, Any] = {"photo_id": self.photo_id, "slug": self.slug, "outcome": self.status, "object": self.name,
                   "score": None if self.score is None else round(self.score, 3), "reason": self.reason,
                   **extra}
         level = logging.WARNING if self.status in ("missing", "ignored") and self.photo_id else item_level()
@@ -218,13 +219,14 @@ def filter_pending(store: BlobStore, settings: Settings, load_backbone: Callable
     backbone = load_backbone() if pending else None
     with Bar("filter", len(pending)) as bar:
         for start in range(0, len(pending), batch_size):
+            assert backbone is not None  # loaded whenever a photo is pending
             for outcome in judge_photos(store, pending[start:start + batch_size], settings, backbone):
                 outcome.log(catch_up=True)
                 counts[outcome.status] += 1
             bar.advance(len(pending[start:start + batch_size]))
     remaining = len(waiting) - len(pending)
     event(log, "filter caught up" if not remaining else "filter catch-up stopped at its limit: the rest next time",
-          pending=len(waiting), limit=limit, remaining=remaining, **counts)
+          pending=len(waiting), limit=limit, remaining=remaining, **counts)  # type: ignore[arg-type]  # outcome names
     return dict(counts)
 
 

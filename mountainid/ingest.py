@@ -405,7 +405,7 @@ class _Run:
         started = time.perf_counter()
         outcome, reason, size = self._store_photo(slug, photo)
         level = logging.WARNING if outcome is IngestOutcome.FAILED else item_level()
-        why = {"reason": reason} if reason else {}
+        why: dict[str, Any] = {"reason": reason} if reason else {}
         event(log, f"photo {outcome.value}", level=level, photo_id=photo.id, slug=slug, **why, bytes=size,
               ms=round((time.perf_counter() - started) * 1000, 1))
         return outcome, reason
@@ -499,7 +499,7 @@ def photo_metadata(slug: str, photo: FlickrPhoto) -> dict[str, str]:
 
 def _photo_from_metadata(metadata: Mapping[str, str]) -> FlickrPhoto:
     """The photo :func:`photo_metadata` describes (a given-up record keeps it for a retry)."""
-    latitude, longitude = metadata.get("latitude"), metadata.get("longitude")
+    latitude, longitude = metadata.get("latitude") or "", metadata.get("longitude") or ""
     placed = bool(latitude and longitude)
     return FlickrPhoto(id=metadata["photo_id"], owner=metadata["owner"], owner_name=metadata["owner_name"],
                        title=metadata["title"], license=int(metadata["license"]), uploaded=int(metadata["uploaded"]),

@@ -18,6 +18,7 @@ import json
 import logging
 import threading
 import time
+from typing import Any
 
 from cloudevents.http import CloudEvent
 
@@ -107,7 +108,7 @@ class EmbeddedPipeline:
             result = maybe_train(self.settings, self.store, self.bus, self.fast)
             trained = "not due" if result is None else result.status
             self.bus.drain()  # model-published reaches its subscribers (the web service)
-            summary = {"events": delivered, "caught_up": caught_up, "trained": trained,
+            summary: dict[str, Any] = {"events": delivered, "caught_up": caught_up, "trained": trained,
                        "raw": len(self.store.list_names(RAW)), "accepted": len(self.store.list_names(ACCEPTED)),
                        "rejected": len(self.store.list_names(REJECTED)),
                        "seconds": round(time.perf_counter() - started, 1)}

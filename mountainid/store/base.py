@@ -13,7 +13,6 @@ cursor, ``models/LATEST`` and the training lease avoid lost updates.
 from __future__ import annotations
 
 import builtins
-
 import posixpath
 import re
 from abc import ABC, abstractmethod

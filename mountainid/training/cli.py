@@ -12,6 +12,7 @@ import logging
 import sys
 from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +63,7 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     for item in fields(FeatureSpec):
         flag = "--" + item.name.replace("_", "-")
         defaults = shown({name: getattr(config.features, item.name) for name, config in TIERS.items()})
-        kind = {"action": argparse.BooleanOptionalAction} if item.type in (bool, "bool") else {
+        kind: dict[str, Any] = {"action": argparse.BooleanOptionalAction} if item.type in (bool, "bool") else {
             "type": int if item.type in (int, "int") else str}
         group.add_argument(flag, default=argparse.SUPPRESS, help=f"{_FEATURE_HELP[item.name]} ({defaults})", **kind)
     group = parser.add_argument_group("classification head (default: the tier's)")

@@ -16,6 +16,7 @@ import io
 import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -196,8 +197,9 @@ def load_local_features(store: BlobStore, photos: list[tuple[str, str]], setting
     return [features for features, _ in results]
 
 
-def _summary(message: str, tally: Counter[str] | None, counts: Counter[str], **fields: object) -> None:
+def _summary(message: str, tally: Counter[str] | None, counts: Counter[str], **fields: Any) -> None:
     """A loader's summary line, or its counts added to the caller's ``tally`` (the line then at DEBUG)."""
     if tally is not None:
         tally.update(counts)
-    event(log, message, level=logging.INFO if tally is None else logging.DEBUG, **fields, **counts)
+    # the counts' keys are what was counted, never event()'s own level/exc_info keywords
+    event(log, message, level=logging.INFO if tally is None else logging.DEBUG, **fields, **counts)  # type: ignore[arg-type]
