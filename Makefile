@@ -11,7 +11,7 @@ export MOUNTAINID_SHARED := $(SHARED)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 DEBIAN_PACKAGES := chromium chromium-driver shellcheck
 
-.PHONY: setup system-deps run test lint local-cloud bench clean
+.PHONY: setup system-deps run test test-fast lint local-cloud bench clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock requirements-test.lock
 	$(PYTHON) -m venv $(VENV)
@@ -41,12 +41,18 @@ run: setup
 test: setup system-deps
 	$(PY) -m pytest -q -rs --durations=15
 
+# The inner loop: everything but the slow, emulator and browser tests (docs/testing.md: its time).
+test-fast: setup
+	$(PY) -m pytest -q -rs --durations=10 -m "not slow and not emulator and not browser"
+
 # The whole pipeline on the local cloud: emulators, functions-framework, web; one scenario end to end.
 local-cloud: setup
 	$(PY) -m mountainid.cli local-cloud --shared $(SHARED)
 
+# Ruff's rule sets and mypy over the core (pyproject.toml); a few seconds, so CI runs it before the tests.
 lint: setup
-	$(VENV)/bin/ruff check mountainid functions training_job web tests benchmarks
+	$(VENV)/bin/ruff check mountainid harness functions training_job web tests benchmarks
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

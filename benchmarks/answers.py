@@ -137,7 +137,7 @@ def against(bucket: Path, version: str, ref: str, photos: int, store) -> None:
 
         warm = f"accepted/{test[0]}.jpg"
         answers = {name: [] for name in workers}
-        for name, worker in workers.items():
+        for worker in workers.values():
             ask(worker, warm)
         for i, entry in enumerate(test):
             order = list(workers.items()) if i % 2 else list(workers.items())[::-1]
@@ -188,7 +188,7 @@ def main() -> None:
                               "MOUNTAINID_WEIGHTS": os.environ.get("MOUNTAINID_WEIGHTS", str(WEIGHTS))})
     logs.configure(settings)
     store = LocalBlobStore(args.bucket)
-    version = args.version or Registry(store).live()[0]
+    version = args.version or Registry(store).live().version
     if args.answer_worker:
         answer_worker(store, version, settings)
     elif args.against:

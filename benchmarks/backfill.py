@@ -22,11 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from mountainid.bucket import EMBEDDINGS, LOCAL_FEATURES, SHARDS, accepted_name
 from mountainid.catalog import slugify
-from mountainid.filter import ACCEPTED, EMBEDDINGS, LOCAL_FEATURES
 from mountainid.store import LocalBlobStore
 from mountainid.training.folders import photo_id_of
-from mountainid.training.shards import SHARDS
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MOUNTAINID_SHARED", REPO.parent / "shared"))
@@ -40,7 +39,7 @@ def fill_accepted(store: LocalBlobStore, photos: int) -> None:
     chosen = [row[i] for i in range(max(map(len, files))) for row in files if i < len(row)][:photos]
     for path in chosen:
         data = path.read_bytes()
-        store.put(f"{ACCEPTED}{slugify(path.parent.name)}/{photo_id_of(data)}.jpg", data, content_type="image/jpeg")
+        store.put(accepted_name(slugify(path.parent.name), photo_id_of(data)), data, content_type="image/jpeg")
 
 
 def backfill_s(bucket: Path, tasks: int) -> float:

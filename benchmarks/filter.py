@@ -32,10 +32,11 @@ from pathlib import Path
 import numpy as np
 
 from mountainid.config import Settings, load_settings
-from mountainid.filter import TERRAIN_CLASSES, LabelledPhotos, analyze_folder, evaluate, handle_raw_object
+from mountainid.filter import LabelledPhotos, analyze_folder, evaluate, handle_raw_object
 from mountainid.store import LocalBlobStore
 from mountainid.vision.backbone import get_backbone
 from mountainid.vision.local import extract_from_bytes
+from mountainid.vision.terrain import TERRAIN_CLASSES
 
 SHARED = Path(os.environ.get("MOUNTAINID_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 WEIGHTS = SHARED / "models" / "imagenet" / "mobilenet_v2_1.0_224_imagenet.weights.h5"

@@ -19,11 +19,11 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from harness.fake_flickr import FakeFlickr
+from harness.localcloud import FakeGcsServer
 from mountainid.catalog import load_catalog
 from mountainid.config import load_settings
-from mountainid.flickr.fake import FakeFlickr
 from mountainid.ingest import run_ingest
-from mountainid.localcloud import FakeGcsServer
 from mountainid.store import BlobStore, LocalBlobStore
 from mountainid.store.gcs import GcsBlobStore, storage_client
 

@@ -50,7 +50,7 @@ def photo_id(index: int) -> str:
 
 def populate(store, size: int, feature_id: str, workers: int) -> None:
     """accepted/<mountain>/<id>.jpg placeholders and embeddings/<feature_id>/<id>.npy, as the filter writes them."""
-    from mountainid.filter import embedding_name
+    from mountainid.bucket import embedding_name
     from mountainid.training.features import encode_vector
     from mountainid.vision.backbone import EMBEDDING_DIM
 
@@ -73,7 +73,8 @@ def child(stage: str, config: str) -> dict:
     from mountainid.config import load_settings
     from mountainid.store import open_store
     from mountainid.training.dataset import list_accepted
-    from mountainid.training.features import FeatureExtractor, load_features
+    from mountainid.training.features import load_features
+    from mountainid.vision.features import FeatureExtractor
 
     settings = load_settings()
     store = open_store(settings)
@@ -93,7 +94,7 @@ def child(stage: str, config: str) -> dict:
         from mountainid.predict import Predictor
         from mountainid.registry import Registry
 
-        Predictor.load(store, Registry(store).live()[0], settings)
+        Predictor.load(store, Registry(store).live().version, settings)
     else:
         raise ValueError(stage)
     figures["seconds"] = time.perf_counter() - started
@@ -109,12 +110,14 @@ def peak_mb() -> float:
 
 def retrain(store, settings, config_json: str) -> dict:
     """The training job's steps from cache that a synthetic bucket can hold (see the module docstring)."""
-    from mountainid.registry import Registry, new_version
+    from mountainid.bucket import new_version
+    from mountainid.registry import Registry
     from mountainid.training import evaluate
     from mountainid.training.dataset import build_dataset, list_accepted
-    from mountainid.training.features import FeatureExtractor, FeatureSpec, load_features
+    from mountainid.training.features import load_features
     from mountainid.training.job import JobConfig, _gallery_files, _json, _keras_bytes, _probs
     from mountainid.training.train import HeadConfig, train_head
+    from mountainid.vision.features import FeatureExtractor, FeatureSpec
 
     given = json.loads(config_json)
     config = JobConfig(FeatureSpec.from_dict(given["features"]), HeadConfig(**given["head"]))
@@ -266,7 +269,7 @@ def main() -> None:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     if args.gcs_sizes:
-        from mountainid.localcloud import FakeGcsServer
+        from harness.localcloud import FakeGcsServer
         from mountainid.store.gcs import GcsBlobStore, storage_client
 
         with FakeGcsServer(project=PROJECT) as server:

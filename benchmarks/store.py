@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from mountainid.localcloud import FakeGcsServer, FunctionsFrameworkServer, PubSubEmulator
+from harness.localcloud import FakeGcsServer, FunctionsFrameworkServer, PubSubEmulator
 from mountainid.store import BlobStore, LocalBlobStore
 from mountainid.store.gcs import GcsBlobStore, storage_client
 

@@ -90,7 +90,7 @@ def main() -> None:
 
     from mountainid import verification
     from mountainid.arrays import load_array
-    from mountainid.filter import embedding_name, local_features_name
+    from mountainid.bucket import embedding_name, local_features_name
     from mountainid.store import LocalBlobStore
     from mountainid.training.dataset import list_accepted
     from mountainid.training.evaluate import mcnemar_p

@@ -1,7 +1,7 @@
 """Web service: warm ``POST /api/v1/predict`` latency and throughput, peak memory, time from start to ready;
 the working tree against the code at ``--against REF`` (default ``HEAD``), measured in the same run.
 
-Each version runs as the README starts it: ``mountainid serve`` (gunicorn, one worker, several threads),
+Each version runs as docs/web.md starts it: ``mountainid serve`` (gunicorn, one worker, several threads),
 with nothing in the environment the command does not set itself (no ``MALLOC_ARENA_MAX``), in its own
 process on loopback; the code of ``REF`` from a temporary git worktree. Clients post real peaks14 photos
 as multipart uploads over keep-alive connections.
@@ -257,7 +257,7 @@ def main() -> None:
             print(f"{name}, {n} client{'s' if n > 1 else ' '}: p50 {statistics.median(ms):6.1f} ms  "
                   f"p95 {percentile(ms, 0.95):6.1f} ms  {len(ms) / seconds[name, n]:5.1f} requests/s  (n={len(ms)})")
     print(f"8 clients uploading worst-case photos ({len(heavy['png']) / 1e3:.0f} kB PNG of 6300x6300, "
-          f"{len(heavy['jpeg']) / 1e6:.1f} MB JPEG of 6300x6300; 16 uploads), `mountainid serve` as the README starts it:")
+          f"{len(heavy['jpeg']) / 1e6:.1f} MB JPEG of 6300x6300; 16 uploads), `mountainid serve` as docs/web.md starts it:")
     for name, figures in hostile.items():
         print(f"  {name}: worker peak RSS {figures['rss_peak_mb']:.0f} MB (before {figures['rss_before_mb']:.0f} MB; "
               f"target <= 1536 MB); a normal upload meanwhile p50 {figures['normal_p50_ms']:.0f} ms, "

@@ -1,5 +1,5 @@
-"""Checks of what a user typed on a command line, before anything starts (no heavy imports: the deployed
-ingest function reaches these through the fake Flickr's argument parser)."""
+"""Checks of what a user typed on a command line, before anything starts (no heavy imports: every
+command's parser uses them before it loads anything)."""
 
 from __future__ import annotations
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import yaml
 
 from mountainid.config import ConfigError
+
+Number = TypeVar("Number", int, float)
 
 CATALOG_DIR = Path(__file__).with_name("catalogs")
 _SLUG_OK = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
@@ -122,6 +126,7 @@ def _mountain(entry: object, where: str) -> Mountain:
     if not isinstance(entry, dict) or not str(entry.get("name") or "").strip():
         raise CatalogError(f"{where}: every mountain needs a 'name'")
     name = str(entry["name"]).strip()
+    fields: dict[str, Any] = entry  # narrowed by the check above, for number() below
     try:
         slug = str(entry.get("slug") or slugify(name))
     except ValueError as error:
@@ -129,8 +134,8 @@ def _mountain(entry: object, where: str) -> Mountain:
     if not is_slug(slug):
         raise CatalogError(f"{where}: slug {slug!r} of {name!r} must be lowercase letters, digits, dashes")
 
-    def number(field: str, kind: type, low: float, high: float) -> float | int | None:
-        value = entry.get(field)
+    def number(field: str, kind: Callable[[Any], Number], low: float, high: float) -> Number | None:
+        value = fields.get(field)
         if value is None:
             return None
         try:

@@ -9,17 +9,24 @@ named here provides ``configure(name, parser)``, which adds the subcommand's arg
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
-import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
 
 from mountainid import logs
+from mountainid.arguments import existing_folder
+from mountainid.catalog import Catalog
 from mountainid.config import ConfigError, Settings, get_settings
+from mountainid.vision.runtime import import_tensorflow_quietly
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("mountainid.pipeline", "embedded pipeline: ingest, filter, train, then serve the site"),
+    "run": ("web.cli", "embedded pipeline: ingest, filter, train, then serve the site"),
     "ingest": ("mountainid.ingest", "one Flickr ingest run into the bucket's raw/"),
-    "fake-flickr": ("mountainid.flickr.fake", "serve a photo folder as a fake Flickr REST API"),
+    "fake-flickr": ("harness.fake_flickr", "serve a photo folder as a fake Flickr REST API"),
     "filter": ("mountainid.filter", "run the mountain filter over raw/ photos not judged yet"),
     "filter-eval": ("mountainid.filter", "precision/recall of the mountain filter on a labelled folder"),
     "train": ("mountainid.training.cli", "train (from the bucket or a photo folder), evaluate, promote"),
@@ -27,30 +34,38 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("mountainid.training.cli", "top-1/top-3 of the live (or a named) model on a photo folder"),
     "consolidate": ("mountainid.training.consolidate", "pack cached features into shards read in bulk by training"),
     "serve": ("web.cli", "serve the website and API from the configured store"),
-    "local-cloud": ("mountainid.e2e", "run the whole pipeline on local emulators, end to end, and report each stage"),
+    "local-cloud": ("harness.e2e", "run the whole pipeline on local emulators, end to end, and report each stage"),
 }
 
+
+# Commands that reach Flickr: `--fake-flickr DIR` serves a photo folder as Flickr for the run instead.
+FLICKR_COMMANDS = {"run", "ingest"}
 
 # Commands that load TensorFlow in this process (not `serve`: its workers fork and import it themselves).
 TENSORFLOW_COMMANDS = {"run", "filter", "filter-eval", "train", "evaluate"}  # backfill: in its workers
 
 
-def import_tensorflow_quietly(settings: Settings) -> None:
-    """TensorFlow's C++ start-up lines (absl, oneDNN) go straight to file descriptor 2 at import, below
-    any log level: import it once with that descriptor on /dev/null so a person (or a script reading
-    stderr) sees only our lines. Python errors still surface as exceptions. With JSON logs (Cloud Run)
-    they are left alone: there a crash inside TensorFlow's start-up must leave its trace in the logs."""
-    if settings.log_format == "json":
+def add_flickr_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fake-flickr", type=existing_folder, metavar="DIR",
+                        help="serve DIR (one subfolder per mountain) as a fake Flickr for this run, offline "
+                             "(default: real Flickr)")
+    parser.add_argument("--noise", type=existing_folder, metavar="DIR",
+                        help="with --fake-flickr: non-mountain photos mixed into the results")
+
+
+@contextmanager
+def _flickr(fake_photos: Path | None, noise: Path | None, settings: Settings,
+            catalog: Catalog) -> Iterator[Settings]:
+    """The settings with which a command reaches Flickr: as configured, or pointing at a fake Flickr
+    serving ``fake_photos`` while the command runs. The fake is a test harness: imported only here, when
+    asked for, so the library (and what the deployables ship) never needs it."""
+    if fake_photos is None:
+        yield settings
         return
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    try:
-        import keras  # noqa: F401
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
+    from harness.fake_flickr import FakeFlickr
+
+    with FakeFlickr(fake_photos, noise, catalog=catalog) as fake:
+        yield dataclasses.replace(settings, flickr_rest_url=fake.rest_url)
 
 
 def settings_epilog() -> str:
@@ -59,7 +74,7 @@ def settings_epilog() -> str:
         settings = get_settings()
     except ConfigError as error:
         return f"settings: {error}"
-    return ("settings that matter (environment variables; every one is in the README, 'Configuration'):\n"
+    return ("settings that matter (environment variables; every one is in docs/configuration.md):\n"
             f"  MOUNTAINID_BUCKET={settings.bucket}   a local folder, or gs://NAME for Cloud Storage\n"
             f"  MOUNTAINID_CATALOG={settings.catalog}   bundled catalog name or a .yaml file; photo folders "
             "may name any mountain\n"
@@ -74,6 +89,8 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
     for name, (module, help_text) in COMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
         if name == command:
+            if name in FLICKR_COMMANDS:
+                add_flickr_flags(sub)
             importlib.import_module(module).configure(name, sub)
     return parser
 
@@ -88,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mountainid {command}: {error}" if command in COMMANDS else f"mountainid: {error}", file=sys.stderr)
         return 2
     logs.configure(settings)
+    if args.command in FLICKR_COMMANDS:  # the command enters it with its settings and catalog
+        args.flickr = partial(_flickr, args.fake_flickr, args.noise)
     if args.command in TENSORFLOW_COMMANDS:
         import_tensorflow_quietly(settings)
     try:

@@ -19,16 +19,17 @@ import argparse
 import dataclasses
 import io
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from cloudevents.http import CloudEvent
 
+from mountainid.bucket import ACCEPTED, DHASH, RAW, REJECTED, RawPhoto, embedding_name, local_features_name
 from mountainid.config import Settings
 from mountainid.events.cloudevents import PUBSUB_PUBLISHED, pubsub_payload
 from mountainid.logs import Bar, event, item_level
@@ -36,41 +37,11 @@ from mountainid.store import BlobStore, NotFound, PreconditionFailed
 from mountainid.vision import local
 from mountainid.vision.backbone import Backbone
 from mountainid.vision.image import BadImage, decode_for_model, difference_hash
+from mountainid.vision.terrain import TERRAIN_CLASSES, mountain_score
 
 log = logging.getLogger(__name__)
 
-# ImageNet-1k classes (0-based Keras indices) whose probability adds up to the mountain score.
-# Chosen on data (benchmarks/filter.py --threshold): "promontory" is left out because it is mostly
-# a headland seen from the sea (top-1 of 25 sea photos, 6 mountain ones); "mountain tent" and
-# "ski" are in because they are the top-1 of high-mountain photos (8 + 8 of the 537 peaks14).
-TERRAIN_CLASSES: dict[int, str] = {
-    672: "mountain tent",
-    795: "ski",
-    970: "alp",
-    972: "cliff",
-    979: "valley",
-    980: "volcano",
-}
-_TERRAIN_INDEX = np.array(sorted(TERRAIN_CLASSES), dtype=np.intp)
-
-RAW, ACCEPTED, REJECTED, EMBEDDINGS, LOCAL_FEATURES = "raw/", "accepted/", "rejected/", "embeddings/", "localfeatures/"
-DHASH = "dhash"  # metadata key: the photo's 256-bit difference hash (hex), as the filter saw it
 TOP_K = 5
-# raw/<slug>/<photo id>.jpg as the ingest writes it (slugify() output, Flickr ids); nothing else is judged.
-_EMBEDDING_FILE = re.compile(r"(?P<photo_id>.+?)(?:-v(?P<view>\d+))?\.npy")  # <photo_id>[-v<view>].npy
-_RAW_NAME = re.compile(r"^raw/(?P<slug>[a-z0-9]+(?:-[a-z0-9]+)*)/(?P<photo_id>[0-9A-Za-z_-]{1,64})\.jpg$")
-
-
-def mountain_score(probs: np.ndarray) -> np.ndarray:
-    """Mountain score in [0, 1] per photo from ImageNet probabilities (N, 1000) -> (N,).
-
-    Summing the terrain classes (instead of asking for one of them in the top-k) lets a photo
-    that is half "alp", half "valley" count as the mountain it is.
-    """
-    probs = np.asarray(probs, dtype=np.float32)
-    if probs.ndim == 1:
-        probs = probs[None]
-    return np.clip(probs[:, _TERRAIN_INDEX].sum(axis=1), 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -107,58 +78,7 @@ def bad_image_verdict(error: BadImage) -> Verdict:
 
 
 @dataclass(frozen=True)
-class RawPhoto:
-    """A photo under raw/, and where its results go."""
-
-    name: str
-    slug: str
-    photo_id: str
-
-    @classmethod
-    def parse(cls, name: str) -> RawPhoto | None:
-        """The photo an object name denotes, or None for anything that is not a raw/ photo."""
-        match = _RAW_NAME.match(name)
-        return cls(name, match["slug"], match["photo_id"]) if match else None
-
-    @property
-    def accepted_name(self) -> str:
-        return f"{ACCEPTED}{self.slug}/{self.photo_id}.jpg"
-
-    @property
-    def rejected_name(self) -> str:
-        return f"{REJECTED}{self.slug}/{self.photo_id}.jpg"
-
-
-def embedding_name(feature_id: str, photo_id: str, view: int = 0) -> str:
-    """The cached embedding of a photo (view 0) or of its augmented view ``view`` (the training job's)."""
-    return f"{EMBEDDINGS}{feature_id}/{photo_id}{f'-v{view}' if view else ''}.npy"
-
-
-def parse_embedding_name(name: str) -> tuple[str, str, int] | None:
-    """(feature id, photo id, view) of an :func:`embedding_name`; None for any other name."""
-    folder, _, file = name.removeprefix(EMBEDDINGS).rpartition("/")
-    match = _EMBEDDING_FILE.fullmatch(file)
-    if not name.startswith(EMBEDDINGS) or not folder or "/" in folder or not match:
-        return None
-    return folder, match["photo_id"], int(match["view"] or 0)
-
-
-# The current keypoint extractor's per-photo cache (a new extractor writes beside, never over, the old one).
-LOCAL_FEATURES_FOLDER = f"{LOCAL_FEATURES}{local.EXTRACTOR_ID}/"
-
-
-def local_features_name(photo_id: str) -> str:
-    return f"{LOCAL_FEATURES_FOLDER}{photo_id}.npz"
-
-
-def parse_local_features_name(name: str) -> str | None:
-    """The photo id of a :func:`local_features_name`; None for any other name."""
-    photo_id = name.removeprefix(LOCAL_FEATURES_FOLDER).removesuffix(".npz")
-    return photo_id if name == local_features_name(photo_id) and photo_id and "/" not in photo_id else None
-
-
-@dataclass(frozen=True)
-class Outcome:
+class FilterOutcome:
     """What handling one object did: accepted, rejected, duplicate, missing or ignored."""
 
     status: str
@@ -173,7 +93,7 @@ class Outcome:
         messages = {"accepted": "photo accepted", "rejected": "photo rejected",
                     "duplicate": "photo already judged", "missing": "photo gone before it was judged",
                     "ignored": "object ignored"}
-        values = {"photo_id": self.photo_id, "slug": self.slug, "outcome": self.status, "object": self.name,
+        values: dict[str, Any] = {"photo_id": self.photo_id, "slug": self.slug, "outcome": self.status, "object": self.name,
                   "score": None if self.score is None else round(self.score, 3), "reason": self.reason,
                   **extra}
         level = logging.WARNING if self.status in ("missing", "ignored") and self.photo_id else item_level()
@@ -185,7 +105,7 @@ def _judged(store: BlobStore, photo: RawPhoto) -> bool:
 
 
 def handle_raw_object(store: BlobStore, name: str, generation: int, settings: Settings,
-                      backbone: Backbone) -> Outcome:
+                      backbone: Backbone) -> FilterOutcome:
     """Judge the photo an OBJECT_FINALIZE event names; never raises for what is in the photo.
 
     Our own outputs and anything else outside raw/ are ignored (the function never triggers
@@ -195,18 +115,18 @@ def handle_raw_object(store: BlobStore, name: str, generation: int, settings: Se
     started = time.perf_counter()
     photo = RawPhoto.parse(name)
     if photo is None:
-        outcome = Outcome("ignored", name, reason="not a raw/<slug>/<id>.jpg photo")
+        outcome = FilterOutcome("ignored", name, reason="not a raw/<slug>/<id>.jpg photo")
     elif _judged(store, photo):
-        outcome = Outcome("duplicate", name, photo.photo_id, photo.slug)
+        outcome = FilterOutcome("duplicate", name, photo.photo_id, photo.slug)
     else:
         outcome = judge_photos(store, [photo], settings, backbone)[0]
     outcome.log(generation=generation, ms=round((time.perf_counter() - started) * 1000, 1))
     return outcome
 
 
-def judge_photos(store: BlobStore, photos: list[RawPhoto], settings: Settings, backbone: Backbone) -> list[Outcome]:
+def judge_photos(store: BlobStore, photos: list[RawPhoto], settings: Settings, backbone: Backbone) -> list[FilterOutcome]:
     """Read, decode, score (one backbone call for the whole batch) and record each photo."""
-    outcomes: dict[int, Outcome] = {}
+    outcomes: dict[int, FilterOutcome] = {}
     verdicts: dict[int, Verdict] = {}
     sources: dict[int, Mapping[str, str]] = {}
     decoded: dict[int, np.ndarray] = {}
@@ -224,7 +144,7 @@ def judge_photos(store: BlobStore, photos: list[RawPhoto], settings: Settings, b
             decoded[index] = decode_for_model(data, backbone.input_size, settings.max_image_pixels,
                                               settings.max_image_bytes)
         except NotFound:
-            outcomes[index] = Outcome("missing", photo.name, photo.photo_id, photo.slug,
+            outcomes[index] = FilterOutcome("missing", photo.name, photo.photo_id, photo.slug,
                                       reason="deleted before it was read")
         except BadImage as error:
             verdicts[index] = bad_image_verdict(error)
@@ -253,7 +173,7 @@ def judge_photos(store: BlobStore, photos: list[RawPhoto], settings: Settings, b
 
 
 def _record(store: BlobStore, photo: RawPhoto, verdict: Verdict, embedding: np.ndarray | None,
-            keypoints: local.LocalFeatures | None, source_metadata: Mapping[str, str], backbone_id: str) -> Outcome:
+            keypoints: local.LocalFeatures | None, source_metadata: Mapping[str, str], backbone_id: str) -> FilterOutcome:
     """Write the one result of a photo (cached features first); losing a race means it is already judged."""
     status = "accepted" if verdict.accepted else "rejected"
     try:
@@ -272,10 +192,10 @@ def _record(store: BlobStore, photo: RawPhoto, verdict: Verdict, embedding: np.n
         metadata = {**source_metadata, **verdict.metadata, "backbone": backbone_id}
         store.copy(photo.name, target, metadata=metadata, if_generation_match=0)
     except PreconditionFailed:
-        return Outcome("duplicate", photo.name, photo.photo_id, photo.slug, verdict.reason, verdict.score)
+        return FilterOutcome("duplicate", photo.name, photo.photo_id, photo.slug, verdict.reason, verdict.score)
     except NotFound:
-        return Outcome("missing", photo.name, photo.photo_id, photo.slug, "deleted before it was copied")
-    return Outcome(status, photo.name, photo.photo_id, photo.slug, verdict.reason, verdict.score)
+        return FilterOutcome("missing", photo.name, photo.photo_id, photo.slug, "deleted before it was copied")
+    return FilterOutcome(status, photo.name, photo.photo_id, photo.slug, verdict.reason, verdict.score)
 
 
 def filter_pending(store: BlobStore, settings: Settings, load_backbone: Callable[[], Backbone],
@@ -299,13 +219,14 @@ def filter_pending(store: BlobStore, settings: Settings, load_backbone: Callable
     backbone = load_backbone() if pending else None
     with Bar("filter", len(pending)) as bar:
         for start in range(0, len(pending), batch_size):
+            assert backbone is not None  # loaded whenever a photo is pending
             for outcome in judge_photos(store, pending[start:start + batch_size], settings, backbone):
                 outcome.log(catch_up=True)
                 counts[outcome.status] += 1
             bar.advance(len(pending[start:start + batch_size]))
     remaining = len(waiting) - len(pending)
     event(log, "filter caught up" if not remaining else "filter catch-up stopped at its limit: the rest next time",
-          pending=len(waiting), limit=limit, remaining=remaining, **counts)
+          pending=len(waiting), limit=limit, remaining=remaining, **counts)  # type: ignore[arg-type]  # outcome names
     return dict(counts)
 
 

@@ -44,7 +44,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import re
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -53,11 +52,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 from cloudevents.http import CloudEvent
 
+from mountainid.bucket import (
+    RESWEEP,
+    SKIPPED,
+    cursor_name,
+    is_photo_id,
+    raw_folder,
+    raw_name,
+    resweep_name,
+    skipped_name,
+    skipped_slug,
+)
 from mountainid.catalog import Catalog, Mountain, load_catalog
 from mountainid.config import Settings
 from mountainid.events.cloudevents import pubsub_json
@@ -75,16 +84,11 @@ from mountainid.vision.image import BadImage, load_image
 
 log = logging.getLogger(__name__)
 
-RAW_PREFIX = "raw"
-CURSOR_PREFIX = "state/ingest"
-SKIPPED_PREFIX = f"{CURSOR_PREFIX}/skipped"
-RESWEEP_PREFIX = f"{CURSOR_PREFIX}/resweep"
 # Version 1 gained "attempts" without a bump: a cursor written before reads as no failures, and code
 # from before ignores the field (it only resets the counts), so old and new runs can share a bucket.
 CURSOR_VERSION = 1
 CURSOR_WRITE_ATTEMPTS = 20
 VALIDATE_DRAFT_SIZE = 256  # decode downscaled: still reads every byte (so truncation shows), 4x faster
-_PHOTO_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 _JPEG_MAGIC = b"\xff\xd8\xff"
 # Cloud Storage allows 8 KiB of custom metadata per object, counted in UTF-8 bytes (a CJK character is
 # 3): these caps keep the whole raw/ metadata under 3.5 KiB, leaving room for what the filter adds.
@@ -94,22 +98,6 @@ _MAX_METADATA_BYTES = {"owner_name": 300, "title": 1000, "tags": 1500}
 def _clip(text: str, max_bytes: int) -> str:
     """At most ``max_bytes`` of UTF-8, never cutting a character in half."""
     return text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
-
-
-def raw_name(slug: str, photo_id: str) -> str:
-    return f"{RAW_PREFIX}/{slug}/{photo_id}.jpg"
-
-
-def cursor_name(slug: str) -> str:
-    return f"{CURSOR_PREFIX}/{slug}.json"
-
-
-def skipped_name(slug: str, photo_id: str) -> str:
-    return f"{SKIPPED_PREFIX}/{slug}/{photo_id}.json"
-
-
-def resweep_name(slug: str) -> str:
-    return f"{RESWEEP_PREFIX}/{slug}.json"
 
 
 @dataclass(frozen=True)
@@ -193,7 +181,7 @@ class Cursor:
                    None if until is None else int(until))
 
 
-class Outcome(Enum):
+class IngestOutcome(Enum):
     STORED = "stored"
     PRESENT = "already-present"
     SKIPPED = "skipped"  # for good: the cursor moves past it
@@ -212,14 +200,14 @@ class MountainReport:
     stopped: str | None = None  # why this mountain stopped early (the next run resumes there)
     cursor: int = 0  # upload date the next run searches from
 
-    def count(self, outcome: Outcome) -> None:
-        if outcome is Outcome.STORED:
+    def count(self, outcome: IngestOutcome) -> None:
+        if outcome is IngestOutcome.STORED:
             self.stored += 1
-        elif outcome is Outcome.PRESENT:
+        elif outcome is IngestOutcome.PRESENT:
             self.present += 1
-        elif outcome is Outcome.SKIPPED:
+        elif outcome is IngestOutcome.SKIPPED:
             self.skipped += 1
-        elif outcome is Outcome.GIVEN_UP:
+        elif outcome is IngestOutcome.GIVEN_UP:
             self.given_up += 1
         else:
             self.errors += 1
@@ -316,15 +304,15 @@ class _Run:
         for photo in photos:
             future = futures.get(photo.id)
             if future is None:
-                outcome, reason = Outcome.PRESENT, ""
+                outcome, reason = IngestOutcome.PRESENT, ""
             elif future.cancelled():
                 continue
             else:
                 outcome, reason = future.result()
-            if outcome is Outcome.FAILED and report.stopped is None:
+            if outcome is IngestOutcome.FAILED and report.stopped is None:
                 attempts = advanced.attempts.get(photo.id, 0) + 1
                 if attempts >= limit and self._give_up(mountain.slug, photo, reason, attempts):
-                    outcome = Outcome.GIVEN_UP
+                    outcome = IngestOutcome.GIVEN_UP
                 else:
                     report.stopped = f"photo {photo.id} failed (attempt {attempts} of {limit}); " \
                                      "the next run resumes there"
@@ -353,18 +341,18 @@ class _Run:
         event(log, "re-sweep starting", slug=slug, until=main.uploaded)
         return Cursor(query=query, until=main.uploaded)
 
-    def retry(self, slug: str, record: str) -> Outcome:
+    def retry(self, slug: str, record: str) -> IngestOutcome:
         """One more try of a given-up photo; its record goes once the photo no longer waits for anyone."""
         try:
             photo = _photo_from_metadata(json.loads(self.store.get(record))["photo"])
         except NotFound:  # a retry running beside this one took it
-            return Outcome.PRESENT
+            return IngestOutcome.PRESENT
         except (ValueError, KeyError, TypeError) as error:  # a record edited by hand: left for the operator
             event(log, "given-up record unreadable: kept", level=logging.WARNING, record=record, error=str(error))
-            return Outcome.FAILED
+            return IngestOutcome.FAILED
         present = self.store.exists(raw_name(slug, photo.id))  # stored since (by hand): no download
-        outcome = Outcome.PRESENT if present else self._handle(slug, photo)[0]
-        if outcome is not Outcome.FAILED:
+        outcome = IngestOutcome.PRESENT if present else self._handle(slug, photo)[0]
+        if outcome is not IngestOutcome.FAILED:
             try:
                 self.store.delete(record)
             except NotFound:
@@ -373,7 +361,7 @@ class _Run:
 
     def _stored_ids(self, slug: str) -> frozenset[str]:
         """The ids under ``raw/<slug>/``, from one listing rather than a request per photo."""
-        prefix = f"{RAW_PREFIX}/{slug}/"
+        prefix = raw_folder(slug)
         return frozenset(name[len(prefix):].removesuffix(".jpg") for name in self.store.list_names(prefix))
 
     def _walk(self, mountain: Mountain, cursor: Cursor, stored: frozenset[str]) -> tuple[list[FlickrPhoto], bool]:
@@ -412,12 +400,12 @@ class _Run:
                 return walked[:index], False
         return walked, complete
 
-    def _handle(self, slug: str, photo: FlickrPhoto) -> tuple[Outcome, str]:
+    def _handle(self, slug: str, photo: FlickrPhoto) -> tuple[IngestOutcome, str]:
         """Store one photo; runs on a download thread. Logs one line, always with the photo id."""
         started = time.perf_counter()
         outcome, reason, size = self._store_photo(slug, photo)
-        level = logging.WARNING if outcome is Outcome.FAILED else item_level()
-        why = {"reason": reason} if reason else {}
+        level = logging.WARNING if outcome is IngestOutcome.FAILED else item_level()
+        why: dict[str, Any] = {"reason": reason} if reason else {}
         event(log, f"photo {outcome.value}", level=level, photo_id=photo.id, slug=slug, **why, bytes=size,
               ms=round((time.perf_counter() - started) * 1000, 1))
         return outcome, reason
@@ -439,33 +427,33 @@ class _Run:
               reason=reason, record=name)
         return True
 
-    def _store_photo(self, slug: str, photo: FlickrPhoto) -> tuple[Outcome, str, int]:
-        if not _PHOTO_ID.match(photo.id):
-            return Outcome.SKIPPED, "unsafe-photo-id", 0
+    def _store_photo(self, slug: str, photo: FlickrPhoto) -> tuple[IngestOutcome, str, int]:
+        if not is_photo_id(photo.id):
+            return IngestOutcome.SKIPPED, "unsafe-photo-id", 0
         name = raw_name(slug, photo.id)
         if photo.image_url is None:
-            return Outcome.SKIPPED, "no-image-url", 0
+            return IngestOutcome.SKIPPED, "no-image-url", 0
         try:
             data = self.client.download(photo.image_url)
         except PhotoUnavailable as error:
-            return Outcome.SKIPPED, f"gone: {error}", 0
+            return IngestOutcome.SKIPPED, f"gone: {error}", 0
         except FlickrUnavailable as error:
-            return Outcome.FAILED, str(error), 0
+            return IngestOutcome.FAILED, str(error), 0
         if not data.startswith(_JPEG_MAGIC):
-            return Outcome.SKIPPED, "not-jpeg", len(data)
+            return IngestOutcome.SKIPPED, "not-jpeg", len(data)
         try:
             load_image(data, self.settings.max_image_pixels, self.settings.max_image_bytes,
                        draft_size=VALIDATE_DRAFT_SIZE)
         except BadImage as error:
-            return Outcome.SKIPPED, error.reason, len(data)
+            return IngestOutcome.SKIPPED, error.reason, len(data)
         try:
             self.store.put(name, data, metadata=photo_metadata(slug, photo), content_type="image/jpeg",
                            if_generation_match=0)
         except PreconditionFailed:
-            return Outcome.PRESENT, "written by a concurrent run", len(data)
+            return IngestOutcome.PRESENT, "written by a concurrent run", len(data)
         except Exception as error:  # noqa: BLE001 - any store failure means "not stored": retry next run
-            return Outcome.FAILED, f"store: {error}", len(data)
-        return Outcome.STORED, "", len(data)
+            return IngestOutcome.FAILED, f"store: {error}", len(data)
+        return IngestOutcome.STORED, "", len(data)
 
     def _read_cursor(self, name: str) -> tuple[Cursor, int]:
         """The cursor stored as ``name`` and its generation (0: none). An unreadable one starts over, safely."""
@@ -511,7 +499,7 @@ def photo_metadata(slug: str, photo: FlickrPhoto) -> dict[str, str]:
 
 def _photo_from_metadata(metadata: Mapping[str, str]) -> FlickrPhoto:
     """The photo :func:`photo_metadata` describes (a given-up record keeps it for a retry)."""
-    latitude, longitude = metadata.get("latitude"), metadata.get("longitude")
+    latitude, longitude = metadata.get("latitude") or "", metadata.get("longitude") or ""
     placed = bool(latitude and longitude)
     return FlickrPhoto(id=metadata["photo_id"], owner=metadata["owner"], owner_name=metadata["owner_name"],
                        title=metadata["title"], license=int(metadata["license"]), uploaded=int(metadata["uploaded"]),
@@ -528,12 +516,12 @@ def retry_given_up(settings: Settings, store: BlobStore, *, client: FlickrClient
     """
     started = time.perf_counter()
     report = IngestReport()
-    records = store.list_names(f"{SKIPPED_PREFIX}/")
+    records = store.list_names(SKIPPED)
     with _client(settings, client) as flickr, Bar("retry", len(records)) as bar, \
             ThreadPoolExecutor(1, thread_name_prefix="ingest") as pool:
         run = _Run(settings, store, flickr, pool, budget=len(records))
         for name in records:
-            slug = name.split("/")[-2]
+            slug = skipped_slug(name)
             report.mountains.setdefault(slug, MountainReport(slug)).count(run.retry(slug, name))
             bar.advance()
     report.seconds = time.perf_counter() - started
@@ -644,16 +632,12 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
                         help="only this mountain (name or slug; repeat for more); default: the whole catalog")
     parser.add_argument("--photos-per-run", type=int,
                         help="per-mountain budget (default: MOUNTAINID_PHOTOS_PER_RUN)")
-    parser.add_argument("--fake-flickr", type=Path, metavar="DIR",
-                        help="serve DIR (one subfolder per mountain) as a fake Flickr for this run, offline")
-    parser.add_argument("--noise", type=Path, metavar="DIR",
-                        help="with --fake-flickr: non-mountain photos to mix into the results")
     parser.add_argument("--resweep", action="store_true",
                         help=f"one re-sweep step instead of the usual walk: photos before the cursor that became "
-                             f"eligible later (state under {RESWEEP_PREFIX}/)")
+                             f"eligible later (state under {RESWEEP})")
     parser.add_argument("--retry-given-up", action="store_true",
                         help=f"instead of a search: try once more every photo given up after "
-                             f"MOUNTAINID_INGEST_MAX_ATTEMPTS failed runs (records under {SKIPPED_PREFIX}/)")
+                             f"MOUNTAINID_INGEST_MAX_ATTEMPTS failed runs (records under {SKIPPED})")
     parser.set_defaults(func=_command)
 
 
@@ -668,13 +652,8 @@ def _command(args: argparse.Namespace, settings: Settings) -> int:
                           resweep=args.resweep)
 
     try:
-        if args.fake_flickr is None:
-            report = once(settings)
-        else:
-            from mountainid.flickr.fake import FakeFlickr
-
-            with FakeFlickr(args.fake_flickr, args.noise, catalog=catalog) as fake:
-                report = once(dataclasses.replace(settings, flickr_rest_url=fake.rest_url))
+        with args.flickr(settings, catalog) as run_settings:  # the CLI's: real Flickr, or --fake-flickr
+            report = once(run_settings)
     except ValueError as error:  # UnknownMountain, a budget below 1
         print(f"mountainid ingest: {error}", file=sys.stderr)
         return 2

@@ -4,7 +4,7 @@ Call :func:`event` with a short message and the facts as keyword arguments (alwa
 when there is one). In JSON mode each line is an object Cloud Logging understands
 (``severity``, ``message`` plus the fields as ``jsonPayload``).
 
-At a terminal (text logs to a TTY) long work shows a :class:`Bar` instead of a line per photo or
+At a terminal (text logs to a TTY) long work shows a :class:`Bar` (rich's progress) instead of a line per photo or
 epoch: those lines drop to DEBUG there (:func:`item_level`), and each stage still logs its summary.
 """
 
@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Self
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from mountainid.config import Settings
 
@@ -96,36 +98,29 @@ def bars_hidden() -> Iterator[None]:
 
 
 class Bar:
-    """``with Bar("filter", 537) as bar: bar.advance(32)``: a progress bar with counts and an ETA at a
-    terminal; nothing anywhere else (nor inside :func:`bars_hidden`)."""
-
-    WIDTH = 28
+    """``with Bar("filter", 537) as bar: bar.advance(32)``: rich's progress bar (counts, an ETA and a note)
+    at a terminal; nothing anywhere else (nor inside :func:`bars_hidden`), where the per-item log lines at
+    :func:`item_level` tell the same story one line per step."""
 
     def __init__(self, label: str, total: int) -> None:
         self.label, self.total, self.done, self.note = label, total, 0, ""
-        self._stream = _terminal() if total > 0 and not _bars_hidden else None
-        self._started = time.perf_counter()
+        stream = _terminal() if total > 0 and not _bars_hidden else None
+        self._progress = None if stream is None else Progress(
+            TextColumn("{task.description:<10}"), BarColumn(bar_width=28), MofNCompleteColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[note]}"),
+            console=Console(file=stream), redirect_stdout=False, redirect_stderr=False)
+        self._task = self._progress.add_task(label, total=total, note="") if self._progress else TaskID(0)
 
     def __enter__(self) -> Self:
-        self._draw()
+        if self._progress is not None:
+            self._progress.start()
         return self
 
     def advance(self, count: int = 1, note: str = "") -> None:
-        self.done = min(self.total, self.done + count)
-        self.note = note or self.note
-        self._draw()
-
-    def _draw(self) -> None:
-        if self._stream is None:
-            return
-        filled = self.WIDTH * self.done // self.total
-        elapsed = time.perf_counter() - self._started
-        eta = f"ETA {elapsed / self.done * (self.total - self.done):4.0f} s" if self.done else "ETA    ? s"
-        self._stream.write(f"\r{self.label:<10} [{'#' * filled}{'.' * (self.WIDTH - filled)}] "
-                           f"{self.done}/{self.total} {eta} {self.note}\x1b[K")
-        self._stream.flush()
+        self.done, self.note = min(self.total, self.done + count), note or self.note
+        if self._progress is not None:
+            self._progress.update(self._task, completed=self.done, note=self.note)
 
     def __exit__(self, *_: object) -> None:
-        if self._stream is not None:
-            self._stream.write("\n")
-            self._stream.flush()
+        if self._progress is not None:
+            self._progress.stop()

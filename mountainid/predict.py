@@ -28,13 +28,12 @@ import numpy as np
 from PIL import Image
 
 from mountainid.arrays import load_arrays
+from mountainid.bucket import local_features_name, model_file
 from mountainid.catalog import Catalog, Mountain
 from mountainid.config import Settings
-from mountainid.filter import local_features_name, mountain_score
 from mountainid.logs import event
 from mountainid.registry import ModelLoadError, Registry
 from mountainid.store import BlobStore, NotFound
-from mountainid.training.features import FeatureExtractor, FeatureSpec
 from mountainid.verification import (
     EVIDENCE_INLIERS,
     VERIFICATION_FILE,
@@ -46,9 +45,11 @@ from mountainid.verification import (
 )
 from mountainid.vision import local
 from mountainid.vision.backbone import INPUT_SIZE, get_backbone
+from mountainid.vision.features import FeatureExtractor, FeatureSpec
 from mountainid.vision.image import load_image, to_model_input
 from mountainid.vision.layers import custom_objects
 from mountainid.vision.local import CorruptFeatures, LocalFeatures
+from mountainid.vision.terrain import mountain_score
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ class Predictor:
             gallery_rows = json.loads(registry.read(version, "gallery.json"))
             head = _load_keras(registry.read(version, "model.keras"))
             verifier, keypoint_store = None, None
-            if store.exists(registry.path(version, VERIFICATION_FILE)):
+            if store.exists(model_file(version, VERIFICATION_FILE)):
                 if info.get("gallery", {}).get("keypoints_mb", 0) <= settings.gallery_memory_mb:
                     verifier = Gallery.from_bytes(registry.read(version, VERIFICATION_FILE))
                 else:
@@ -221,7 +222,7 @@ class Predictor:
         probs = self.probabilities(features)
         keypoints, verified = matching.result() if matching else (None, [])
         gallery = self.verifier or (self._shortlist(probs[0], embedding[0]) if self._keypoint_store else None)
-        if gallery and self.verifier is None:  # the shortlist needed the head's answer: verify now
+        if gallery and self.verifier is None and keypoints is not None:  # the shortlist needed the head's answer
             verified = gallery.verify(keypoints)
         # Each mountain's evidence credited to those in its view too (once, here: fuse gets it already shared).
         scores = shared(gallery.scores(verified, len(self.labels))[None] if gallery
@@ -270,9 +271,12 @@ class Predictor:
         chosen = rows[np.argsort(-(self._gallery[rows] @ _unit(embedding)))[:SHORTLIST]]
         photo_ids = [self._gallery_rows[row]["photo_id"] for row in chosen]
 
+        store = self._keypoint_store
+        assert store is not None  # only called when the gallery is left in the bucket
+
         def read(photo_id: str) -> LocalFeatures | None:
             try:
-                return LocalFeatures.from_bytes(self._keypoint_store.get(local_features_name(photo_id)))
+                return LocalFeatures.from_bytes(store.get(local_features_name(photo_id)))
             except (NotFound, CorruptFeatures):  # the next training run repairs it; this request does without
                 return None
 

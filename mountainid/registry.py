@@ -12,24 +12,26 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import secrets
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from mountainid.bucket import (
+    COMPLETE,
+    LATEST,
+    MODELS,
+    TRAINING_LEASE,
+    is_version,
+    model_file,
+    parse_model_file,
+)
 from mountainid.logs import event
 from mountainid.store import BlobStore, NotFound, PreconditionFailed
 
 log = logging.getLogger(__name__)
 
-PREFIX = "models/"
-LATEST = "models/LATEST"
-COMPLETE = "COMPLETE"
-LEASE = "state/training/lease"
-_VERSION = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-z]{4}$")
 
 
 class ModelLoadError(RuntimeError):
@@ -51,14 +53,13 @@ class LeaseHeld(RuntimeError):
         self.expires = expires
 
 
-def new_version(now: datetime | None = None) -> str:
-    """A sortable, URL-safe version id: UTC time plus 4 random characters against same-second runs."""
-    now = now or datetime.now(UTC)
-    return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+@dataclass(frozen=True)
+class LiveModel:
+    """The promoted version, and the generation of ``models/LATEST`` that named it: a promotion over it
+    must still find that generation (compare-and-swap), and a server polls it to notice a new one."""
 
-
-def is_version(value: str) -> bool:
-    return bool(_VERSION.match(value))
+    version: str
+    generation: int
 
 
 class Registry:
@@ -69,8 +70,8 @@ class Registry:
 
     # Reading (the web service and the promotion gate).
 
-    def live(self) -> tuple[str, int] | None:
-        """(version, generation of models/LATEST), or None when no model was ever promoted."""
+    def live(self) -> LiveModel | None:
+        """The live model, or None when no model was ever promoted."""
         info = self.store.info(LATEST)
         if info is None:
             return None
@@ -81,26 +82,26 @@ class Registry:
         version = pointer.get("version", "") if isinstance(pointer, dict) else ""
         if not is_version(version):
             raise ModelLoadError(str(version), f"{LATEST} does not name a valid version")
-        return version, info.generation
+        return LiveModel(version, info.generation)
 
     def versions(self) -> list[str]:
         """Complete versions, oldest first (a folder without COMPLETE is an aborted upload)."""
         found = []
-        for blob in self.store.list(PREFIX):
-            parts = blob.name[len(PREFIX):].split("/")
-            if len(parts) == 2 and parts[1] == COMPLETE and is_version(parts[0]):
-                found.append(parts[0])
+        for blob in self.store.list(MODELS):
+            parsed = parse_model_file(blob.name)
+            if parsed and parsed[1] == COMPLETE:
+                found.append(parsed[0])
         return sorted(found)
 
     def is_complete(self, version: str) -> bool:
-        return is_version(version) and self.store.exists(self.path(version, COMPLETE))
+        return is_version(version) and self.store.exists(model_file(version, COMPLETE))
 
     def info(self, version: str) -> dict:
         """The parsed metrics.json of a complete version."""
         if not self.is_complete(version):
             raise ModelLoadError(version, "no such complete version")
         try:
-            return json.loads(self.store.get(self.path(version, "metrics.json")))
+            return json.loads(self.store.get(model_file(version, "metrics.json")))
         except (NotFound, ValueError) as error:
             raise ModelLoadError(version, f"metrics.json unreadable ({error})") from error
 
@@ -109,13 +110,9 @@ class Registry:
         if not self.is_complete(version):
             raise ModelLoadError(version, "no such complete version (COMPLETE marker missing)")
         try:
-            return self.store.get(self.path(version, filename))
+            return self.store.get(model_file(version, filename))
         except NotFound:
             raise ModelLoadError(version, f"{filename} is missing") from None
-
-    @staticmethod
-    def path(version: str, filename: str) -> str:
-        return f"{PREFIX}{version}/{filename}"
 
     # Writing (the training job).
 
@@ -123,11 +120,11 @@ class Registry:
         """Upload every file, then the COMPLETE marker, so readers see all or nothing."""
         if not is_version(version):
             raise ValueError(f"bad version id {version!r}")
-        if self.store.exists(self.path(version, COMPLETE)):
+        if self.store.exists(model_file(version, COMPLETE)):
             raise ValueError(f"version {version} already exists")
         for filename, data in files.items():
-            self.store.put(self.path(version, filename), data)
-        self.store.put(self.path(version, COMPLETE), json.dumps({"files": sorted(files)}).encode(),
+            self.store.put(model_file(version, filename), data)
+        self.store.put(model_file(version, COMPLETE), json.dumps({"files": sorted(files)}).encode(),
                        content_type="application/json", if_generation_match=0)
 
     def promote(self, version: str, expected: int, **facts: object) -> int:
@@ -163,17 +160,17 @@ class Lease:
 
     def acquire(self) -> None:
         """Take the lease if it is free or expired; raise LeaseHeld otherwise."""
-        current = self.store.info(LEASE)
+        current = self.store.info(TRAINING_LEASE)
         if current is not None:
             try:
-                held = json.loads(self.store.get(LEASE))
+                held = json.loads(self.store.get(TRAINING_LEASE))
                 owner, expires = str(held["owner"]), float(held["expires"])
             except (NotFound, ValueError, KeyError, TypeError):
                 owner, expires = "unknown", 0.0  # unreadable lease: treat as expired
             if expires > time.time() and owner != self.owner:
                 raise LeaseHeld(owner, expires)
         try:
-            self.generation = self.store.put(LEASE, self._body(), content_type="application/json",
+            self.generation = self.store.put(TRAINING_LEASE, self._body(), content_type="application/json",
                                              if_generation_match=current.generation if current else 0)
         except PreconditionFailed:
             raise LeaseHeld("another run", time.time()) from None
@@ -182,7 +179,7 @@ class Lease:
     def renew(self) -> None:
         """Extend the lease; raises LeaseHeld if it was lost (expired and taken by another run)."""
         try:
-            self.generation = self.store.put(LEASE, self._body(), content_type="application/json",
+            self.generation = self.store.put(TRAINING_LEASE, self._body(), content_type="application/json",
                                              if_generation_match=self.generation)
         except PreconditionFailed:
             raise LeaseHeld("another run", time.time()) from None
@@ -190,7 +187,7 @@ class Lease:
     def release(self) -> None:
         """Give the lease back; a lease already taken over is left alone."""
         try:
-            self.store.delete(LEASE, if_generation_match=self.generation)
+            self.store.delete(TRAINING_LEASE, if_generation_match=self.generation)
         except (NotFound, PreconditionFailed):
             return
         event(log, "training lease released", owner=self.owner)

@@ -30,6 +30,7 @@ from typing import Any
 from cloudevents.http import CloudEvent
 from PIL import Image
 
+from mountainid.bucket import upload_name
 from mountainid.config import Settings
 from mountainid.logs import event
 from mountainid.predict import Prediction, Predictor
@@ -38,7 +39,6 @@ from mountainid.store import BlobStore, NotFound
 
 log = logging.getLogger(__name__)
 
-UPLOADS_PREFIX = "uploads"
 # glibc's malloc, tuned in the serving process itself (wherever it is started: ``mountainid serve``, the
 # image, ``mountainid run``), not by an environment variable one start-up path sets and another forgets.
 # By default each request thread may get an arena of its own (up to 8 per core), and freed photo buffers
@@ -118,7 +118,7 @@ class ModelHolder:
             current = self._predictor
             if live is None:
                 return current
-            version, generation = live
+            version, generation = live.version, live.generation
             if not force and generation == self._seen_generation and self._waiting != version:
                 return current
             self._seen_generation = generation
@@ -236,7 +236,7 @@ def store_upload(store: BlobStore, upload_id: str, image: Image.Image, predictio
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=90)
     now = dt.datetime.now(dt.UTC)
-    name = f"{UPLOADS_PREFIX}/{now:%Y-%m-%d}/{upload_id}.jpg"
+    name = upload_name(now, upload_id)
     best = prediction.guesses[0] if prediction.guesses else None
     store.put(name, buffer.getvalue(), content_type="image/jpeg", metadata={
         "model_version": prediction.model_version,

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from mountainid.arrays import load_arrays
-from mountainid.vision.local import KEYPOINTS, LocalFeatures, rootsift
+from mountainid.vision.keypoint_settings import KEYPOINTS
+from mountainid.vision.local import LocalFeatures, rootsift
 
 GALLERY_KEYPOINTS = 1000  # per training photo in the index (0.5 MB each as float32); 600 lost 3 points on val
 CANDIDATES = 30           # gallery photos verified per upload, by votes
@@ -79,7 +80,7 @@ class Verified:
 class Gallery:
     """The training photos' local features in one approximate nearest-neighbour index (read-only once built)."""
 
-    def __init__(self, photo_ids: Sequence[str], classes: Sequence[int], features: Sequence[LocalFeatures],
+    def __init__(self, photo_ids: Sequence[str], classes: Sequence[int] | np.ndarray, features: Sequence[LocalFeatures],
                  *, storable: bool = True, matching: Matching | None = None) -> None:
         """``storable=False`` (serving) drops the uint8 descriptors once indexed: a fifth less memory,
         and no :meth:`to_bytes`. ``matching``: by default the one chosen for the gallery's size."""
@@ -99,7 +100,8 @@ class Gallery:
             import cv2
 
             cv2.setRNGSeed(0)  # the kd-trees are randomised: the same gallery must give the same answers
-            self._index = cv2.flann_Index(self._descriptors, {"algorithm": 1, "trees": 4})  # randomised kd-trees
+            self._index = cv2.flann_Index(  # type: ignore[attr-defined]  # randomised kd-trees; absent from the stubs
+                self._descriptors, {"algorithm": 1, "trees": 4})
 
     def __len__(self) -> int:
         return len(self.photo_ids)
@@ -209,7 +211,7 @@ class Gallery:
 
 def in_view_names(in_view: np.ndarray, labels: Sequence[str]) -> dict[str, list[str]]:
     """The matrix as stored with a model: each mountain's slug -> the slugs in its view (only those with any)."""
-    return {labels[a]: [labels[b] for b in np.flatnonzero(row)] for a, row in enumerate(in_view) if row.any()}
+    return {labels[a]: [labels[int(b)] for b in np.flatnonzero(row)] for a, row in enumerate(in_view) if row.any()}
 
 
 def in_view_matrix(names: dict[str, list[str]], labels: Sequence[str]) -> np.ndarray:
@@ -227,7 +229,7 @@ def same_place(pairs: np.ndarray, query_size: Sequence[int], gallery_size: Seque
     """Per correspondence (upload x, y, gallery x, y): whether both points sit at the same relative position."""
     upload = pairs[:, :2] / np.asarray(query_size, np.float32)
     gallery = pairs[:, 2:] / np.asarray(gallery_size, np.float32)
-    return (np.abs(upload - gallery) <= OVERLAY_TOLERANCE).all(axis=1)
+    return np.asarray((np.abs(upload - gallery) <= OVERLAY_TOLERANCE).all(axis=1))
 
 
 def shared(scores: np.ndarray, in_view: np.ndarray | None) -> np.ndarray:

@@ -15,6 +15,29 @@ REPO = Path(__file__).resolve().parent.parent
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Tests that train a model of their own or run the pipeline (7 to 45 s each on the 2-core machine,
+# measured 2026-12-05 with --durations), marked `slow` here by node-id prefix so `make test-fast` leaves
+# them to `make test`. A prefix without "::" is the whole module.
+SLOW = (
+    "tests/pipeline/test_embedded.py",  # whole cycles of `mountainid run`: 20-43 s each
+    "tests/training/test_job.py",  # a training run per test: 8-27 s
+    "tests/training/test_tiers.py",  # both tiers trained: 14-27 s
+    "tests/training/test_cli_and_crash.py",  # train/evaluate in subprocesses: 20-24 s, setups 7-10 s
+    "tests/training/test_own_mountains.py",  # train then serve from a folder: 3-23 s, ~100 s in all
+    "tests/training/test_fine_tune.py",  # EfficientNet-Lite2 fine-tunes: 3-10 s
+    "tests/training/test_duplicates.py::test_copies_under_two_mountains_are_kept_out_of_training_and_listed",
+    "tests/training/test_verification.py::test_the_gallery_holds_the_training_split_and_validation_chooses",
+    "tests/vision/test_efficientnet_lite.py::test_port_gives_the_reference_logits_on_real_photos",  # PyTorch
+    "tests/filter/test_function.py::test_weights_that_pass_the_start_check_but_do_not_fit_fail_each_event",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the SLOW tests (see above)."""
+    for item in items:
+        if item.nodeid.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:

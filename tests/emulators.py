@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from mountainid.localcloud import FakeGcsServer, LocalCloudError, ManagedProcess, PubSubEmulator
+from harness.localcloud import FakeGcsServer, LocalCloudError, ManagedProcess, PubSubEmulator
 from mountainid.store import BlobStore, LocalBlobStore
 from mountainid.store.gcs import GcsBlobStore, storage_client
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
+
+# ANSI control sequences: colours and the cursor moves with which a live progress bar redraws itself.
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def read_until_closed(leader: int) -> str:
-    """Everything written to the terminal whose follower end is closed. One ``os.read`` may return only
-    the first line the line discipline has processed, so read until EOF (EIO on Linux)."""
+    """Everything written to the terminal whose follower end is closed, as text without control sequences.
+    One ``os.read`` may return only the first line the line discipline has processed, so read until EOF
+    (EIO on Linux)."""
     seen = b""
     while True:
         try:
@@ -18,4 +23,4 @@ def read_until_closed(leader: int) -> str:
             break
         seen += chunk
     os.close(leader)
-    return seen.decode("utf-8", "replace")
+    return _CONTROL.sub("", seen.decode("utf-8", "replace"))

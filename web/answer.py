@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from flask import request, url_for
 from PIL import Image
+from werkzeug.datastructures import FileStorage, MultiDict
 
 from mountainid.catalog import Catalog, Mountain
 from mountainid.logs import event
@@ -221,50 +222,44 @@ def read_photo() -> bytes:
     """The uploaded bytes: the multipart field ``photo`` (first non-empty one), else the only file part
     under whatever name the client gave it (most send ``file``), or the raw body.
 
-    The client's file name is never read: only the bytes travel further. Raises UploadError naming
-    what is wrong with the request itself.
+    Werkzeug parses the body as it streams in (file parts over 500 kB spill to a temporary file), so the
+    upload is held once, never beside a raw copy. The client's file name is never read: only the bytes
+    travel further. Raises UploadError naming what is wrong with the request itself.
     """
     if request.mimetype != "multipart/form-data":
         return request.get_data(cache=False)
-    boundary = request.mimetype_params.get("boundary")
-    if not boundary:
+    if not request.mimetype_params.get("boundary"):
         raise UploadError("malformed-upload", "malformed upload: a multipart body needs a boundary in its "
                                               "Content-Type")
-    raw = request.get_data(cache=True)  # kept, so a body Werkzeug refuses whole can be read part by part
-    for part in request.files.getlist("photo"):
+    files = _multipart_files()
+    for part in files.getlist("photo"):
         data = part.read()
         if data:
             return data
-    others = [part for name, part in request.files.items(multi=True) if name != "photo"]
+    others = [part for name, part in files.items(multi=True) if name != "photo"]
     if len(others) == 1:
         return others[0].read()
-    if request.files.getlist("photo"):
+    if files.getlist("photo"):
         return b""  # the field is there but empty: BadImage("empty") says so
-    if not request.files and not request.form and raw:
-        data = _file_part(raw, boundary)
-        if data is None:
-            raise UploadError("malformed-upload", "malformed upload: the multipart body could not be read")
-        return data
-    names = ", ".join(sorted({name for name, _ in request.files.items(multi=True)})) or "none"
+    names = ", ".join(sorted({name for name, _ in files.items(multi=True)})) or "none"
     raise UploadError("no-file", f"no file in field 'photo' (file fields sent: {names})")
 
 
-def _file_part(raw: bytes, boundary: str) -> bytes | None:
-    """The photo part of a multipart body Werkzeug refused whole (it drops every part when one header,
-    such as a file name, is not UTF-8): headers read as Latin-1, the file name ignored."""
-    photo = other = None
-    for chunk in raw.split(b"--" + boundary.encode("latin-1"))[1:]:
-        if chunk.startswith(b"--"):
-            break
-        head, separator, body = chunk.partition(b"\r\n\r\n")
-        disposition = head.decode("latin-1").lower()
-        if not separator or "filename=" not in disposition:
-            continue
-        if 'name="photo"' in disposition:
-            photo = photo if photo is not None else body.removesuffix(b"\r\n")
-        else:
-            other = other if other is not None else body.removesuffix(b"\r\n")
-    return photo if photo is not None else other
+def _multipart_files() -> MultiDict[str, FileStorage]:
+    """The request's file parts, parsed by Werkzeug's own multipart parser; a body it cannot read is an
+    UploadError saying why (Flask's ``request.files`` would read it as empty, hiding the cause)."""
+    parser = request.make_form_data_parser()
+    parser.silent = False
+    try:
+        _, _, files = parser.parse(request.stream, request.mimetype, request.content_length,
+                                   request.mimetype_params)
+    except UnicodeDecodeError:
+        raise UploadError("malformed-upload", "malformed upload: a part's headers (its file name, say) are not "
+                                              "UTF-8: send the name in UTF-8 or percent-encoded") from None
+    except ValueError as error:
+        raise UploadError("malformed-upload", f"malformed upload: the multipart body could not be read "
+                                              f"({error})") from None
+    return files
 
 
 def identify(*, page: bool = False) -> Answer:

@@ -7,7 +7,7 @@ from flask import Blueprint, Response, jsonify, url_for
 from mountainid.training.progress import current as training_progress
 from web.answer import NoModel, identify
 from web.context import services
-from web.pages import MODEL_PLOTS, mountain_list
+from web.describe import MODEL_PLOTS, mountain_list
 
 bp = Blueprint("api", __name__)
 

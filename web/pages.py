@@ -6,18 +6,18 @@ import re
 
 from flask import Blueprint, Response, abort, render_template, request, url_for
 
-from mountainid.catalog import Catalog
+from mountainid.bucket import model_file
 from mountainid.store import NotFound
 from mountainid.training.progress import current as training_progress
 from web.answer import identify
 from web.context import services
+from web.describe import MODEL_PLOTS, mountain_list
 
 bp = Blueprint("pages", __name__)
 
 # Only these names are ever read from the store by a public route: a training photo, or a model plot.
 TRAINING_PHOTO = re.compile(r"^accepted/[a-z0-9]+(?:-[a-z0-9]+)*/[A-Za-z0-9_-]{1,80}\.jpg$")
 MODEL_VERSION = re.compile(r"^[0-9a-z][0-9a-z-]{0,63}$")
-MODEL_PLOTS = ("confusion.png", "curves.png", "reliability.png")
 DAY = 86400
 
 
@@ -80,7 +80,7 @@ def model_plot(version: str, filename: str) -> Response:
     """A model version's confusion matrix or training curves (versions never change once written)."""
     if not MODEL_VERSION.match(version) or filename not in MODEL_PLOTS:
         abort(404)
-    return _from_store(f"models/{version}/{filename}", "image/png", max_age=30 * DAY)
+    return _from_store(model_file(version, filename), "image/png", max_age=30 * DAY)
 
 
 def _from_store(name: str, mimetype: str, max_age: int) -> Response:
@@ -91,20 +91,6 @@ def _from_store(name: str, mimetype: str, max_age: int) -> Response:
     response = Response(data, mimetype=mimetype)
     response.headers["Cache-Control"] = f"public, max-age={max_age}"
     return response
-
-
-def mountain_list(labels: list[str], known: Catalog) -> list[dict[str, object]]:
-    """The model's classes with what the site's catalog and the model know about each (maybe nothing)."""
-    catalog = services().catalog.merged(known)
-    mountains = []
-    for slug in labels:
-        found = catalog.find(slug)
-        mountains.append({"slug": slug, "name": found.name if found else slug.replace("-", " ").title(),
-                          "elevation_m": found.elevation_m if found else None,
-                          "latitude": found.latitude if found else None,
-                          "longitude": found.longitude if found else None,
-                          "map_url": found.map_url if found else None})
-    return mountains
 
 
 CONFUSION_SHADES = 5  # a cell's share of its row, in steps the stylesheet colours (no inline styles: CSP)

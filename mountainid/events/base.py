@@ -27,5 +27,5 @@ class EventBus(ABC):
                      attributes: Mapping[str, str] | None = None) -> str:
         return self.publish(topic, json.dumps(payload).encode("utf-8"), attributes)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op by default: only some buses hold resources
         """Release transport resources (flush pending publishes)."""

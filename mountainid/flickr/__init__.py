@@ -1,4 +1,4 @@
-"""Flickr: the client the ingest uses (flickrapi + requests, with retries) and a fake server for tests."""
+"""Flickr: the client the ingest uses (flickrapi + requests, with retries); its fake is ``harness.fake_flickr``."""
 
 from mountainid.flickr.client import (
     FlickrAuthError,

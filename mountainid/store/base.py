@@ -12,6 +12,7 @@ cursor, ``models/LATEST`` and the training lease avoid lost updates.
 
 from __future__ import annotations
 
+import builtins
 import posixpath
 import re
 from abc import ABC, abstractmethod
@@ -93,5 +94,5 @@ class BlobStore(ABC):
     def get_text(self, name: str) -> str:
         return self.get(name).decode("utf-8")
 
-    def list_names(self, prefix: str = "") -> list[str]:
+    def list_names(self, prefix: str = "") -> builtins.list[str]:  # `list` here is the method above
         return [blob.name for blob in self.list(prefix)]

@@ -26,8 +26,8 @@ from logging.handlers import QueueHandler
 from queue import Empty
 
 from mountainid import logs
+from mountainid.bucket import ACCEPTED
 from mountainid.config import ConfigError, Settings
-from mountainid.filter import ACCEPTED
 from mountainid.logs import Bar, bars_hidden, event
 from mountainid.store import BlobStore, open_store
 from mountainid.training import features
@@ -35,6 +35,8 @@ from mountainid.training.consolidate import consolidate
 from mountainid.training.dataset import Example, list_accepted
 from mountainid.training.shards import shard_of
 from mountainid.vision.backbone import check_weights
+from mountainid.vision.features import FeatureExtractor
+from mountainid.vision.runtime import import_tensorflow_quietly
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ def backfill(store: BlobStore, settings: Settings, photos: list[Photo], task: in
     """Make the embedding (current feature id) and keypoints of every photo valid in the cache; ``advance``
     hears how many photos each finished chunk held. Logs one summary line."""
     started = time.perf_counter()
-    extractor = features.FeatureExtractor(settings)  # the filter's embedding, under the configured weights' id
+    extractor = FeatureExtractor(settings)  # the filter's embedding, under the configured weights' id
     embeddings: Counter[str] = Counter()
     keypoints: Counter[str] = Counter()
     unusable = 0
@@ -98,7 +100,7 @@ def _worker(settings: Settings, task: int, tasks: int, photos: list[Photo], queu
     so one process writes to the terminal."""
     logs.configure(settings)
     logging.getLogger().handlers[:] = [QueueHandler(queue)]
-    _import_tensorflow(settings)  # a spawned process imports TensorFlow afresh: its start-up lines too
+    import_tensorflow_quietly(settings)  # a spawned process imports TensorFlow afresh: its start-up lines too
     queue.put(backfill(open_store(settings), settings, photos, task, tasks, queue.put))
 
 
@@ -137,13 +139,6 @@ def run_local(settings: Settings, store: BlobStore, tasks: int) -> list[TaskSumm
     return summaries
 
 
-def _import_tensorflow(settings: Settings) -> None:
-    """Only the processes that run a task load TensorFlow (not the parent of ``--tasks N``), quietly."""
-    from mountainid.cli import import_tensorflow_quietly  # not at the top: the CLI imports this module
-
-    import_tensorflow_quietly(settings)
-
-
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -164,8 +159,8 @@ def _backfill_command(args: argparse.Namespace, settings: Settings) -> int:
                           "Cloud Run Job: set the number of tasks in one place")
     check_weights(settings.weights)  # here, once, before N workers fail on it one by one
     store = open_store(settings)
-    if args.tasks == 1:
-        _import_tensorflow(settings)
+    if args.tasks == 1:  # TensorFlow in this process; with --tasks N only in the workers
+        import_tensorflow_quietly(settings)
         summaries = [run_task(settings, store, settings.task_index, settings.task_count)]
     else:
         summaries = run_local(settings, store, args.tasks)

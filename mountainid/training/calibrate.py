@@ -95,15 +95,15 @@ def out_of_fold(fold_of: np.ndarray, targets: np.ndarray, classes: int, photo_id
         for number, fold in enumerate(folds, 1):
             held = fold_of == fold
             probs[held] = answer(~held, held)
-            rows = np.flatnonzero(~held & usable)
-            gallery = Gallery([photo_ids[i] for i in rows], targets[rows], [keypoints[i] for i in rows])
-            scores[held] = gallery.score_many([keypoints[i] for i in np.flatnonzero(held)], classes)
+            rows = np.flatnonzero(~held & usable).tolist()
+            gallery = Gallery([photo_ids[i] for i in rows], targets[rows], [k for i in rows if (k := keypoints[i]) is not None])
+            scores[held] = gallery.score_many([keypoints[i] for i in np.flatnonzero(held).tolist()], classes)
             event(log, "fold answered", fold=number, folds=len(folds), photos=int(held.sum()),
                   gallery=len(gallery))
             bar.advance()
     answered = fold_of >= 0
     return Answers(probs[answered], scores[answered], targets[answered],
-                   tuple(photo_ids[i] for i in np.flatnonzero(answered)))
+                   tuple(photo_ids[i] for i in np.flatnonzero(answered).tolist()))
 
 
 def fit(answers: Answers, in_view: np.ndarray | None) -> Calibration:

@@ -12,14 +12,16 @@ import logging
 import sys
 from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from mountainid.bucket import ACCEPTED
 from mountainid.catalog import load_catalog
 from mountainid.config import ConfigError, Settings
 from mountainid.logs import event
-from mountainid.training.features import FeatureSpec
 from mountainid.training.train import HeadConfig
+from mountainid.vision.features import FeatureSpec
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     for item in fields(FeatureSpec):
         flag = "--" + item.name.replace("_", "-")
         defaults = shown({name: getattr(config.features, item.name) for name, config in TIERS.items()})
-        kind = {"action": argparse.BooleanOptionalAction} if item.type in (bool, "bool") else {
+        kind: dict[str, Any] = {"action": argparse.BooleanOptionalAction} if item.type in (bool, "bool") else {
             "type": int if item.type in (int, "int") else str}
         group.add_argument(flag, default=argparse.SUPPRESS, help=f"{_FEATURE_HELP[item.name]} ({defaults})", **kind)
     group = parser.add_argument_group("classification head (default: the tier's)")
@@ -102,7 +104,7 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         labelled_files(Path(args.photos), catalog)
         get_backbone(settings.weights)
     store = open_store(settings)
-    if not args.photos and next(store.list("accepted/"), None) is None:  # before the lease and TensorFlow
+    if not args.photos and next(store.list(ACCEPTED), None) is None:  # before the lease and TensorFlow
         raise ConfigError(f"no accepted photos in {settings.bucket} to train on: pass --photos DIR (one subfolder "
                           "of photos per mountain), or run the pipeline (mountainid run) first")
     bus = open_bus(settings)
@@ -139,7 +141,7 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         if live is None:
             print("mountainid evaluate: no model has been promoted yet; train one or pass --model", file=sys.stderr)
             return 2
-        version = live[0]
+        version = live.version
     try:
         predictor = Predictor.load(store, version, settings)
         files = labelled_files(Path(args.photos_dir), load_catalog(settings.catalog))

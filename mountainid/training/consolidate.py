@@ -20,13 +20,14 @@ from functools import partial
 import numpy as np
 
 from mountainid.arrays import load_array
-from mountainid.config import Settings
-from mountainid.filter import (
+from mountainid.bucket import (
     EMBEDDINGS,
     LOCAL_FEATURES_FOLDER,
     parse_embedding_name,
     parse_local_features_name,
+    shard_prefix,
 )
+from mountainid.config import Settings
 from mountainid.logs import Bar, event
 from mountainid.store import BlobStore, NotFound
 from mountainid.training import shards
@@ -152,7 +153,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     counts = consolidate(open_store(settings), settings)
     for set_id, photos in counts.items():
-        print(f"{set_id}: {photos} photos in {shards.shard_prefix(set_id)}")
+        print(f"{set_id}: {photos} photos in {shard_prefix(set_id)}")
     return 0
 
 

@@ -13,7 +13,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 
-from mountainid.filter import ACCEPTED
+from mountainid.bucket import ACCEPTED, parse_accepted_name
 from mountainid.logs import event
 from mountainid.store import BlobStore
 
@@ -81,10 +81,11 @@ def list_accepted(store: BlobStore) -> list[Example]:
     """Every accepted photo (accepted/<slug>/<id>.jpg) with its metadata."""
     examples = []
     for blob in store.list(ACCEPTED):
-        parts = blob.name[len(ACCEPTED):].split("/")
-        if len(parts) != 2 or not parts[1].endswith(".jpg"):
+        parsed = parse_accepted_name(blob.name)
+        if parsed is None:
             continue
-        examples.append(Example(parts[1].removesuffix(".jpg"), parts[0], blob.name, dict(blob.metadata)))
+        slug, photo_id = parsed
+        examples.append(Example(photo_id, slug, blob.name, dict(blob.metadata)))
     return examples
 
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mountainid.bucket import DHASH
 from mountainid.config import Settings
-from mountainid.filter import DHASH
 from mountainid.logs import event
 from mountainid.store import BlobStore, NotFound
 from mountainid.training.dataset import Example

@@ -147,7 +147,7 @@ def choose_answer_threshold(probs: np.ndarray, targets: np.ndarray, unknown: np.
     return max(choose_unknown_threshold(probs, targets), open_set_threshold(others))
 
 
-def confident_figures(probs: np.ndarray, targets: np.ndarray, threshold: float) -> dict[str, float]:
+def confident_figures(probs: np.ndarray, targets: np.ndarray, threshold: float) -> dict[str, object]:
     """Of the photos answered outright (confidence >= threshold): how many, and how many rightly."""
     if not len(targets):
         return {"coverage": 0.0, "confident_precision": 0.0}

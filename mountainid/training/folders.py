@@ -18,9 +18,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from mountainid.bucket import ACCEPTED, FOLDER_CATALOG, REJECTED, RawPhoto
 from mountainid.catalog import Catalog, CatalogError, Mountain, parse_catalog, slugify
 from mountainid.config import Settings
-from mountainid.filter import ACCEPTED, RAW, REJECTED, RawPhoto, judge_photos
+from mountainid.filter import judge_photos
 from mountainid.logs import Bar, event
 from mountainid.store import BlobStore, NotFound, PreconditionFailed
 from mountainid.vision.backbone import get_backbone
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 JUDGE_BATCH = 32
 FOLDER_MOUNTAINS = "mountains.yaml"  # optional, inside the photo folder
-BUCKET_CATALOG = "catalogs/photo-folders.yaml"  # the mountains of every folder imported into this bucket
 
 
 class FolderError(CatalogError):
@@ -60,7 +60,7 @@ def folder_catalog(folder: Path, base: Catalog) -> Catalog:
 def bucket_catalog(store: BlobStore) -> Catalog:
     """The mountains that photo folders brought into this bucket (empty if none)."""
     try:
-        return parse_catalog(store.get(BUCKET_CATALOG).decode("utf-8"), store.uri(BUCKET_CATALOG), "photo-folders")
+        return parse_catalog(store.get(FOLDER_CATALOG).decode("utf-8"), store.uri(FOLDER_CATALOG), "photo-folders")
     except NotFound:
         return Catalog("photo-folders", ())
 
@@ -69,7 +69,7 @@ def _remember(store: BlobStore, catalog: Catalog) -> None:
     import yaml
 
     merged = bucket_catalog(store).merged(catalog)
-    store.put(BUCKET_CATALOG, yaml.safe_dump({"name": "photo-folders", "mountains": [
+    store.put(FOLDER_CATALOG, yaml.safe_dump({"name": "photo-folders", "mountains": [
         {k: v for k, v in m.to_dict().items() if v is not None} for m in merged.mountains]},
         allow_unicode=True, sort_keys=False).encode("utf-8"), content_type="application/yaml")
 
@@ -113,7 +113,7 @@ def import_folder(store: BlobStore, settings: Settings, folder: Path, base: Cata
     for item in files:
         data = item.path.read_bytes()
         photo_id = photo_id_of(data)
-        photo = RawPhoto(f"{RAW}{item.slug}/{photo_id}.jpg", item.slug, photo_id)
+        photo = RawPhoto.of(item.slug, photo_id)
         metadata = {"source": "folder", "mountain": item.slug, "photo_id": photo_id, "title": item.path.name}
         try:
             store.put(photo.name, data, metadata=metadata, content_type="image/jpeg", if_generation_match=0)
@@ -129,5 +129,6 @@ def import_folder(store: BlobStore, settings: Settings, folder: Path, base: Cata
                 outcome.log(source="folder")
                 counts[outcome.status] += 1
             bar.advance(len(todo[start:start + JUDGE_BATCH]))
-    event(log, "photo folder imported", folder=str(folder), photos=len(files), **counts)
+    # the counts are outcome names, never event()'s own level/exc_info keywords
+    event(log, "photo folder imported", folder=str(folder), photos=len(files), **counts)  # type: ignore[arg-type]
     return counts

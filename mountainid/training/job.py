@@ -26,21 +26,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from mountainid import verification
+from mountainid.bucket import new_version
 from mountainid.catalog import Mountain, load_catalog
 from mountainid.config import Settings
 from mountainid.events import EventBus
 from mountainid.logs import event
-from mountainid.registry import Lease, LeaseHeld, ModelLoadError, Registry, new_version
+from mountainid.predict import Predictor  # the live model is evaluated exactly as it is served
+from mountainid.registry import Lease, LeaseHeld, ModelLoadError, Registry
 from mountainid.store import BlobStore, PreconditionFailed
 from mountainid.training import calibrate, evaluate, plots
 from mountainid.training.consolidate import consolidate
 from mountainid.training.dataset import Dataset, Example, build_dataset, list_accepted
 from mountainid.training.duplicates import Duplicates, find_duplicates
-from mountainid.training.features import FeatureExtractor, FeatureSpec, load_features, load_local_features
+from mountainid.training.features import load_features, load_local_features
 from mountainid.training.folders import bucket_catalog
 from mountainid.training.gate import Gate, decide
 from mountainid.training.progress import Progress
@@ -48,6 +51,7 @@ from mountainid.training.train import HeadConfig, train_head
 from mountainid.verification import VERIFICATION_FILE, Gallery
 from mountainid.vision import efficientnet_lite
 from mountainid.vision.backbone import get_backbone
+from mountainid.vision.features import FeatureExtractor, FeatureSpec
 from mountainid.vision.local import LocalFeatures
 
 log = logging.getLogger(__name__)
@@ -309,7 +313,7 @@ def _register_and_promote(settings: Settings, store: BlobStore, bus: EventBus, c
     test, calibration = evaluated.test, evaluated.calibration
     version = new_version()
     live = registry.live()
-    compared = _compare_with_live(registry, live[0], prepared.parts["test"], verified.keypoints["test"],
+    compared = _compare_with_live(registry, live.version, prepared.parts["test"], verified.keypoints["test"],
                                   evaluated.test_fused, prepared.arrays["test"][1], store, settings) if live else None
     if compared is None:  # nothing to compare with: the new model replaces no model, or an unusable one
         gate = Gate(True, "live model unusable" if live else "no live model", test["n"], new_top1=test["top1"])
@@ -318,7 +322,7 @@ def _register_and_promote(settings: Settings, store: BlobStore, bus: EventBus, c
     mountains = _mountains(settings, store, labels)
     names = {slug: mountain["name"] for slug, mountain in mountains.items()}
     held_out = evaluated.held_out
-    metrics = {
+    metrics: dict[str, Any] = {
         "version": version, "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "labels": labels, "names": names, "unknown_threshold": calibration.threshold,
         "fusion_weight": calibration.weight, "temperature": calibration.temperature,
@@ -334,7 +338,7 @@ def _register_and_promote(settings: Settings, store: BlobStore, bus: EventBus, c
         "train": {"n": len(prepared.training(_trained_on(config))[1]), "splits": list(_trained_on(config))},
         "accepted_photos": accepted, "excluded_classes": dataset.excluded,
         "dataset_fingerprint": dataset.fingerprint(), "feature_id": extractor.feature_id, "tier": config.tier,
-        "live_at_training": {"version": live[0], **gate.figures()} if live else None,
+        "live_at_training": {"version": live.version, **gate.figures()} if live else None,
         **prepared.duplicates.report(),
     }
     lease.renew()
@@ -358,15 +362,15 @@ def _register_and_promote(settings: Settings, store: BlobStore, bus: EventBus, c
         VERIFICATION_FILE: verified.gallery.to_bytes(),
     })
     figures = {"version": version, "test_top1": round(test["top1"], 4), "test_top3": round(test["top3"], 4),
-               "test_n": test["n"], "live_version": live[0] if live else None, **gate.figures()}
-    result = TrainingResult("kept", version, metrics["test"], live[0] if live else None, gate.live_top1, gate=gate,
+               "test_n": test["n"], "live_version": live.version if live else None, **gate.figures()}
+    result = TrainingResult("kept", version, metrics["test"], live.version if live else None, gate.live_top1, gate=gate,
                             feature_ids=(extractor.feature_id, get_backbone(settings.weights).backbone_id))
     if not gate.promote:
         event(log, "model kept: the promotion gate kept the live model", **figures)
         return result
     try:
         lease.renew()  # still ours: nobody else can be promoting
-        registry.promote(version, live[1] if live else 0, test_top1=test["top1"])
+        registry.promote(version, live.generation if live else 0, test_top1=test["top1"])
     except (PreconditionFailed, LeaseHeld) as error:
         event(log, "model not promoted: another run moved models/LATEST", error=str(error), **figures,
               level=logging.WARNING)
@@ -419,8 +423,6 @@ def _compare_with_live(registry: Registry, version: str, test: list[Example], ke
     (e.g. photos grouped by photographer), its old training photos are left out of the comparison, so
     it cannot win on photos it has seen. None if the live model cannot be loaded (then it is replaced).
     """
-    from mountainid.predict import Predictor  # the live model is evaluated exactly as it is served
-
     try:
         live = Predictor.load(store, version, settings)
         manifest = json.loads(registry.read(version, "dataset.json"))

@@ -33,7 +33,7 @@ def confusion_png(matrix: list[list[int]], labels: list[str], title: str) -> byt
     axes.set_title(title)
     for (row, col), value in np.ndenumerate(counts):
         if value:
-            axes.text(col, row, int(value), ha="center", va="center", fontsize=8,
+            axes.text(col, row, str(int(value)), ha="center", va="center", fontsize=8,
                       color="white" if share[row, col] > 0.5 else "black")
     figure.colorbar(image, ax=axes, fraction=0.046, label="share of the true class")
     return _png(figure)

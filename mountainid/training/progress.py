@@ -12,12 +12,12 @@ import json
 import logging
 import time
 
+from mountainid.bucket import TRAINING_PROGRESS
 from mountainid.logs import event
 from mountainid.store import BlobStore, NotFound
 
 log = logging.getLogger(__name__)
 
-PROGRESS = "models/TRAINING"
 STALE_S = 15 * 60
 
 
@@ -32,7 +32,7 @@ class Progress:
     def report(self, step: str, **facts: object) -> None:
         body = {"tier": self.tier, "step": step, "started": self.started, "updated": time.time(), **facts}
         try:
-            self.store.put(PROGRESS, json.dumps(body).encode(), content_type="application/json")
+            self.store.put(TRAINING_PROGRESS, json.dumps(body).encode(), content_type="application/json")
         except Exception as error:  # noqa: BLE001 - progress is for people; the model matters more
             event(log, "training progress not written", error=str(error), level=logging.WARNING)
 
@@ -43,7 +43,7 @@ class Progress:
 def current(store: BlobStore) -> dict | None:
     """The latest report of a run still going (None when none is, or it died)."""
     try:
-        body = json.loads(store.get(PROGRESS))
+        body = json.loads(store.get(TRAINING_PROGRESS))
     except (NotFound, ValueError):
         return None
     if not isinstance(body, dict) or body.get("step") == "finished":

@@ -19,7 +19,6 @@ import hashlib
 import io
 import logging
 import math
-import re
 import zipfile
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
@@ -30,15 +29,15 @@ from typing import Generic, Protocol, TypeVar
 import numpy as np
 
 from mountainid.arrays import load_arrays
+from mountainid.bucket import parse_shard_name, shard_name, shard_prefix
 from mountainid.logs import event
 from mountainid.store import BlobStore, NotFound
-from mountainid.vision.local import EXTRACTOR_ID, KEYPOINTS, LocalFeatures
+from mountainid.vision.keypoint_settings import EXTRACTOR_ID, KEYPOINTS
+from mountainid.vision.local import LocalFeatures
 
 log = logging.getLogger(__name__)
 
-SHARDS = "features/"
 SHARD_WORKERS = 4  # shards are large: a few in flight keep the link busy and memory bounded
-_NAME = re.compile(r"(\d+)-of-(\d+)\.npz")
 _CHECKSUM = "sha256"
 
 T = TypeVar("T")
@@ -56,10 +55,6 @@ def vectors_set(feature_id: str, view: int = 0) -> str:
 KEYPOINTS_SET = EXTRACTOR_ID
 
 
-def shard_prefix(set_id: str) -> str:
-    return f"{SHARDS}{set_id}/shards/"
-
-
 def shard_of(key: str, count: int) -> int:
     """A photo's shard among ``count``: a stable hash (not Python's salted hash())."""
     return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % count
@@ -73,7 +68,7 @@ class Shard:
 
     @property
     def name(self) -> str:
-        return f"{shard_prefix(self.set_id)}{self.index:05d}-of-{self.count:05d}.npz"
+        return shard_name(self.set_id, self.index, self.count)
 
     def holds(self, key: str) -> bool:
         return shard_of(key, self.count) == self.index
@@ -86,8 +81,13 @@ class Shard:
 class Codec(Protocol[T]):
     """How one kind of cached feature is packed into a shard's arrays."""
 
-    compressed: bool
-    row_bytes: int  # about the bytes one photo adds to a shard, to size shards
+    @property
+    def compressed(self) -> bool: ...
+
+    @property
+    def row_bytes(self) -> int:
+        """About the bytes one photo adds to a shard, to size shards."""
+        ...
 
     def pack(self, values: list[T]) -> dict[str, np.ndarray]: ...
 
@@ -158,7 +158,8 @@ def encode(values: dict[str, T], codec: Codec[T]) -> bytes:
     keys = sorted(values)
     arrays = {"ids": np.asarray(keys, dtype=str), **codec.pack([values[k] for k in keys])}
     buffer = io.BytesIO()
-    (np.savez_compressed if codec.compressed else np.savez)(buffer, **arrays, **{_CHECKSUM: np.asarray(_digest(arrays))})
+    # numpy's stubs read ** as its allow_pickle keyword too; these keys are array names only
+    (np.savez_compressed if codec.compressed else np.savez)(buffer, **arrays, **{_CHECKSUM: np.asarray(_digest(arrays))})  # type: ignore[arg-type]
     return buffer.getvalue()
 
 
@@ -183,12 +184,11 @@ def decode(shard: Shard, data: bytes, codec: Codec[T]) -> dict[str, T]:
 
 def listed(store: BlobStore, set_id: str) -> list[Shard]:
     """The shards of a set in the bucket (while a consolidation changes their number, both layouts)."""
-    prefix = shard_prefix(set_id)
     found = []
-    for name in store.list_names(prefix):
-        match = _NAME.fullmatch(name[len(prefix):])
-        if match and int(match[1]) < int(match[2]):
-            found.append(Shard(set_id, int(match[1]), int(match[2])))
+    for name in store.list_names(shard_prefix(set_id)):
+        parsed = parse_shard_name(set_id, name)
+        if parsed and parsed[0] < parsed[1]:
+            found.append(Shard(set_id, *parsed))
     return found
 
 
@@ -202,7 +202,7 @@ def read_valid(store: BlobStore, shard: Shard, codec: Codec[T],
     except CorruptShard as error:
         event(log, "corrupt shard not trusted", shard=shard.name, error=str(error), level=logging.WARNING)
         return None
-    if keep is None or keep.issuperset(values):
+    if keep is None or keep >= set(values):
         return values
     # Copies: a value of a shard views the shard's arrays, and one kept view would keep all of them alive.
     return {key: copy.deepcopy(value) for key, value in values.items() if key in keep}

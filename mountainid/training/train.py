@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from mountainid.logs import Bar, event, item_level
-from mountainid.training.features import FeatureExtractor, mobilenet
 from mountainid.vision import efficientnet_lite
+from mountainid.vision.features import FeatureExtractor, mobilenet
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ def build_head(dim: int, classes: int, config: HeadConfig, extractor: FeatureExt
     spec = extractor.spec
     if spec.cut and spec.backbone == efficientnet_lite.NAME:  # FeatureSpec checked the cut is a block
         x = keras.layers.Reshape(extractor.cut_shape)(inputs)
+        assert spec.cut_block is not None  # FeatureSpec checked the cut names a block
         x = efficientnet_lite.build_top(x, extractor.weights, spec.cut_block)
     elif spec.cut:
         x = keras.layers.GlobalAveragePooling2D()(_top_blocks(inputs, extractor))

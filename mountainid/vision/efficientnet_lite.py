@@ -53,7 +53,8 @@ class Block:
 
 def blocks() -> list[Block]:
     """The 21 MBConv blocks, in order."""
-    found, filters_in = [], STEM_FILTERS
+    found: list[Block] = []
+    filters_in = STEM_FILTERS
     for repeats, kernel, stride, expand, filters_out in LITE2_STAGES:
         for repeat in range(repeats):
             found.append(Block(len(found), kernel, stride if repeat == 0 else 1, expand, filters_in, filters_out))

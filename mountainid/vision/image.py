@@ -51,7 +51,7 @@ def load_image(data: bytes, max_pixels: int, max_bytes: int | None = None,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise BadImage("too-many-pixels", f"the image has more than {max_pixels:,} pixels") from None
     except UnidentifiedImageError:

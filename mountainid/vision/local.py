@@ -21,10 +21,8 @@ from PIL import Image
 
 from mountainid.arrays import load_arrays
 from mountainid.vision.image import load_image
+from mountainid.vision.keypoint_settings import KEYPOINTS, MAX_SIDE
 
-MAX_SIDE = 640  # the probe's setting: 84-87 ms a photo on this CPU, 1,000-1,500 keypoints
-KEYPOINTS = 1500
-EXTRACTOR_ID = f"rootsift{KEYPOINTS}-{MAX_SIDE}"
 _FIELDS = ("points", "descriptors", "size")
 
 
@@ -76,7 +74,7 @@ def _detector():
         import cv2
 
         cv2.setNumThreads(1)  # each request one thread: two at once on 2 cores, not 2 x 2
-        _local.sift = cv2.SIFT_create(KEYPOINTS)
+        _local.sift = cv2.SIFT_create(KEYPOINTS)  # type: ignore[attr-defined]  # in cv2 >= 4.4; not in its stubs
     return _local.sift
 
 

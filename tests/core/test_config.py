@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mountainid.config import (
+    DECLARED,
     ENV_NAMES,
     FLICKR_LICENSES,
     REUSABLE_LICENSES,
     ConfigError,
     Settings,
     load_settings,
+    markdown,
 )
 
 
@@ -100,3 +104,17 @@ def test_cloud_run_tasks_say_which_shard_this_process_is() -> None:
             load_settings({"CLOUD_RUN_TASK_INDEX": index, "CLOUD_RUN_TASK_COUNT": count})
     with pytest.raises(ConfigError, match="CLOUD_RUN_TASK_COUNT must be a whole number"):
         load_settings({"CLOUD_RUN_TASK_COUNT": "many"})
+
+
+def test_the_configuration_page_is_generated_from_the_declarations() -> None:
+    """docs/configuration.md is `python -m mountainid.config --markdown`: regenerate it after changing a setting."""
+    page = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+    assert page.read_text() == markdown(), "stale: python -m mountainid.config --markdown > docs/configuration.md"
+    for declared in DECLARED:
+        assert f"`{declared.metadata['env']}`" in page.read_text()
+
+
+def test_an_empty_environment_gives_every_declared_default() -> None:
+    defaults = load_settings({})
+    for declared in DECLARED:
+        assert getattr(defaults, declared.name) == declared.default

@@ -1,4 +1,4 @@
-"""Fixtures for the end-to-end tests on the local cloud (mountainid.e2e)."""
+"""Fixtures for the end-to-end tests on the local cloud (harness.e2e)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mountainid.e2e import PipelineConfig
+from harness.e2e import PipelineConfig
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mountainid.config import load_settings
-from mountainid.e2e import (
+from harness.e2e import (
     BucketState,
     LocalPipeline,
     PipelineConfig,
@@ -26,8 +25,9 @@ from mountainid.e2e import (
     parse_log,
     wait_for,
 )
-from mountainid.flickr.fake import Fault
-from mountainid.localcloud import ManagedProcess
+from harness.fake_flickr import Fault
+from harness.localcloud import ManagedProcess
+from mountainid.config import load_settings
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 

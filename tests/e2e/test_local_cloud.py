@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
+from harness.e2e import PipelineConfig, run_scenario
 from mountainid.config import load_settings
-from mountainid.e2e import PipelineConfig, run_scenario
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from mountainid.config import load_settings
-from mountainid.localcloud import (
+from harness.localcloud import (
     FakeGcsServer,
     FunctionsFrameworkServer,
     LocalCloud,
     LocalCloudError,
     PubSubEmulator,
 )
+from mountainid.config import load_settings
 from mountainid.store import open_store
 from mountainid.store.gcs import GcsBlobStore
 from tests.emulators import unique_name

@@ -1,5 +1,5 @@
 """Pub/Sub for real: the official emulator, fake-gcs-server's GCS notifications, and push delivery
-into a functions-framework server, the chain the filter function runs on (see mountainid.localcloud)."""
+into a functions-framework server, the chain the filter function runs on (see harness.localcloud)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from harness.localcloud import (
+    FakeGcsServer,
+    FunctionsFrameworkServer,
+    LocalCloudError,
+    PubSubEmulator,
+    free_port,
+)
 from mountainid.events import open_bus
 from mountainid.events.pubsub import (
     PublishError,
@@ -19,13 +26,6 @@ from mountainid.events.pubsub import (
     ensure_topic,
     pull,
     subscriber_client,
-)
-from mountainid.localcloud import (
-    FakeGcsServer,
-    FunctionsFrameworkServer,
-    LocalCloudError,
-    PubSubEmulator,
-    free_port,
 )
 from mountainid.store.gcs import GcsBlobStore, storage_client
 from tests.emulators import PROJECT, RAW_TOPIC, unique_name

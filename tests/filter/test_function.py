@@ -12,10 +12,11 @@ import requests
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
+from harness.localcloud import FakeGcsServer, FunctionsFrameworkServer, LocalCloudError, PubSubEmulator
+from mountainid.bucket import embedding_name
 from mountainid.events.cloudevents import pubsub_event, storage_finalized_event
 from mountainid.events.pubsub import ensure_push_subscription, subscriber_client
-from mountainid.filter import CATCH_UP_ATTRIBUTE, embedding_name
-from mountainid.localcloud import FakeGcsServer, FunctionsFrameworkServer, LocalCloudError, PubSubEmulator
+from mountainid.filter import CATCH_UP_ATTRIBUTE
 from mountainid.store import BlobStore, LocalBlobStore
 from mountainid.store.gcs import GcsBlobStore, storage_client
 from tests.emulators import PROJECT, RAW_TOPIC, unique_name

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mountainid.bucket import embedding_name, local_features_name
 from mountainid.config import Settings
-from mountainid.filter import embedding_name, filter_pending, handle_raw_object, local_features_name
+from mountainid.filter import filter_pending, handle_raw_object
 from mountainid.store import BlobStore, LocalBlobStore
 from mountainid.vision.backbone import Backbone
 from mountainid.vision.image import decode_for_model

@@ -5,18 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mountainid.config import Settings
-from mountainid.filter import (
-    TERRAIN_CLASSES,
+from mountainid.bucket import (
     RawPhoto,
     embedding_name,
-    evaluate,
-    judge,
     local_features_name,
-    mountain_score,
     parse_embedding_name,
     parse_local_features_name,
 )
+from mountainid.config import Settings
+from mountainid.filter import evaluate, judge
+from mountainid.vision.terrain import TERRAIN_CLASSES, mountain_score
 
 
 def _probs(**by_index: float) -> np.ndarray:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.fake_flickr import FakeFlickr
 from mountainid.catalog import load_catalog
 from mountainid.config import Settings
-from mountainid.flickr.fake import FakeFlickr
 
 VISIBLE = 8  # photos per mountain "uploaded" when a test starts; upload_more() adds the rest
 # Every licence but All Rights Reserved (NonCommercial, NoDerivs and CC 4.0 opted in): the ingest tests

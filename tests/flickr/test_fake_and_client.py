@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.fake_flickr import FakeFlickr, Fault
 from mountainid.catalog import load_catalog
 from mountainid.config import FLICKR_MAX_RESULTS, ConfigError, Settings, load_settings
 from mountainid.flickr import (
@@ -22,7 +23,6 @@ from mountainid.flickr import (
     PhotoUnavailable,
 )
 from mountainid.flickr.client import SEARCH_ERRORS, ErrorKind, error_kind
-from mountainid.flickr.fake import FakeFlickr, Fault
 from mountainid.vision.image import load_image
 
 ALLOWED = tuple(range(1, 17))  # opted in: every licence but All Rights Reserved, CC 4.0 included

@@ -124,10 +124,11 @@ def test_image_holds_everything_its_command_imports(image: str, tmp_path: Path) 
     imports = external_imports(tmp_path, IMAGES[image])
     assert imports, "no third-party import found: the walk is broken"
     assert unprovided(imports, LOCK) == {}
+    assert not (tmp_path / "harness").exists(), "the test harnesses stay out of the image"
 
 
 def test_dockerignore_keeps_local_state_out() -> None:
-    for path in (".venv/bin/python", ".git/HEAD", "var/bucket/raw/x.jpg", "tests/conftest.py",
+    for path in (".venv/bin/python", ".git/HEAD", "harness/e2e.py", "var/bucket/raw/x.jpg", "tests/conftest.py",
                  ".shared/models/imagenet/w.h5", "mountainid/__pycache__/config.cpython-311.pyc"):
         assert ignored(path, DOCKERIGNORE), path
     for path in ("requirements.lock", "pyproject.toml", "mountainid/catalogs/mountains11.yaml",
@@ -152,7 +153,7 @@ def test_staged_function_is_self_contained(staged: tuple[str, Path]) -> None:
     assert (dest / "requirements.txt").is_file() and (dest / "mountainid" / "__init__.py").is_file()
     assert (dest / "mountainid" / "catalogs" / "mountains11.yaml").is_file()
     assert not list(dest.rglob("__pycache__"))
-    assert not (dest / "tests").exists() and not (dest / "web").exists()
+    assert not (dest / "tests").exists() and not (dest / "web").exists() and not (dest / "harness").exists()
     imports = external_imports(dest, ["main"])
     missing = {m: src for m, src in unprovided(imports, dest / "requirements.txt").items()
                if src not in NOT_ON_FUNCTION_PATHS}

@@ -13,11 +13,12 @@ import pytest
 import requests
 from cloudevents.conversion import to_structured
 
+from harness.fake_flickr import FakeFlickr
+from harness.localcloud import FakeGcsServer, FunctionsFrameworkServer, PubSubEmulator
+from mountainid.bucket import cursor_name
 from mountainid.events.cloudevents import pubsub_event
 from mountainid.events.pubsub import PubSubBus, ensure_push_subscription, ensure_topic
-from mountainid.flickr.fake import FakeFlickr
-from mountainid.ingest import Cursor, cursor_name
-from mountainid.localcloud import FakeGcsServer, FunctionsFrameworkServer, PubSubEmulator
+from mountainid.ingest import Cursor
 from mountainid.store.gcs import GcsBlobStore
 from tests.emulators import PROJECT, unique_name
 from tests.flickr.conftest import WIDE_LICENSES

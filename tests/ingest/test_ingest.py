@@ -16,21 +16,13 @@ from typing import Any
 
 import pytest
 
+from harness.fake_flickr import FakeFlickr, FakePhoto, Fault
+from mountainid.bucket import cursor_name, raw_name, skipped_name
 from mountainid.catalog import load_catalog
 from mountainid.config import ConfigError, Settings
 from mountainid.events.cloudevents import pubsub_event
 from mountainid.flickr import FlickrAuthError, FlickrPhoto
-from mountainid.flickr.fake import FakeFlickr, FakePhoto, Fault
-from mountainid.ingest import (
-    Cursor,
-    cursor_name,
-    handle_tick,
-    photo_metadata,
-    raw_name,
-    retry_given_up,
-    run_ingest,
-    skipped_name,
-)
+from mountainid.ingest import Cursor, handle_tick, photo_metadata, retry_given_up, run_ingest
 from mountainid.store import BlobInfo, BlobStore, LocalBlobStore, StoreError
 from tests.concurrency import run_together
 

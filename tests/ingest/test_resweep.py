@@ -13,11 +13,12 @@ from collections.abc import Callable
 
 import pytest
 
+from harness.fake_flickr import FakeFlickr, FakePhoto
+from mountainid.bucket import cursor_name, raw_name, resweep_name
 from mountainid.catalog import load_catalog
 from mountainid.config import Settings
 from mountainid.events.cloudevents import pubsub_event
-from mountainid.flickr.fake import FakeFlickr, FakePhoto
-from mountainid.ingest import Cursor, cursor_name, handle_tick, raw_name, resweep_name, run_ingest
+from mountainid.ingest import Cursor, handle_tick, run_ingest
 from mountainid.store import BlobStore
 
 PEAKS = load_catalog("peaks14")

@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.fake_flickr import FakeFlickr
 from mountainid.catalog import load_catalog
 from mountainid.config import Settings
-from mountainid.flickr.fake import FakeFlickr
 from mountainid.pipeline import EmbeddedPipeline
 from mountainid.registry import Registry
 from mountainid.store import LocalBlobStore
-from mountainid.training.features import FeatureSpec
 from mountainid.training.job import JobConfig
 from mountainid.training.train import HeadConfig
+from mountainid.vision.features import FeatureSpec
 from tests.training.conftest import TINY_FINE_TUNE
 from web import create_app
 from web.server import ServerThread
@@ -107,7 +107,7 @@ def test_the_site_serves_the_fast_tier_at_once_then_swaps_to_the_fine_tune(setti
     settings = dataclasses.replace(settings, promotion_min_test=0)
     pipeline = EmbeddedPipeline(settings, load_catalog(settings.catalog), fast=untrained, fine_tune=TINY_FINE_TUNE)
     assert pipeline.cycle(photos_per_run=20)["trained"] == "promoted"
-    fast_version = Registry(pipeline.store).live()[0]
+    fast_version = Registry(pipeline.store).live().version
     app = create_app(settings, store=pipeline.store)
     pipeline.bus.subscribe(settings.topic_model_published, app.extensions["mountainid"].holder.on_model_published)
     server = ServerThread(app, "127.0.0.1", 0).start()
@@ -119,7 +119,7 @@ def test_the_site_serves_the_fast_tier_at_once_then_swaps_to_the_fine_tune(setti
         assert answer.status_code == 200 and answer.json()["model_version"] == fast_version
         assert fine_tune.is_alive(), "the site answered while the fine-tune was still running"
         fine_tune.join(600)
-        tuned_version = Registry(pipeline.store).live()[0]
+        tuned_version = Registry(pipeline.store).live().version
         assert tuned_version != fast_version
         assert Registry(pipeline.store).info(tuned_version)["tier"] == "finetune"
         deadline = time.monotonic() + 60

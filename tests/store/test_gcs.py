@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from mountainid.localcloud import FakeGcsServer, free_port
+from harness.localcloud import FakeGcsServer, free_port
 from mountainid.store import NotFound, StoreError, open_store
 from mountainid.store.gcs import GcsBlobStore
 from tests.emulators import PROJECT

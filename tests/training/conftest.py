@@ -21,10 +21,10 @@ from mountainid.catalog import load_catalog
 from mountainid.config import Settings, load_settings
 from mountainid.store import BlobStore, LocalBlobStore
 from mountainid.training.dataset import split_of
-from mountainid.training.features import FeatureSpec
 from mountainid.training.folders import import_folder, photo_id_of
 from mountainid.training.job import FINETUNE_TIER, JobConfig
 from mountainid.training.train import HeadConfig
+from mountainid.vision.features import FeatureSpec
 from tests.terminal import read_until_closed
 
 MOUNTAINS = ("Broad Peak", "Lhotse", "Nanga Parbat")

@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 
 from mountainid.arrays import load_array
+from mountainid.bucket import ACCEPTED, embedding_name, local_features_name
 from mountainid.catalog import slugify
 from mountainid.config import Settings
-from mountainid.filter import ACCEPTED, embedding_name, local_features_name
 from mountainid.store import BlobStore, LocalBlobStore
 from mountainid.training import backfill
 from mountainid.training.dataset import Example
-from mountainid.training.features import FeatureExtractor
 from mountainid.training.folders import photo_id_of
 from mountainid.training.shards import shard_of
+from mountainid.vision.features import FeatureExtractor
 from tests.training.conftest import run_at_a_terminal
 
 REPO = Path(__file__).resolve().parents[2]
@@ -170,8 +170,8 @@ def test_two_worker_processes_write_the_same_caches_as_one(tmp_path: Path, photo
     returncode, terminal = run_at_a_terminal([sys.executable, "-m", "mountainid.cli", "backfill", "--tasks", "2"],
                                              env, REPO)
     assert returncode == 0, terminal[-3000:]
-    assert re.search(r"backfill +\[#{28}\] 10/10 ETA", terminal)  # one bar over both workers
-    assert "features  [" not in terminal and "keypoints [" not in terminal  # no bar inside it
+    assert re.search(r"backfill +━+ +10/10 ETA", terminal)  # one bar over both workers
+    assert not re.search(r"(features|keypoints) +━", terminal)  # no bar inside it
     summaries = re.findall(r"backfill task finished .*task=(\d) tasks=2 photos=(\d+) embeddings_computed=(\d+) "
                            r"keypoints_computed=(\d+)", terminal)
     assert sorted(s[0] for s in summaries) == ["0", "1"]  # one line per task, instead of the loaders' per chunk

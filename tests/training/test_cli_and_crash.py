@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from mountainid.bucket import TRAINING_LEASE
 from mountainid.config import load_settings
 from mountainid.events import InProcessBus
 from mountainid.predict import Predictor
-from mountainid.registry import LEASE, Registry
+from mountainid.registry import Registry
 from mountainid.store import LocalBlobStore
 from mountainid.training.job import train_and_register
 from tests.training.conftest import FAST, TINY_FINE_TUNE_FLAGS, cli_args, copy_objects, training_env
@@ -33,7 +34,7 @@ def test_train_photos_imports_through_the_filter_then_trains(tmp_path, photo_dir
     photos = sum(1 for p in photo_dir.rglob("*.jpg"))
     assert len(store.list_names("raw/")) == photos
     accepted = store.list_names("accepted/")
-    backbone_id = Registry(store).info(Registry(store).live()[0])["feature_id"]
+    backbone_id = Registry(store).info(Registry(store).live().version)["feature_id"]
     assert store.list_names("embeddings/") == [n for n in store.list_names("embeddings/") if backbone_id in n]
     assert len(store.list_names(f"embeddings/{backbone_id}/")) == len(accepted) >= photos - 3
     assert capsys.readouterr().out.startswith("promoted tier=fast version=")
@@ -76,7 +77,7 @@ def test_scheduled_job_with_nothing_new_trains_nothing(live_bucket) -> None:
                          capture_output=True, text=True, timeout=300, check=False)
     assert job.returncode == 0, job.stderr[-2000:]
     assert "retraining not due" in job.stderr
-    assert Registry(store).versions() == [old] and Registry(store).live()[0] == old
+    assert Registry(store).versions() == [old] and Registry(store).live().version == old
 
 
 @pytest.mark.slow
@@ -94,13 +95,13 @@ def test_job_killed_during_training_leaves_the_live_model_alone(live_bucket, tie
             break
     else:
         pytest.fail("the job ended before its first epoch: " + "".join(seen[-20:]))
-    assert store.exists(LEASE)
+    assert store.exists(TRAINING_LEASE)
     job.send_signal(signal.SIGKILL)
     job.wait()
     registry = Registry(store)
-    assert registry.live()[0] == old and registry.versions() == [old]
+    assert registry.live().version == old and registry.versions() == [old]
     assert Predictor.load(store, old, settings).predict(store.get(store.list_names("accepted/")[0])).guesses
-    assert store.exists(LEASE)  # a killed run cannot release its lease ...
+    assert store.exists(TRAINING_LEASE)  # a killed run cannot release its lease ...
     time.sleep(3.1)
     # ... it expires: the next run trains to the end (promoted or kept by the gate, not "lease-held").
     assert train_and_register(settings, store, InProcessBus(), FAST).status in ("promoted", "kept")

@@ -60,7 +60,7 @@ def test_a_photographers_photos_share_one_split_and_photos_without_owner_split_b
 
 def test_the_fake_flickr_has_photographers_with_bursts(shared_dir) -> None:
     """Enough owners for a split by owner to mean something, a few photos each."""
-    from mountainid.flickr.fake import BURST, FakeFlickr
+    from harness.fake_flickr import BURST, FakeFlickr
 
     fake = FakeFlickr(shared_dir / "data" / "peaks14")
     photos = [p for slug in fake.slugs for p in fake.photos(slug, visible_only=False) if not p.noise]

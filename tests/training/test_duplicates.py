@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mountainid.bucket import DHASH
 from mountainid.events import InProcessBus
-from mountainid.filter import DHASH, filter_pending
+from mountainid.filter import filter_pending
 from mountainid.registry import Registry
 from mountainid.store import LocalBlobStore
 from mountainid.training.dataset import list_accepted

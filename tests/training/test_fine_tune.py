@@ -9,9 +9,9 @@ from mountainid.events import InProcessBus
 from mountainid.predict import Predictor
 from mountainid.registry import Registry
 from mountainid.store import LocalBlobStore
-from mountainid.training.features import FeatureSpec
 from mountainid.training.job import JobConfig, train_and_register
 from mountainid.training.train import HeadConfig
+from mountainid.vision.features import FeatureSpec
 from tests.training.conftest import copy_objects
 
 # Smallest useful fine-tune: block 16 and the last convolution, one augmented view, two epochs.
@@ -108,8 +108,8 @@ def test_mixup_blends_labels_and_weights_with_the_maps() -> None:
 
 def test_mirror_averaged_model_is_saved_and_served_as_the_mean_of_both_views(settings, tmp_path) -> None:
     from mountainid.predict import _load_keras
-    from mountainid.training.features import FeatureExtractor
     from mountainid.training.train import mirror_averaged, train_head
+    from mountainid.vision.features import FeatureExtractor
 
     extractor = FeatureExtractor(settings, FeatureSpec(cut="block_15_add"))
     x = _maps(3, 8, extractor.cut_shape)

@@ -10,18 +10,19 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from mountainid.bucket import ACCEPTED, COMPLETE, SHARDS, TRAINING_LEASE, embedding_name, model_file
 from mountainid.catalog import load_catalog
 from mountainid.events import InProcessBus
-from mountainid.filter import ACCEPTED, embedding_name
 from mountainid.predict import Predictor
-from mountainid.registry import COMPLETE, LEASE, ModelLoadError, Registry
+from mountainid.registry import ModelLoadError, Registry
 from mountainid.store import BlobStore
 from mountainid.training import shards
 from mountainid.training.dataset import build_dataset, list_accepted
-from mountainid.training.features import FeatureExtractor, load_features
+from mountainid.training.features import load_features
 from mountainid.training.folders import import_folder
 from mountainid.training.job import maybe_train, train_and_register
 from mountainid.training.train import HeadConfig
+from mountainid.vision.features import FeatureExtractor
 from tests.concurrency import run_together
 from tests.training.conftest import FAST
 
@@ -60,7 +61,7 @@ def test_first_model_is_promoted_complete_and_published(seeded: BlobStore, setti
     bus.drain()
     assert result.status == "promoted"
     registry = Registry(seeded)
-    assert registry.live()[0] == result.version
+    assert registry.live().version == result.version
     names = {name.rsplit("/", 1)[1] for name in seeded.list_names(f"models/{result.version}/")}
     assert names == VERSION_FILES
     info = registry.info(result.version)
@@ -69,8 +70,8 @@ def test_first_model_is_promoted_complete_and_published(seeded: BlobStore, setti
     assert 0.0 <= info["unknown_threshold"] <= 1.0
     assert seeded.get(f"models/{result.version}/confusion.png").startswith(b"\x89PNG")
     assert [m["version"] for m in messages] == [result.version]
-    assert not seeded.exists(LEASE)  # released
-    packed = {name.split("/")[1] for name in seeded.list_names(shards.SHARDS)}  # the next run reads shards
+    assert not seeded.exists(TRAINING_LEASE)  # released
+    packed = {name.split("/")[1] for name in seeded.list_names(SHARDS)}  # the next run reads shards
     assert shards.KEYPOINTS_SET in packed and len(packed) >= 2, packed  # keypoints and embeddings
     predictor = Predictor.load(seeded, result.version, settings)
     photo = seeded.get(next(n for n in seeded.list_names("accepted/lhotse/")))
@@ -88,7 +89,7 @@ def test_gate_promotes_an_equal_model_and_keeps_the_live_one_on_too_few_test_pho
     again = train_and_register(settings, seeded, bus, FAST)  # same photos, same seed: the same figures
     assert again.test["top1"] == pytest.approx(first.test["top1"])
     assert again.live_top1 == pytest.approx(first.test["top1"])
-    assert again.status == "promoted" and Registry(seeded).live()[0] == again.version
+    assert again.status == "promoted" and Registry(seeded).live().version == again.version
     assert again.gate.reason == "not significantly worse" and again.gate.compared_on == first.test["n"]
     assert again.gate.right_only_live == again.gate.right_only_new == 0  # paired photo by photo
     # The bucket grows; the live model is re-evaluated on today's test split before the comparison. A worse
@@ -99,7 +100,7 @@ def test_gate_promotes_an_equal_model_and_keeps_the_live_one_on_too_few_test_pho
     assert worse.test["classifier_top1"] < again.test["classifier_top1"]  # verification may still carry the fused answer
     assert worse.status == "kept" and worse.gate.reason == "too few test photos to compare"
     assert worse.live_version == again.version and worse.live_top1 == pytest.approx(again.test["top1"])
-    assert Registry(seeded).live()[0] == again.version
+    assert Registry(seeded).live().version == again.version
     assert worse.version in Registry(seeded).versions()  # kept for inspection, never served
     decision = next(r for r in caplog.records if r.getMessage().startswith("model kept"))
     assert decision.mountainid_fields["test_top1_same_photos"] == round(again.test["top1"], 4)
@@ -118,16 +119,16 @@ def test_gate_promotes_a_better_model_and_replaces_an_unusable_one(seeded: BlobS
     better = train_and_register(settings, seeded, bus, FAST)
     assert better.promoted and better.gate.new_top1 > better.gate.live_top1
     assert better.gate.right_only_new > better.gate.right_only_live and better.gate.difference_interval[1] > 0
-    assert Registry(seeded).live()[0] == better.version
+    assert Registry(seeded).live().version == better.version
     decision = next(r for r in caplog.records if r.getMessage() == "model promoted"
                     and r.mountainid_fields["version"] == better.version)
     assert decision.mountainid_fields["mcnemar_p"] == round(better.gate.p_value, 4)
     assert decision.mountainid_fields["right_only_new"] == better.gate.right_only_new
     registry = Registry(seeded)
-    seeded.put(registry.path(better.version, "dataset.json"), b"{ damaged")  # the live model cannot be compared
+    seeded.put(model_file(better.version, "dataset.json"), b"{ damaged")  # the live model cannot be compared
     replacing = train_and_register(settings, seeded, bus, WORSE)
     assert replacing.promoted and replacing.gate.reason == "live model unusable"
-    assert registry.live()[0] == replacing.version
+    assert registry.live().version == replacing.version
     assert registry.info(replacing.version)["live_at_training"]["version"] == better.version
 
 
@@ -147,13 +148,13 @@ def test_upload_failure_leaves_the_old_model_live_and_no_loadable_half_version(s
         train_and_register(settings, seeded, bus, FAST)
     monkeypatch.undo()
     registry = Registry(seeded)
-    assert registry.live()[0] == old.version
+    assert registry.live().version == old.version
     assert registry.versions() == [old.version]
     half = {name.split("/")[1] for name in seeded.list_names("models/")} - {old.version, "LATEST", "TRAINING"}
     assert len(half) == 1  # the half-written folder exists ...
     with pytest.raises(ModelLoadError, match="COMPLETE"):
         Predictor.load(seeded, half.pop(), settings)  # ... but can never be served
-    assert not seeded.exists(LEASE)  # the failed run let go of the lease
+    assert not seeded.exists(TRAINING_LEASE)  # the failed run let go of the lease
     assert train_and_register(settings, seeded, bus, FAST).status == "promoted"
 
 
@@ -162,7 +163,7 @@ def test_two_runs_at_once_only_one_promotes(seeded: BlobStore, settings) -> None
     results = run_together(lambda: train_and_register(settings, seeded, bus, FAST), 2)
     assert sorted(r.status for r in results) == ["lease-held", "promoted"]
     winner = next(r for r in results if r.promoted)
-    assert Registry(seeded).live()[0] == winner.version
+    assert Registry(seeded).live().version == winner.version
     assert Registry(seeded).versions() == [winner.version]
 
 
@@ -212,7 +213,7 @@ def test_the_gate_compares_only_on_test_photos_the_live_model_never_trained_on(s
     manifest = json.loads(registry.read(live.version, "dataset.json"))
     moved = manifest["splits"]["test"][:5]
     manifest["splits"]["train"] += moved  # as if these had been training photos of the live model
-    seeded.put(registry.path(live.version, "dataset.json"), json.dumps(manifest).encode())
+    seeded.put(model_file(live.version, "dataset.json"), json.dumps(manifest).encode())
     again = train_and_register(settings, seeded, bus, FAST)
     compared = registry.info(again.version)["live_at_training"]
     assert compared["version"] == live.version

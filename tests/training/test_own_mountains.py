@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.localcloud import free_port
 from mountainid.config import load_settings
-from mountainid.localcloud import free_port
 from mountainid.serving import ModelHolder
 from mountainid.store import LocalBlobStore
 from tests.training.conftest import cli_args, run_at_a_terminal, training_env
@@ -111,15 +111,15 @@ def test_a_terminal_sees_progress_bars_and_logs_one_line_per_epoch(tmp_path, sha
     env = {**os.environ, **training_env(weights_path, str(tmp_path / "bucket"))}
     returncode, terminal = run_at_a_terminal(argv, env, REPO)
     assert returncode == 0, terminal[-2000:]
-    assert re.search(r"filter +\[#{28}\] 20/20 ETA", terminal)  # counts and an ETA, filled at the end
-    assert re.search(r"training +\[#{28}\] 5/5 ETA +0 s loss \d", terminal)
+    assert re.search(r"filter +━+ +20/20 ETA", terminal)  # counts and an ETA, filled at the end
+    assert re.search(r"training +━+ +5/5 ETA 0:00:00 loss \d", terminal)
     assert "photo accepted" not in terminal and "epoch finished" not in terminal  # per-photo lines: DEBUG here
     assert "photo folder imported" in terminal  # the stage's one summary line stays
     assert "absl::InitializeLog" not in terminal and "oneDNN" not in terminal  # no TensorFlow start-up noise
 
     env.update(MOUNTAINID_LOG_FORMAT="json", MOUNTAINID_BUCKET=str(tmp_path / "bucket-json"))
     logged = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert logged.returncode == 0 and "\r" not in logged.stderr and "[###" not in logged.stderr
+    assert logged.returncode == 0 and "\r" not in logged.stderr and "━" not in logged.stderr
     lines = [json.loads(line) for line in logged.stderr.splitlines() if line.startswith("{")]
     assert [line["epoch"] for line in lines if line["message"] == "epoch finished"] == [1, 2, 3, 4, 5]
     accepted = [line for line in lines if line["message"] == "photo accepted"]
@@ -153,7 +153,7 @@ def _wait_for(url: str, status: int, seconds: float = 120) -> requests.Response:
 
 
 def test_a_photo_folder_reaches_the_site_with_train_then_serve(tmp_path, shared_dir, weights_path) -> None:
-    """The README's path: `train --photos DIR`, then `serve` in a shell that never set MOUNTAINID_WEIGHTS
+    """The documented path (docs/running.md): `train --photos DIR`, then `serve` in a shell that never set MOUNTAINID_WEIGHTS
     finds the weights file training used; moved away, serve says on stderr and in /health what to set,
     and serves by itself once the file is back."""
     photos = own_folder(tmp_path / "mine", shared_dir, {"Hausberg": "K2", "Schneekoppe": "Lhotse"})

@@ -7,16 +7,8 @@ import time
 
 import pytest
 
-from mountainid.registry import (
-    LATEST,
-    LEASE,
-    Lease,
-    LeaseHeld,
-    ModelLoadError,
-    Registry,
-    is_version,
-    new_version,
-)
+from mountainid.bucket import LATEST, TRAINING_LEASE, is_version, model_file, new_version
+from mountainid.registry import Lease, LeaseHeld, LiveModel, ModelLoadError, Registry
 from mountainid.store import BlobStore, PreconditionFailed
 
 FILES = {"model.keras": b"m", "labels.json": b'{"labels": []}', "metrics.json": b'{"test": {"top1": 0.5}}'}
@@ -34,7 +26,7 @@ def test_a_version_is_visible_only_once_complete(store: BlobStore) -> None:
     registry = Registry(store)
     assert registry.live() is None and registry.versions() == []
     half = new_version()
-    store.put(Registry.path(half, "model.keras"), b"partial")  # an upload that died before COMPLETE
+    store.put(model_file(half, "model.keras"), b"partial")  # an upload that died before COMPLETE
     assert registry.versions() == []
     with pytest.raises(ModelLoadError, match=half):
         registry.info(half)
@@ -54,13 +46,13 @@ def test_latest_moves_only_from_the_generation_that_was_read(store: BlobStore) -
     for version in (first, second, third):
         registry.write_version(version, FILES)
     generation = registry.promote(first, 0)
-    assert registry.live() == (first, generation)
+    assert registry.live() == LiveModel(first, generation)
     with pytest.raises(PreconditionFailed):
         registry.promote(second, 0)  # "no model yet" is stale: there is one
     registry.promote(second, generation)
     with pytest.raises(PreconditionFailed):
         registry.promote(third, generation)  # someone else moved LATEST since we read it
-    assert registry.live()[0] == second
+    assert registry.live().version == second
     assert json.loads(store.get(LATEST))["version"] == second
 
 
@@ -76,7 +68,7 @@ def test_only_one_lease_holder_and_an_expired_lease_is_taken_over(store: BlobSto
     with pytest.raises(LeaseHeld):
         first.renew()  # the crashed run, if it wakes up, knows it lost
     first.release()  # leaves the new holder's lease alone
-    assert json.loads(store.get(LEASE))["owner"] == second.owner
+    assert json.loads(store.get(TRAINING_LEASE))["owner"] == second.owner
     second.release()
-    assert not store.exists(LEASE)
+    assert not store.exists(TRAINING_LEASE)
     Lease(store, ttl_s=60).acquire()  # free again

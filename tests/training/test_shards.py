@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 
 from mountainid.arrays import load_arrays
-from mountainid.filter import embedding_name, local_features_name
+from mountainid.bucket import embedding_name, local_features_name
 from mountainid.store import BlobStore, LocalBlobStore
 from mountainid.training import shards
 from mountainid.training.consolidate import consolidate, run, shard_count
 from mountainid.training.dataset import list_accepted
-from mountainid.training.features import FeatureExtractor, encode_vector, load_features, load_local_features
+from mountainid.training.features import encode_vector, load_features, load_local_features
+from mountainid.vision.features import FeatureExtractor
 from tests.training.conftest import copy_objects
 
 

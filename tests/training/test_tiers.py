@@ -11,15 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mountainid.bucket import TRAINING_PROGRESS
 from mountainid.events import InProcessBus
 from mountainid.predict import Predictor
 from mountainid.registry import Registry
 from mountainid.store import LocalBlobStore
 from mountainid.training.dataset import list_accepted
-from mountainid.training.features import FeatureExtractor, FeatureSpec, load_features
+from mountainid.training.features import load_features
 from mountainid.training.job import maybe_train, train_and_register
-from mountainid.training.progress import PROGRESS, STALE_S, Progress, current
+from mountainid.training.progress import STALE_S, Progress, current
 from mountainid.vision import efficientnet_lite
+from mountainid.vision.features import FeatureExtractor, FeatureSpec
 from tests.training.conftest import FAST, TINY_FINE_TUNE, copy_objects
 from web import create_app
 
@@ -47,7 +49,7 @@ def test_both_tiers_pass_through_the_gate_on_the_same_test_photos(local: LocalBl
     assert info["tier"] == "finetune" and info["feature_id"].startswith("efficientnet_lite2_160_")
     low, high = info["test"]["top1_interval"]
     assert low <= info["test"]["top1"] <= high and high - low > 0.1  # a small test split: a wide interval
-    live = registry.live()[0]
+    live = registry.live().version
     assert live == (tuned.version if tuned.promoted else fast.version)
     prediction = Predictor.load(local, tuned.version, settings).predict(local.get(list_accepted(local)[0].object_name))
     assert prediction.model_version == tuned.version and len(prediction.guesses) == 3
@@ -95,7 +97,7 @@ def test_a_running_fine_tune_shows_its_progress_on_the_site(local: LocalBlobStor
     assert client.get("/api/v1/model").get_json()["training"]["epoch"] == 3
     page = client.get("/model").get_data(as_text=True)
     assert "A new model is training" in page and "epoch 3 of 14, about 10 min left" in page
-    body = json.loads(local.get(PROGRESS))
-    local.put(PROGRESS, json.dumps({**body, "updated": time.time() - STALE_S - 1}).encode())
+    body = json.loads(local.get(TRAINING_PROGRESS))
+    local.put(TRAINING_PROGRESS, json.dumps({**body, "updated": time.time() - STALE_S - 1}).encode())
     assert current(local) is None  # a run that stopped reporting died: nothing is shown
     assert "A new model is training" not in client.get("/model").get_data(as_text=True)

@@ -10,8 +10,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from mountainid.bucket import local_features_name
 from mountainid.events import InProcessBus
-from mountainid.filter import local_features_name
 from mountainid.predict import Predictor
 from mountainid.registry import Registry
 from mountainid.store import BlobStore, LocalBlobStore

@@ -13,7 +13,8 @@ from PIL import ImageEnhance
 from mountainid.verification import EVIDENCE_INLIERS as EVIDENCE_MIN_INLIERS
 from mountainid.verification import Gallery, choose_weight, fuse
 from mountainid.vision.image import load_image
-from mountainid.vision.local import MAX_SIDE, CorruptFeatures, LocalFeatures, extract_from_bytes
+from mountainid.vision.keypoint_settings import MAX_SIDE
+from mountainid.vision.local import CorruptFeatures, LocalFeatures, extract_from_bytes
 
 PIXELS = 40_000_000
 

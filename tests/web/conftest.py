@@ -24,10 +24,10 @@ from mountainid.predict import Predictor
 from mountainid.registry import Registry
 from mountainid.serving import ModelHolder
 from mountainid.store import LocalBlobStore
-from mountainid.training.features import FeatureSpec
 from mountainid.training.folders import import_folder
 from mountainid.training.job import JobConfig, train_and_register
 from mountainid.training.train import HeadConfig
+from mountainid.vision.features import FeatureSpec
 from mountainid.vision.image import load_image
 from web import create_app
 from web.server import ServerThread
@@ -48,7 +48,7 @@ def web_settings(weights_path: Path, bucket: Path, **env: str) -> Settings:
 def publish_copy(store: LocalBlobStore, source_version: str, *, break_model: bool = False) -> str:
     """Publish a new version with the files of an existing one (optionally with a broken model.keras)
     and move LATEST to it, the way the training job does: files, COMPLETE, then LATEST."""
-    from mountainid.registry import LATEST, new_version
+    from mountainid.bucket import LATEST, new_version
 
     registry = Registry(store)
     version = new_version()

@@ -369,11 +369,17 @@ def test_wrong_methods_answer_405_with_allow_and_json_where_the_api_is(client) -
         assert response.is_json and response.get_json()["error"] == "method-not-allowed"
 
 
-def test_a_file_name_that_is_not_utf8_is_ignored_not_fatal(client, k2_heldout: Path) -> None:
+def test_a_file_name_that_is_not_utf8_gets_a_clear_error(client, k2_heldout: Path) -> None:
+    """Werkzeug's parser reads part headers as UTF-8 (RFC 7578: UTF-8 or percent-encoded names); a body it
+    cannot read is a 400 saying why, never a 500 nor a photo silently missing."""
     good = k2_heldout.read_bytes()
     body = (b'--zzz\r\nContent-Disposition: form-data; name="photo"; filename="\xff\xfe\xe9t\xe9.jpg"\r\n'
             b"Content-Type: image/jpeg\r\n\r\n" + good + b"\r\n--zzz--\r\n")
     response = client.post("/api/v1/predict", data=body, content_type="multipart/form-data; boundary=zzz")
+    assert response.status_code == 400 and response.get_json()["error"] == "malformed-upload"
+    assert "not UTF-8" in response.get_json()["message"]
+    utf8 = body.replace(b"\xff\xfe\xe9t\xe9.jpg", "été.jpg".encode())
+    response = client.post("/api/v1/predict", data=utf8, content_type="multipart/form-data; boundary=zzz")
     assert response.status_code == 200 and len(response.get_json()["guesses"]) == 3
     assert response.get_json() | {"upload_id": ""} == post_photo(client, good).get_json() | {"upload_id": ""}
 

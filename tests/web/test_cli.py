@@ -87,7 +87,7 @@ def worker_peak_mb(url: str) -> float:
 @pytest.mark.slow
 def test_a_flood_of_40_megapixel_uploads_holds_less_than_two_full_size_copies(served: str, k2_heldout: Path) -> None:
     """8 clients at once upload the costliest photo the limits let through: a PNG of 6300 x 6300 (39.7 Mpx in
-    1.4 MB, no draft decoding), ~119 MB decoded. The server started as the README says, with no allocator
+    1.4 MB, no draft decoding), ~119 MB decoded. The server started as docs/web.md says, with no allocator
     setting from outside, must peak at less than two such copies above its warm state."""
     assert requests.post(f"{served}/api/v1/predict", data=k2_heldout.read_bytes(), timeout=60).status_code == 200
     warm = worker_peak_mb(served)

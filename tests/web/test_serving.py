@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from mountainid.bucket import LATEST
 from mountainid.events import InProcessBus
-from mountainid.registry import LATEST, Registry
+from mountainid.registry import Registry
 from mountainid.serving import ModelHolder
 from mountainid.store import LocalBlobStore
 from tests.web.conftest import publish_copy, web_settings
@@ -35,7 +36,7 @@ def test_no_model_until_latest_exists(weights_path: Path, empty_bucket: Path) ->
 
 def test_loads_latest_and_keeps_it_while_latest_is_unchanged(holder: ModelHolder, store: LocalBlobStore) -> None:
     first = holder.check_now()
-    assert first is not None and first.version == Registry(store).live()[0]
+    assert first is not None and first.version == Registry(store).live().version
     assert holder.check_now() is first  # same generation: nothing loaded again
 
 
@@ -59,7 +60,7 @@ def test_broken_version_is_skipped_and_remembered(holder: ModelHolder, store: Lo
         assert broken in holder.status()["failed_versions"]
         # LATEST rewritten to the same broken version (new generation): skipped without another load.
         registry = Registry(store)
-        registry.promote(broken, registry.live()[1])
+        registry.promote(broken, registry.live().generation)
         assert holder.check_now() is good
     messages = [r.getMessage() for r in caplog.records]
     assert messages.count("model load failed, keeping the old model") == 1
@@ -108,7 +109,7 @@ def test_model_published_event_wakes_the_watcher(holder: ModelHolder, store: Loc
 def test_start_loads_the_live_model_before_returning(holder: ModelHolder, store: LocalBlobStore) -> None:
     """A cold instance serves the live model from its first request (no "no model yet" 503)."""
     holder.start()
-    assert holder.predictor is not None and holder.predictor.version == Registry(store).live()[0]
+    assert holder.predictor is not None and holder.predictor.version == Registry(store).live().version
 
 
 def test_start_without_any_model_returns_at_once(weights_path: Path, empty_bucket: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mountainid.filter import local_features_name
+from mountainid.bucket import local_features_name, model_file
 from mountainid.predict import SHORTLIST, Predictor
 from mountainid.store import LocalBlobStore
 from tests.web.conftest import web_settings
@@ -52,14 +52,12 @@ def test_a_mountain_in_the_same_view_is_named_and_shares_the_evidence(
     alone decide between the two: the evidence counts for both, so the classifier tells them apart."""
     import json
 
-    from mountainid.registry import Registry
-
     data = reframed_training_photo.read_bytes()
     alone = predictor.predict(data)
     assert alone.evidence is not None and alone.also_in_view == []  # this small gallery shares no view
     answer, neighbour = alone.guesses[0].slug, next(s for s in predictor.labels if s != alone.guesses[0].slug)
     store = LocalBlobStore(bucket_copy)
-    name = Registry.path(predictor.version, "metrics.json")
+    name = model_file(predictor.version, "metrics.json")
     info = json.loads(store.get(name))
     info["also_in_view"] = {answer: [neighbour], neighbour: [answer]}
     store.put(name, json.dumps(info).encode())

@@ -199,7 +199,8 @@ class FakeFlickr:
             if not files:
                 continue
             mountain = self.catalog.find(folder.name) if self.catalog else None
-            home = (mountain.latitude, mountain.longitude) if mountain else None
+            home = None if mountain is None or mountain.latitude is None or mountain.longitude is None \
+                else (mountain.latitude, mountain.longitude)
             share = round(len(files) * self.noise_fraction)
             picked = sorted(noise, key=lambda p: _digest(slug, p.name))[:share]
             entries = [(path, False) for path in files] + [(path, True) for path in picked]
@@ -301,10 +302,9 @@ class FakeFlickr:
     def rest_url(self) -> str:
         return f"{self.base_url}/services/rest/"
 
-    def start(self) -> FakeFlickr:
+    def start(self) -> Self:
         self._server = _Server(("127.0.0.1", self.port), _handler_for(self))
-        host, port = self._server.server_address[:2]
-        self._base_url = f"http://{host}:{port}"  # kept after stop(): a late request still gets an answer
+        self._base_url = f"http://127.0.0.1:{self._server.server_port}"  # kept after stop(): a late request still gets an answer
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fake-flickr",
                                         daemon=True)
         self._thread.start()

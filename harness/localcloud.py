@@ -8,7 +8,7 @@ process group, waits until it answers (or fails with the tail of its log), and s
 
 The whole event chain, as on GCP (object finalized -> Pub/Sub -> filter function)::
 
-    from mountainid.localcloud import LocalCloud
+    from harness.localcloud import LocalCloud
 
     with LocalCloud(project="mountainid-local", bucket="photos", notify_topic="raw-photos",
                     notify_prefix="raw/") as cloud:

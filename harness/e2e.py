@@ -3,7 +3,7 @@
 What runs, all on 127.0.0.1 and each as its own process, wired as ``infra/`` wires GCP:
 
 * the Pub/Sub emulator and fake-gcs-server, which publishes an ``OBJECT_FINALIZE`` notification
-  for every object under ``raw/`` to topic ``raw-photos`` (:class:`~mountainid.localcloud.LocalCloud`);
+  for every object under ``raw/`` to topic ``raw-photos`` (:class:`~harness.localcloud.LocalCloud`);
 * ``functions/ingest`` and ``functions/filter`` under functions-framework, fed by push
   subscriptions ``ingest-tick -> ingest`` and ``raw-photos -> filter_photo``;
 * the fake Flickr (in this process) over a few peaks14 folders plus street photos as noise, with
@@ -43,13 +43,8 @@ from typing import Any, Self, TypeVar
 
 import requests
 
-from mountainid.catalog import load_catalog
-from mountainid.config import Settings
-from mountainid.events.pubsub import PubSubBus, ensure_push_subscription, ensure_topic
-from mountainid.filter import ACCEPTED, EMBEDDINGS, RAW, REJECTED
-from mountainid.flickr.fake import FakeFlickr, FakePhoto
-from mountainid.ingest import Cursor, cursor_name
-from mountainid.localcloud import (
+from harness.fake_flickr import FakeFlickr, FakePhoto
+from harness.localcloud import (
     FunctionsFrameworkServer,
     LocalCloud,
     LocalCloudError,
@@ -57,6 +52,11 @@ from mountainid.localcloud import (
     PubSubEmulator,
     port_is_free,
 )
+from mountainid.bucket import ACCEPTED, EMBEDDINGS, RAW, REJECTED, cursor_name
+from mountainid.catalog import load_catalog
+from mountainid.config import Settings
+from mountainid.events.pubsub import PubSubBus, ensure_push_subscription, ensure_topic
+from mountainid.ingest import Cursor
 from mountainid.logs import event
 from mountainid.registry import Registry
 from mountainid.store.gcs import GcsBlobStore
@@ -415,7 +415,8 @@ class LocalPipeline:
             if not photos:
                 continue
             info = self.store.info(cursor_name(slug))
-            if info is None or not Cursor.from_json(self.store.get(cursor_name(slug))).covers(photos[-1]):
+            # a FakePhoto carries the id and upload time covers() reads
+            if info is None or not Cursor.from_json(self.store.get(cursor_name(slug))).covers(photos[-1]):  # type: ignore[arg-type]
                 return False
         return True
 
@@ -480,7 +481,7 @@ class LocalPipeline:
         if live is None:
             raise ScenarioError(f"the training job finished but promoted no model (models/LATEST is missing)\n"
                                 f"{(self.workdir / 'training-job.log').read_text(errors='replace')[-3000:]}")
-        return live[0], registry.info(live[0])
+        return live.version, registry.info(live.version)
 
     def catch_up(self) -> str:
         """``mountainid filter``: judge every raw photo that has no result (the reconciliation path)."""
