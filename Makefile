@@ -38,7 +38,7 @@ run: setup
 	MOUNTAINID_LICENSES=$${MOUNTAINID_LICENSES:-1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16} $(PY) -m mountainid.cli run \
 		--fake-flickr $(SHARED)/data/peaks14 --noise $(SHARED)/data/scenes/street $(RUN_ARGS)
 
-test: setup system-deps
+test: setup system-deps lint
 	$(PY) -m pytest -q -rs --durations=15
 
 # The inner loop: everything but the slow, emulator and browser tests (docs/testing.md: its time).
