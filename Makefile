@@ -38,8 +38,10 @@ run: setup
 	MOUNTAINID_LICENSES=$${MOUNTAINID_LICENSES:-1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16} $(PY) -m mountainid.cli run \
 		--fake-flickr $(SHARED)/data/peaks14 --noise $(SHARED)/data/scenes/street $(RUN_ARGS)
 
+# Two pytest workers (pytest-xdist): the tests are mostly single-threaded Python and Keras steps, so two
+# cores run two of them side by side (23 -> 16 minutes here); each worker starts its own emulators on free ports.
 test: setup system-deps lint
-	$(PY) -m pytest -q -rs --durations=15
+	$(PY) -m pytest -q -rs --durations=15 -n 2 --dist worksteal
 
 # The inner loop: everything but the slow, emulator and browser tests (docs/testing.md: its time).
 test-fast: setup

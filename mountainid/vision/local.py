@@ -78,10 +78,10 @@ def _detector():
     return _local.sift
 
 
-def grey_for_keypoints(image: Image.Image) -> np.ndarray:
-    """The photo as uint8 grey, longest side at most MAX_SIDE (detection at a fixed scale keeps costs flat)."""
+def grey_for_keypoints(image: Image.Image, side: int = MAX_SIDE) -> np.ndarray:
+    """The photo as uint8 grey, longest side at most ``side`` (detection at a fixed scale keeps costs flat)."""
     grey = image.convert("L")
-    scale = MAX_SIDE / max(grey.size)
+    scale = side / max(grey.size)
     if scale < 1:
         grey = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))),
                            Image.Resampling.BILINEAR, reducing_gap=2.0)

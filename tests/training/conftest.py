@@ -29,8 +29,9 @@ from tests.terminal import read_until_closed
 
 MOUNTAINS = ("Broad Peak", "Lhotse", "Nanga Parbat")
 TRAIN_PER_CLASS = 8
-# A quick head: enough to learn the three peaks, a few seconds on two cores.
-FAST = JobConfig(FeatureSpec(), HeadConfig(epochs=60, patience=15), lease_s=600)
+# A quick head: enough to learn the three peaks, a few seconds on two cores; two calibration folds (the
+# released default is four) exercise the same code with half the fold heads.
+FAST = JobConfig(FeatureSpec(), HeadConfig(epochs=60, patience=15), lease_s=600, calibration_folds=2)
 # The fine-tune tier made small: EfficientNet-Lite2 at 160 px, blocks 16-20 trained on one view, a few epochs.
 TINY_FINE_TUNE_FLAGS = ["--tier", "finetune", "--input-size", "160", "--cut", "block15", "--augment-views", "1"]
 TINY_FINE_TUNE = dataclasses.replace(FINETUNE_TIER, features=FeatureSpec(160, cut="block15", backbone="efficientnet_lite2"),
