@@ -4,12 +4,14 @@ itself, photos of other things do not, and what is stored reads back exactly."""
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import ImageEnhance
 
+from mountainid import verification
 from mountainid.verification import EVIDENCE_INLIERS as EVIDENCE_MIN_INLIERS
 from mountainid.verification import Gallery, choose_weight, fuse
 from mountainid.vision.image import load_image
@@ -86,6 +88,36 @@ def test_a_street_photo_verifies_against_nothing(gallery: Gallery, shared_dir: P
     for path in sorted((shared_dir / "data" / "scenes" / "street").iterdir())[:3]:
         verified = gallery.verify(extract_from_bytes(path.read_bytes(), PIXELS))
         assert all(v.inliers < EVIDENCE_MIN_INLIERS for v in verified), [(v.row, v.inliers) for v in verified]
+
+
+class RecordingIndex:
+    """The gallery's FLANN index, recording each search's thread and rows."""
+
+    def __init__(self, index) -> None:
+        self.index, self.calls = index, []
+
+    def knnSearch(self, descriptors, k, params):  # OpenCV's name
+        self.calls.append((threading.current_thread().name, len(descriptors)))
+        return self.index.knnSearch(descriptors, k, params=params)
+
+
+def test_a_query_searched_in_parts_side_by_side_finds_what_one_search_finds(
+        gallery: Gallery, peaks: list[tuple[str, bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
+    query = extract_from_bytes(_reframed(peaks[1][1]), PIXELS)
+    recording = RecordingIndex(gallery._index)
+    monkeypatch.setattr(gallery, "_index", recording)
+    monkeypatch.setattr(verification, "SEARCH_THREADS", 2)
+    in_parts = gallery.verify(query)
+    assert len(recording.calls) == 2 and all(name.startswith("search") for name, _ in recording.calls)
+    assert sum(rows for _, rows in recording.calls) == len(query)
+    recording.calls.clear()
+    monkeypatch.setattr(verification, "SEARCH_THREADS", 1)
+    at_once = gallery.verify(query)
+    assert recording.calls == [(threading.current_thread().name, len(query))]
+    assert in_parts and in_parts[0].inliers >= EVIDENCE_MIN_INLIERS
+    assert [(v.row, v.inliers) for v in in_parts] == [(v.row, v.inliers) for v in at_once]
+    for a, b in zip(in_parts, at_once, strict=True):
+        np.testing.assert_array_equal(a.pairs, b.pairs)
 
 
 def test_a_stored_gallery_answers_as_the_built_one(gallery: Gallery, peaks: list[tuple[str, bytes]]) -> None:
