@@ -6,8 +6,11 @@ measures them again without retraining:
 
     .venv/bin/python benchmarks/answers.py --bucket DIR [--version VERSION]
     .venv/bin/python benchmarks/answers.py --bucket DIR --against HEAD~1 [--photos 40]
+    .venv/bin/python benchmarks/answers.py --bucket DIR --refit
 
-``--against REF`` compares instead, on the same test photos, the answers of the code at git ``REF`` (a
+``--refit`` answers with the confidence (weight, temperature, threshold) fitted again by this code from the
+answers the version stored when it was trained (``held_out.npz``), as a retrain would: a change of how the
+confidence is fitted, measured without retraining. ``--against REF`` compares instead, on the same test photos, the answers of the code at git ``REF`` (a
 temporary worktree) with the working tree's: both load the model in their own process and answer one photo
 each in turn (interleaved, so a busy machine slows both alike). It prints top-1, top-3 and the answers given
 outright with how many of those are right, for each; the photos right for one only, with McNemar's exact p;
@@ -38,12 +41,32 @@ SHARED = Path(os.environ.get("MOUNTAINID_SHARED", REPO.parent / "shared")).resol
 WEIGHTS = SHARED / "models" / "imagenet" / "mobilenet_v2_1.0_224_imagenet.weights.h5"
 
 
-def report(store, version: str, settings) -> None:
+def refitted(store, version: str, predictor) -> None:
+    """The version's confidence fitted again from its stored held-out answers (``held_out.npz``) by the working
+    tree's ``calibrate.fit``, as a retrain on the same photos would fit it; printed, then answered with."""
+    from mountainid.training import calibrate, evaluate
+
+    answers = calibrate.Answers.from_bytes(store.get(f"models/{version}/held_out.npz"))
+    fitted = calibrate.fit(answers, predictor.in_view)
+    held = evaluate.confident_figures(fitted.fuse(answers.probs, answers.scores, predictor.in_view), answers.targets,
+                                      fitted.threshold)
+    print(f"re-fitted on the {len(answers)} stored held-out answers: weight {fitted.weight:g} (was "
+          f"{predictor.fusion_weight:g}), temperature {fitted.temperature:.2f} (was {predictor.temperature:.2f}), "
+          f"threshold {fitted.threshold:.2f} (was {predictor.unknown_threshold:.2f}); held out: answered outright "
+          f"{held['coverage']:.1%}, right {held['confident_precision']:.1%} of those")
+    predictor.fusion_weight, predictor.temperature = fitted.weight, fitted.temperature
+    predictor.unknown_threshold = fitted.threshold
+
+
+def report(store, version: str, settings, refit: bool = False) -> None:
     """Print the answer's figures for one model version of ``store``."""
     from mountainid.predict import SHORTLIST, SHORTLIST_CLASSES, Predictor
 
     predictor = Predictor.load(store, version, settings)
     shortlisted = Predictor.load(store, version, dataclasses.replace(settings, gallery_memory_mb=0))
+    if refit:
+        for model in (predictor, shortlisted):
+            refitted(store, version, model)
     metrics = json.loads(store.get(f"models/{version}/metrics.json"))
     test = json.loads(store.get(f"models/{version}/dataset.json"))["splits"]["test"]
     right = {"memory": 0, "bucket": 0, "sure": 0, "sure_right": 0}
@@ -174,6 +197,9 @@ def main() -> None:
     parser.add_argument("--version", help="the model version (default: the live one)")
     parser.add_argument("--against", metavar="REF", help="compare with the code at this git commit instead")
     parser.add_argument("--photos", type=int, default=0, help="with --against: the first N test photos (0: all)")
+    parser.add_argument("--refit", action="store_true",
+                        help="answer with the confidence fitted again from the version's stored held-out answers by "
+                             "this code (a changed calibration measured without retraining)")
     parser.add_argument("--answer-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -194,7 +220,7 @@ def main() -> None:
     elif args.against:
         against(args.bucket, version, args.against, args.photos, store)
     else:
-        report(store, version, settings)
+        report(store, version, settings, args.refit)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,8 @@ class Answers:
     @classmethod
     def from_bytes(cls, data: bytes) -> Answers:
         arrays = load_arrays(data)
-        return cls(arrays["probs"], arrays["scores"], arrays["targets"], tuple(arrays["photo_ids"].tolist()))
+        photo_ids = tuple(arrays["photo_ids"].tolist()) if "photo_ids" in arrays else ()  # not kept before 2026-12-06
+        return cls(arrays["probs"], arrays["scores"], arrays["targets"], photo_ids)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""The "sure" threshold is chosen on validation for precision, and the figures it implies; the paired
-statistics of two models scored on the same photos."""
+"""The "sure" threshold is chosen on held-out answers, for precision shown with 90 % confidence, and the
+figures it implies; the paired statistics of two models scored on the same photos."""
 
 from __future__ import annotations
 
@@ -26,25 +26,46 @@ def probs_of(confidences: list[float], correct: list[bool]) -> tuple[np.ndarray,
     return probs, np.array([0 if ok else 1 for ok in correct])
 
 
-def test_threshold_answers_the_most_photos_at_90_percent_precision() -> None:
-    # Sorted by confidence: 10 right, then a wrong one (10/11 = 0.91), a right one, then wrong ones.
-    confidences = [0.99 - 0.01 * i for i in range(16)]
-    correct = [True] * 10 + [False, True, False, False, True, False]
+def test_threshold_answers_the_most_photos_it_can_promise_are_90_percent_right() -> None:
+    # By confidence: 60 right, then one wrong in every five. 91 of all 100 are right, a share that reaches 0.9,
+    # but only the 80 most confident show it with 90 % confidence: 76 of 80 (Wilson lower bound 0.909; 76 of
+    # 81: 0.895).
+    confidences = [0.999 - 0.005 * i for i in range(100)]
+    correct = [True] * 60 + ([False] + [True] * 4) * 8
     probs, targets = probs_of(confidences, correct)
     threshold = choose_unknown_threshold(probs, targets)
-    assert threshold == confidences[11]  # 11 right of the 12 most confident: 0.917; 11 of 13 would be 0.846
+    assert threshold == confidences[79]
     figures = confident_figures(probs, targets, threshold)
-    assert (figures["coverage"], figures["confident_precision"]) == (12 / 16, 11 / 12)
-    assert figures["confident_interval"][0] < 11 / 12 < figures["confident_interval"][1]
+    assert (figures["coverage"], figures["confident_precision"]) == (0.8, 76 / 80)
+    assert figures["confident_interval"][0] < 76 / 80 < figures["confident_interval"][1]
+
+
+def test_ten_right_answers_promise_less_than_thirty() -> None:
+    probs, targets = probs_of([0.9 - 0.01 * i for i in range(10)], [True] * 10)
+    assert choose_unknown_threshold(probs, targets) > 0.9  # 10 of 10: lower bound 0.859, nothing promised
+    probs, targets = probs_of([0.95 - 0.01 * i for i in range(30)], [True] * 30)
+    assert choose_unknown_threshold(probs, targets) == pytest.approx(0.66)  # 30 of 30: 0.948, all answered
 
 
 def test_ties_are_answered_together_and_an_unreachable_precision_answers_nothing() -> None:
-    probs, targets = probs_of([0.9] * 4 + [0.8] * 2, [True, True, True, False, True, True])
-    assert choose_unknown_threshold(probs, targets, precision=0.8) == 0.8  # 5/6 with both ties in
-    assert choose_unknown_threshold(probs, targets, precision=0.9) > 0.9  # 3/4 and 5/6 both fall short
+    # 40 photos at 0.9 (36 right, the 4 wrong last among them), 20 at 0.8, all right.
+    probs, targets = probs_of([0.9] * 40 + [0.8] * 20, [True] * 36 + [False] * 4 + [True] * 20)
+    # At 80 %: 36 of 40 give a lower bound of 0.823, 56 of 60 of 0.879; both tie groups are answered.
+    assert choose_unknown_threshold(probs, targets, precision=0.8) == 0.8
+    # At 90 %: the first 36 alone would show it (0.956), but they are half a tie group; 40 and 60 fall short.
     never = choose_unknown_threshold(probs, targets, precision=0.9)
+    assert never > 0.9
     figures = confident_figures(probs, targets, never)
     assert (figures["coverage"], figures["confident_precision"]) == (0.0, 0.0)
+
+
+def test_unknown_mountains_are_named_at_most_as_often_as_can_be_promised() -> None:
+    # 82 held-out photos' best other mountain: 0.99, 0.98, ... Naming 4 of 82 keeps the share under 10 % with
+    # 90 % confidence (upper bound 0.089), 5 would not (0.104); the share alone would have allowed 8.
+    others = np.stack([np.linspace(0.99, 0.18, 82), 1 - np.linspace(0.99, 0.18, 82)], axis=1)
+    threshold = open_set_threshold(others)
+    assert int(np.sum(others.max(axis=1) >= threshold)) == 4
+    assert open_set_threshold(others[:3]) > 0.99  # three photos promise nothing: above every one of them
 
 
 def test_summary_line_carries_the_confident_figures() -> None:
