@@ -170,6 +170,9 @@ def test_model_page_and_api(client, predictor: Predictor) -> None:
     assert f"{test['top1'] * 100:.1f}%" in page
     assert f"against {test['classifier_top1'] * 100:.1f}% for the classifier alone" in page
     assert f"checked against the {len(predictor.verifier)} photos the model learnt from" in page
+    held = predictor.info["held_out"]  # how the "not sure" threshold was fitted, and what it promises
+    assert (f"answers above it were right {held['confident_precision'] * 100:.0f}% of the time there, enough to "
+            "show with 90 % confidence that at least 90 % are") in page
     body = client.get("/api/v1/model").get_json()
     assert body["version"] == predictor.version and body["labels"] == predictor.labels
     assert body["test"] == test and body["created"] == predictor.info["created"]
