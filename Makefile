@@ -39,7 +39,7 @@ run: setup
 		--fake-flickr $(SHARED)/data/peaks14 --noise $(SHARED)/data/scenes/street $(RUN_ARGS)
 
 # Two pytest workers (pytest-xdist): the tests are mostly single-threaded Python and Keras steps, so two
-# cores run two of them side by side (23 -> 16 minutes here); each worker starts its own emulators on free ports.
+# cores run two of them side by side (23 -> 14 minutes here); each worker starts its own emulators on free ports.
 test: setup system-deps lint
 	$(PY) -m pytest -q -rs --durations=15 -n 2 --dist worksteal
 
