@@ -41,21 +41,24 @@ SHARED = Path(os.environ.get("MOUNTAINID_SHARED", REPO.parent / "shared")).resol
 WEIGHTS = SHARED / "models" / "imagenet" / "mobilenet_v2_1.0_224_imagenet.weights.h5"
 
 
-def refitted(store, version: str, predictor) -> None:
+def refitted(store, version: str, predictors) -> None:
     """The version's confidence fitted again from its stored held-out answers (``held_out.npz``) by the working
-    tree's ``calibrate.fit``, as a retrain on the same photos would fit it; printed, then answered with."""
+    tree's ``calibrate.fit``, as a retrain on the same photos would fit it; printed, then answered with by each
+    of ``predictors`` (loads of that one version)."""
     from mountainid.training import calibrate, evaluate
 
+    first = predictors[0]
     answers = calibrate.Answers.from_bytes(store.get(f"models/{version}/held_out.npz"))
-    fitted = calibrate.fit(answers, predictor.in_view)
-    held = evaluate.confident_figures(fitted.fuse(answers.probs, answers.scores, predictor.in_view), answers.targets,
+    fitted = calibrate.fit(answers, first.in_view)
+    held = evaluate.confident_figures(fitted.fuse(answers.probs, answers.scores, first.in_view), answers.targets,
                                       fitted.threshold)
     print(f"re-fitted on the {len(answers)} stored held-out answers: weight {fitted.weight:g} (was "
-          f"{predictor.fusion_weight:g}), temperature {fitted.temperature:.2f} (was {predictor.temperature:.2f}), "
-          f"threshold {fitted.threshold:.2f} (was {predictor.unknown_threshold:.2f}); held out: answered outright "
+          f"{first.fusion_weight:g}), temperature {fitted.temperature:.2f} (was {first.temperature:.2f}), "
+          f"threshold {fitted.threshold:.2f} (was {first.unknown_threshold:.2f}); held out: answered outright "
           f"{held['coverage']:.1%}, right {held['confident_precision']:.1%} of those")
-    predictor.fusion_weight, predictor.temperature = fitted.weight, fitted.temperature
-    predictor.unknown_threshold = fitted.threshold
+    for predictor in predictors:
+        predictor.fusion_weight, predictor.temperature = fitted.weight, fitted.temperature
+        predictor.unknown_threshold = fitted.threshold
 
 
 def report(store, version: str, settings, refit: bool = False) -> None:
@@ -65,8 +68,7 @@ def report(store, version: str, settings, refit: bool = False) -> None:
     predictor = Predictor.load(store, version, settings)
     shortlisted = Predictor.load(store, version, dataclasses.replace(settings, gallery_memory_mb=0))
     if refit:
-        for model in (predictor, shortlisted):
-            refitted(store, version, model)
+        refitted(store, version, (predictor, shortlisted))
     metrics = json.loads(store.get(f"models/{version}/metrics.json"))
     test = json.loads(store.get(f"models/{version}/dataset.json"))["splits"]["test"]
     right = {"memory": 0, "bucket": 0, "sure": 0, "sure_right": 0}

@@ -131,9 +131,8 @@ def main() -> None:
     fold = np.array([shard_of(f"fold:{e.group}", FOLDS) for e in photos])
     embeddings = np.stack([load_array(store.get(embedding_name(e.metadata["backbone"], e.photo_id))) for e in photos])
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
-    keypoints = [LocalFeatures.from_bytes(store.get(local_features_name(e.photo_id))) for e in photos]
-    if args.side:
-        keypoints = extracted_at(store, photos, args.side)
+    keypoints = (extracted_at(store, photos, args.side) if args.side
+                 else [LocalFeatures.from_bytes(store.get(local_features_name(e.photo_id))) for e in photos])
     print(f"{len(photos)} training and validation photos of {len(labels)} mountains, {FOLDS} folds by photographer "
           f"({', '.join(map(str, np.bincount(fold)))})")
 

@@ -29,11 +29,11 @@ def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95 % interval of a proportion (Wilson score): on a test split of 73 photos top-1 is known to about ±11 points."""
     if n == 0:
         return 0.0, 1.0
-    low, high = wilson_bounds(np.asarray(hits), np.asarray(n), z)
+    low, high = wilson_bounds(hits, n, z)
     return float(low), float(high)
 
 
-def wilson_bounds(hits: np.ndarray, n: np.ndarray | int, z: float) -> tuple[np.ndarray, np.ndarray]:
+def wilson_bounds(hits: np.ndarray | int, n: np.ndarray | int, z: float) -> tuple[np.ndarray, np.ndarray]:
     """The Wilson score interval's ends for each share ``hits / n`` (n > 0), element-wise."""
     n = np.asarray(n, np.float64)
     p = np.asarray(hits, np.float64) / n
