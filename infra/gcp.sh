@@ -361,15 +361,17 @@ deploy_filter() {
 }
 
 deploy_training() {
-  local track=() size=(--cpu=4 --memory=8Gi)
+  local track=() size=(--cpu=4 --memory=8Gi) tier=finetune
   if truthy "$TRAINING_GPU"; then
     # GPU jobs are in the beta track; the image must be built with VARIANT=gpu (cloudbuild.yaml does).
+    # The gpu tier: the fine-tune at the length a GPU affords (mountainid/training/job.py).
     track=(beta)
     size=(--cpu=4 --memory=16Gi --gpu=1 --gpu-type=nvidia-l4)
+    tier=gpu
   fi
   run gcloud "${track[@]}" run jobs deploy "$TRAINING_JOB" --image="$IMAGE_TRAINING" \
     --region="$REGION" --project="$PROJECT" --service-account="$(sa_email training)" \
-    --tasks=1 --parallelism=1 --max-retries=1 --task-timeout=3600s "${size[@]}" --args=--tier,finetune \
+    --tasks=1 --parallelism=1 --max-retries=1 --task-timeout=3600s "${size[@]}" --args=--tier,"$tier" \
     "$(env_vars_flag MOUNTAINID_WEIGHTS=imagenet MOUNTAINID_EVENTS=pubsub \
       "MOUNTAINID_TOPIC_MODEL_PUBLISHED=$TOPIC_MODEL_PUBLISHED" MOUNTAINID_CATALOG \
       MOUNTAINID_MIN_PHOTOS_PER_CLASS MOUNTAINID_RETRAIN_MIN_NEW_PHOTOS MOUNTAINID_MAX_IMAGE_PIXELS \

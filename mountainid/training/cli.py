@@ -57,8 +57,9 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
         return ", ".join(f"{name}: {value!r}" for name, value in values.items())
 
     parser.add_argument("--tier", choices=sorted(TIERS), default="fast",
-                        help="fast: MobileNetV2 top blocks, under a minute from cache; finetune: EfficientNet-Lite2 "
-                             "blocks 10-20, tens of minutes on a CPU (default: %(default)s)")
+                        help="fast: MobileNetV2 top blocks, minutes from cache; finetune: EfficientNet-Lite2 "
+                             "blocks 10-20, tens of minutes on a CPU; gpu: the fine-tune at GPU length (8 views, 40 epochs, "
+                             "calibration folds), for a GPU machine (default: %(default)s)")
     group = parser.add_argument_group("features (default: the tier's)")
     for item in fields(FeatureSpec):
         flag = "--" + item.name.replace("_", "-")

@@ -228,6 +228,7 @@ def test_training_job_web_and_schedules(fresh_run: subprocess.CompletedProcess) 
     job = one(cmds, "run", "jobs", "deploy", name="mountainid-training")
     assert job.flags["--image"] == f"europe-west1-docker.pkg.dev/{PROJECT}/mountainid/training:b1234"
     assert job.flags["--tasks"] == "1" and job.flags["--task-timeout"] == "3600s"
+    assert job.flags["--args"] == "--tier,finetune" and "--gpu" not in job.flags  # the CPU recipe on a CPU
     assert env_vars(job)["MOUNTAINID_EVENTS"] == "pubsub"
     assert env_vars(job)["MOUNTAINID_TOPIC_MODEL_PUBLISHED"] == "model-published"
     web = one(cmds, "run", "deploy")
@@ -269,6 +270,7 @@ def test_gpu_training_and_tuning_pass_through(again_run: subprocess.CompletedPro
     cmds = commands(again_run)
     job = one(cmds, "beta", "run", "jobs", "deploy")
     assert job.flags["--gpu"] == "1" and job.flags["--gpu-type"] == "nvidia-l4"
+    assert job.flags["--args"] == "--tier,gpu"  # the recipe a GPU affords
     ingest_env = env_vars(one(cmds, "functions", "deploy", name="mountainid-ingest"))
     assert (ingest_env["MOUNTAINID_LICENSES"], ingest_env["MOUNTAINID_INGEST_MAX_ATTEMPTS"],
             ingest_env["MOUNTAINID_INGEST_SEARCH_PAGES"]) == ("4,5,9", "7", "3")

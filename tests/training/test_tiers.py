@@ -1,4 +1,4 @@
-"""The two training tiers: both go through the same gate, each keeps its own pace, features never mix."""
+"""The training tiers: all go through the same gate, each keeps its own pace, features never mix."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from mountainid.events import InProcessBus
 from mountainid.predict import Predictor
 from mountainid.registry import Registry
 from mountainid.store import LocalBlobStore
+from mountainid.training import calibrate
 from mountainid.training.dataset import list_accepted
 from mountainid.training.features import load_features
-from mountainid.training.job import maybe_train, train_and_register
+from mountainid.training.job import FINETUNE_TIER, GPU_TIER, maybe_train, train_and_register
 from mountainid.training.progress import STALE_S, Progress, current
 from mountainid.vision import efficientnet_lite
 from mountainid.vision.features import FeatureExtractor, FeatureSpec
@@ -53,6 +54,30 @@ def test_both_tiers_pass_through_the_gate_on_the_same_test_photos(local: LocalBl
     assert live == (tuned.version if tuned.promoted else fast.version)
     prediction = Predictor.load(local, tuned.version, settings).predict(local.get(list_accepted(local)[0].object_name))
     assert prediction.model_version == tuned.version and len(prediction.guesses) == 3
+
+
+def test_the_gpu_tier_learns_from_validation_photos_and_is_still_gated_on_photos_it_never_saw(
+        local: LocalBlobStore, settings) -> None:
+    """TRAINING_GPU=1's tier: the fine-tune at GPU length, its released head trained on training + validation
+    photos, its confidence fitted out of fold over both, and the gate on the test photos alone."""
+    assert GPU_TIER.features == FINETUNE_TIER.features and GPU_TIER.calibration_folds >= 2
+    assert (GPU_TIER.head.epochs, GPU_TIER.head.augment_views) > (FINETUNE_TIER.head.epochs,
+                                                                  FINETUNE_TIER.head.augment_views)
+    bus = InProcessBus()
+    fast = train_and_register(settings, local, bus, FAST)
+    small = dataclasses.replace(GPU_TIER, features=TINY_FINE_TUNE.features, head=TINY_FINE_TUNE.head, lease_s=600)
+    gpu = train_and_register(settings, local, bus, small)
+    registry = Registry(local)
+    metrics = json.loads(registry.read(gpu.version, "metrics.json"))
+    splits = json.loads(registry.read(gpu.version, "dataset.json"))["splits"]
+    assert metrics["tier"] == "gpu" and metrics["train"]["splits"] == ["train", "val"]
+    assert metrics["held_out"]["folds"] == GPU_TIER.calibration_folds
+    answered = calibrate.Answers.from_bytes(registry.read(gpu.version, "held_out.npz")).photo_ids
+    assert len(answered) == metrics["held_out"]["n"] == len(splits["train"]) + len(splits["val"])
+    test_ids = {e.photo_id for e in list_accepted(local) if e.object_name.removeprefix("accepted/").removesuffix(
+        ".jpg") in splits["test"]}
+    assert len(test_ids) == len(splits["test"]) and not test_ids & set(answered)
+    assert gpu.gate.compared_on == metrics["test"]["n"] == fast.test["n"] == len(splits["test"])
 
 
 def test_each_tier_retrains_at_its_own_pace(local: LocalBlobStore, settings) -> None:
