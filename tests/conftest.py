@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SLOW = (
     "tests/pipeline/test_embedded.py",  # whole cycles of `mountainid run`: 20-43 s each
     "tests/training/test_job.py",  # a training run per test: 8-27 s
-    "tests/training/test_tiers.py",  # the tiers trained: 14-27 s each, the gpu tier (4 folds) longer
+    "tests/training/test_tiers.py",  # the tiers trained: 14-37 s each, the gpu tier (with folds) longer
     "tests/training/test_cli_and_crash.py",  # train/evaluate in subprocesses: 20-24 s, setups 7-10 s
     "tests/training/test_own_mountains.py",  # train then serve from a folder: 3-23 s, ~100 s in all
     "tests/training/test_fine_tune.py",  # EfficientNet-Lite2 fine-tunes: 3-10 s

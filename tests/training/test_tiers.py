@@ -65,13 +65,14 @@ def test_the_gpu_tier_learns_from_validation_photos_and_is_still_gated_on_photos
                                                                   FINETUNE_TIER.head.augment_views)
     bus = InProcessBus()
     fast = train_and_register(settings, local, bus, FAST)
-    small = dataclasses.replace(GPU_TIER, features=TINY_FINE_TUNE.features, head=TINY_FINE_TUNE.head, lease_s=600)
+    small = dataclasses.replace(GPU_TIER, features=TINY_FINE_TUNE.features, head=TINY_FINE_TUNE.head, lease_s=600,
+                                calibration_folds=2)  # as the tests' fast tier: two folds show it, four cost twice
     gpu = train_and_register(settings, local, bus, small)
     registry = Registry(local)
     metrics = json.loads(registry.read(gpu.version, "metrics.json"))
     splits = json.loads(registry.read(gpu.version, "dataset.json"))["splits"]
     assert metrics["tier"] == "gpu" and metrics["train"]["splits"] == ["train", "val"]
-    assert metrics["held_out"]["folds"] == GPU_TIER.calibration_folds
+    assert metrics["held_out"]["folds"] == 2
     answered = calibrate.Answers.from_bytes(registry.read(gpu.version, "held_out.npz")).photo_ids
     assert len(answered) == metrics["held_out"]["n"] == len(splits["train"]) + len(splits["val"])
     test_ids = {e.photo_id for e in list_accepted(local) if e.object_name.removeprefix("accepted/").removesuffix(
