@@ -7,7 +7,7 @@ is chosen here, then measured once by the training job). One line per run, then 
 and spread over seeds of the final validation top-1, with and without mirror averaging::
 
     .venv/bin/python benchmarks/finetune.py --bucket var/bucket --seeds 0 1 \\
-        --recipe today: --recipe augmented:map_augment=1,mixup=0.4,epochs=8
+        --recipe today: --recipe plain:map_augment=0,mixup=0,epochs=14
 
 A recipe overrides fields of the tier's ``HeadConfig`` (``augment_views`` included: more cached views are
 computed once and kept). ``--curves FILE.json`` keeps every run's per-epoch figures.
