@@ -39,7 +39,7 @@ def main() -> None:
     from mountainid.store import open_store
     from mountainid.training import calibrate, evaluate
     from mountainid.training.dataset import list_accepted
-    from mountainid.training.job import TIERS, _verify, prepare
+    from mountainid.training.job import TIERS, _probs, _verify, prepare
     from mountainid.training.train import mirror_averaged
 
     settings = load_settings()
@@ -61,16 +61,13 @@ def main() -> None:
     head_fast = _load_keras(registry.read(args.fast, "model.keras"))
     head_finetune = _load_keras(registry.read(args.finetune, "model.keras"))
     mirrored = mirror_averaged(head_finetune, finetune.extractor)
-    held_fast = calibrate.Answers.from_bytes(store.get(f"models/{args.fast}/held_out.npz"))
-    held_finetune = calibrate.Answers.from_bytes(store.get(f"models/{args.finetune}/held_out.npz"))
+    held_fast = calibrate.Answers.from_bytes(registry.read(args.fast, "held_out.npz"))
+    held_finetune = calibrate.Answers.from_bytes(registry.read(args.finetune, "held_out.npz"))
     verified = _verify(store, settings, finetune)
 
     def rows(split: str, photo_ids: list[str], prepared_tier) -> np.ndarray:
         where = {e.photo_id: i for i, e in enumerate(prepared_tier.parts[split])}
         return np.asarray([where[p] for p in photo_ids], np.intp)
-
-    def probs(head, x: np.ndarray) -> np.ndarray:
-        return np.asarray(head(np.asarray(x, np.float32), training=False))
 
     # Validation: the photos both tiers answered out of their training.
     fast_row = {p: i for i, p in enumerate(held_fast.photo_ids)}
@@ -79,15 +76,15 @@ def main() -> None:
     val_photos = [held_finetune.photo_ids[i] for i in keep]
     val_scores, val_targets = held_finetune.scores[keep], held_finetune.targets[keep]
     x_val = finetune.arrays["val"][0][rows("val", val_photos, finetune)]
-    val = {"finetune": held_finetune.probs[keep], "mirror": probs(mirrored, x_val),
+    val = {"finetune": held_finetune.probs[keep], "mirror": _probs(mirrored, x_val, classes),
            "fast": held_fast.probs[[fast_row[p] for p in val_photos]]}
     # Test: the released heads and the served gallery.
     test_photos = [e.photo_id for e in finetune.parts["test"]]
     x_test = finetune.arrays["test"][0]
     y_test = finetune.arrays["test"][1]
     test_scores = verified.gallery.score_many(verified.keypoints["test"], classes)
-    test = {"finetune": probs(head_finetune, x_test), "mirror": probs(mirrored, x_test),
-            "fast": probs(head_fast, fast.arrays["test"][0][rows("test", test_photos, fast)])}
+    test = {"finetune": _probs(head_finetune, x_test, classes), "mirror": _probs(mirrored, x_test, classes),
+            "fast": _probs(head_fast, fast.arrays["test"][0][rows("test", test_photos, fast)], classes)}
     print(f"validation photos {len(val_photos)}, test photos {len(test_photos)}")
 
     variants = {"fine-tune head": ("finetune",), "fine-tune head, mirror-averaged": ("mirror",),
