@@ -65,7 +65,8 @@ def main() -> None:
     tier = TIERS[args.tier]
     runs: list[dict] = []
     for name, fields in args.recipe:
-        config = dataclasses.replace(tier, head=dataclasses.replace(tier.head, **fields))
+        # The tier's own head only: a companion head (JobConfig.companion) is not what a recipe changes.
+        config = dataclasses.replace(tier, head=dataclasses.replace(tier.head, **fields), companion=None)
         prepared = prepare(settings, store, config, examples)
         if prepared is None:
             raise SystemExit("not enough data in this bucket")

@@ -51,8 +51,8 @@ def main() -> None:
         """The tier's features of every split (no augmented views: nothing trains here)."""
         config = TIERS[tier]
         return prepare(settings, store, dataclasses.replace(config, head=dataclasses.replace(config.head,
-                                                                                               augment_views=0)),
-                       examples)
+                                                                                               augment_views=0),
+                                                            companion=None), examples)
 
     fast, finetune = prepared("fast"), prepared("finetune")
     if fast is None or finetune is None or fast.labels != finetune.labels:

@@ -4,8 +4,8 @@ A :class:`Predictor` is built once per model version and never changes afterward
 service hot-swaps models by replacing one reference while requests keep using the old one.
 One upload is decoded once (:meth:`Predictor.decode`) and every input is taken from that image. It
 costs one pass of the shared 224 px backbone (ImageNet mountain score and the gallery embedding)
-plus, only when the model was trained on richer features, one pass of its feature extractor; then
-the small head, and the keypoint verification against the training photos
+plus, only when the model was trained on richer features, one pass of each head's feature extractor; then
+its heads (a version may serve two, their probabilities averaged: ``HEAD_FILES``), and the keypoint verification against the training photos
 (``mountainid.verification``) whose score is fused with the head's probabilities. Keypoints and their
 verification run on a second thread beside the network passes (TensorFlow and OpenCV release the
 GIL: on two cores the two chains overlap). The best-verified
@@ -59,6 +59,9 @@ SIMILAR = 4
 EVIDENCE_LINES = 40        # matched points drawn, spread over the inliers
 SHORTLIST = 24             # a gallery too big for memory: photos verified per upload (read from the bucket)
 SHORTLIST_CLASSES = 3      # ... the most similar ones among the classifier's likeliest mountains
+# A version's heads: its own, then a companion trained beside it on the same photos with other features
+# (config.json "companions"; training.job.JobConfig.companion). The answer averages their probabilities.
+HEAD_FILES = ("model.keras", "companion.keras")
 
 
 @dataclass(frozen=True)
@@ -110,8 +113,8 @@ class Predictor:
     """One loaded model version; immutable after load, so hot-swap = replacing a reference."""
 
     def __init__(self, version: str, labels: list[str], names: dict[str, str], mountains: dict[str, dict],
-                 info: dict, head,
-                 extractor: FeatureExtractor, gallery: np.ndarray, gallery_rows: list[dict],
+                 info: dict, heads: list,
+                 extractors: list[FeatureExtractor], gallery: np.ndarray, gallery_rows: list[dict],
                  verifier: Gallery | None, settings: Settings, keypoint_store: BlobStore | None = None) -> None:
         import tensorflow as tf
 
@@ -122,7 +125,7 @@ class Predictor:
         self.catalog = Catalog(version, tuple(Mountain(**m) for m in mountains.values()))
         self.info = info
         self.unknown_threshold = float(info["unknown_threshold"])
-        self.extractor = extractor
+        self.extractors = extractors  # one per head, in HEAD_FILES order
         self.backbone = get_backbone(settings.weights)
         self.settings = settings
         self._gallery = gallery
@@ -142,8 +145,9 @@ class Predictor:
         # Keypoints beside the network passes: one thread per prediction the site runs at once.
         self._keypoint_threads = ThreadPoolExecutor(max(1, settings.max_concurrent_predictions),
                                                     thread_name_prefix="keypoints")
-        spec = tf.TensorSpec([None, extractor.dim], tf.float32)
-        self._head = tf.function(lambda x: head(x, training=False), input_signature=[spec])
+        self._heads = [tf.function(lambda x, head=head: head(x, training=False),
+                                   input_signature=[tf.TensorSpec([None, extractor.dim], tf.float32)])
+                       for head, extractor in zip(heads, extractors, strict=True)]
 
     @classmethod
     def load(cls, store: BlobStore, version: str, settings: Settings) -> Predictor:
@@ -158,23 +162,26 @@ class Predictor:
             labels_doc = json.loads(registry.read(version, "labels.json"))
             gallery = load_arrays(registry.read(version, "gallery.npz"))["embeddings"]
             gallery_rows = json.loads(registry.read(version, "gallery.json"))
-            head = _load_keras(registry.read(version, "model.keras"))
+            companions = config.get("companions", [])  # none before 2026-12-07
+            heads = [_load_keras(registry.read(version, name)) for name in HEAD_FILES[:1 + len(companions)]]
             verifier, keypoint_store = None, None
             if store.exists(model_file(version, VERIFICATION_FILE)):
                 if info.get("gallery", {}).get("keypoints_mb", 0) <= settings.gallery_memory_mb:
                     verifier = Gallery.from_bytes(registry.read(version, VERIFICATION_FILE))
                 else:
                     keypoint_store = store
-            extractor = FeatureExtractor(settings, FeatureSpec.from_dict(config["features"]))
+            trained = [config, *companions]
+            extractors = [FeatureExtractor(settings, FeatureSpec.from_dict(member["features"])) for member in trained]
         except ModelLoadError:
             raise
         except Exception as error:  # keras, json, numpy and the store raise many kinds
             raise ModelLoadError(version, f"cannot load ({type(error).__name__}: {error})") from error
-        if extractor.feature_id != config["feature_id"]:
-            raise ModelLoadError(version, f"trained on features {config['feature_id']} but these weights give "
-                                          f"{extractor.feature_id} (check MOUNTAINID_WEIGHTS)")
+        for member, extractor in zip(trained, extractors, strict=True):
+            if extractor.feature_id != member["feature_id"]:
+                raise ModelLoadError(version, f"trained on features {member['feature_id']} but these weights give "
+                                              f"{extractor.feature_id} (check MOUNTAINID_WEIGHTS)")
         predictor = cls(version, list(labels_doc["labels"]), dict(labels_doc["names"]),
-                        dict(labels_doc.get("mountains", {})), info, head, extractor,
+                        dict(labels_doc.get("mountains", {})), info, heads, extractors,
                         gallery.astype(np.float32), gallery_rows, verifier, settings, keypoint_store)
         predictor._probe()
         event(log, "model loaded", version=version, classes=len(predictor.labels),
@@ -185,17 +192,33 @@ class Predictor:
     def _probe(self) -> None:
         """One prediction on a blank image, so a broken model fails at load, not on a user."""
         try:
-            blank = np.full((1, self.extractor.input_size, self.extractor.input_size, 3), 127.0, np.float32)
-            probs = self.probabilities(self.extractor.features(blank))
+            probs = self.probabilities([extractor.features(np.full((1, extractor.input_size, extractor.input_size, 3),
+                                                                   127.0, np.float32))
+                                        for extractor in self.extractors])
         except Exception as error:
             raise ModelLoadError(self.version, f"probe prediction failed ({error})") from error
         if probs.shape != (1, len(self.labels)) or not np.isfinite(probs).all():
             raise ModelLoadError(self.version, f"probe prediction gave shape {probs.shape} for "
                                                f"{len(self.labels)} labels")
 
-    def probabilities(self, features: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, labels) from the model's features (N, dim)."""
-        return self._head(np.asarray(features, np.float32)).numpy()
+    def probabilities(self, features: list[np.ndarray]) -> np.ndarray:
+        """Class probabilities (N, labels) from each head's features of the same photos (N, its dim), averaged."""
+        return np.mean([head(np.asarray(x, np.float32)).numpy() for head, x in zip(self._heads, features, strict=True)],
+                       axis=0)
+
+    def features(self, image: Image.Image, model_input: np.ndarray, embedding: np.ndarray,
+                 maps: np.ndarray) -> list[np.ndarray]:
+        """Each head's features of one decoded upload, given the backbone's 224 px input and what its pass gave."""
+        found = []
+        for extractor in self.extractors:
+            if extractor.spec.is_filter_embedding:
+                found.append(embedding)
+            elif extractor.in_backbone_pass:
+                found.append(maps)
+            else:
+                size = extractor.input_size
+                found.append(extractor.features(to_model_input(image, size) if size != INPUT_SIZE else model_input))
+        return found
 
     def predict(self, image_bytes: bytes) -> Prediction:
         """Everything the site shows for one upload. Raises BadImage for unusable bytes."""
@@ -212,14 +235,9 @@ class Predictor:
         """:meth:`predict` of an upload already decoded by :meth:`decode` (the site reuses the image)."""
         matching = self._keypoint_threads.submit(self._match, image, self.verifier) if self.verifies else None
         model_input = to_model_input(image, INPUT_SIZE)
-        imagenet, embedding = self.backbone.analyze(model_input)
+        imagenet, embedding, maps = self.backbone.analyze_all(model_input)
         score = float(mountain_score(imagenet)[0])
-        if self.extractor.spec.is_filter_embedding:
-            features = embedding
-        else:
-            size = self.extractor.input_size
-            features = self.extractor.features(to_model_input(image, size) if size != INPUT_SIZE else model_input)
-        probs = self.probabilities(features)
+        probs = self.probabilities(self.features(image, model_input, embedding, maps))
         keypoints, verified = matching.result() if matching else (None, [])
         gallery = self.verifier or (self._shortlist(probs[0], embedding[0]) if self._keypoint_store else None)
         if gallery and self.verifier is None and keypoints is not None:  # the shortlist needed the head's answer

@@ -76,6 +76,9 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
             "type": type(value), "metavar": "N" if isinstance(value, int) else "X"}
         group.add_argument(flag, dest=f"head_{item.name}", default=argparse.SUPPRESS,
                            help=f"{_HEAD_HELP[item.name]} ({defaults})", **kind)
+    parser.add_argument("--companion", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                        help="average a fast-tier head trained beside the tier's own on the same photos "
+                             f"({shown({name: config.companion is not None for name, config in TIERS.items()})})")
     parser.add_argument("--lease-s", type=float, default=3600.0,
                         help="training lease duration: a crashed run blocks others at most this long")
 
@@ -89,7 +92,8 @@ def job_config(args: argparse.Namespace):
     features = replace(base.features, **{f.name: given[f.name] for f in fields(FeatureSpec) if f.name in given})
     head = replace(base.head, **{f.name: given[f"head_{f.name}"] for f in fields(HeadConfig)
                                  if f"head_{f.name}" in given})
-    return replace(base, features=features, head=head, lease_s=args.lease_s)
+    companion = (TIERS["fast"] if given["companion"] else None) if "companion" in given else base.companion
+    return replace(base, features=features, head=head, companion=companion, lease_s=args.lease_s)
 
 
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
@@ -153,12 +157,13 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     for item in files:
         try:
             data = item.path.read_bytes()
-            images.append(decode_for_model(data, predictor.extractor.input_size, *limits))
+            images.append([decode_for_model(data, extractor.input_size, *limits) for extractor in predictor.extractors])
             keypoints.append(extract_from_bytes(data, *limits) if predictor.verifies else None)
             slugs.append(item.slug)
         except BadImage as error:
             event(log, "photo skipped", path=str(item.path), reason=error.reason, level=logging.WARNING)
-    probs = predictor.probabilities(predictor.extractor.features(np.stack(images))) if images else np.zeros(
+    probs = predictor.probabilities([extractor.features(np.stack([photo[i] for photo in images]))
+                                     for i, extractor in enumerate(predictor.extractors)]) if images else np.zeros(
         (0, len(predictor.labels)))
     probs = predictor.verified_probabilities(probs, keypoints)  # the answer as served
     # A mountain the model never learnt counts as a miss (its index is past the model's classes).

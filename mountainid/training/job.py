@@ -36,7 +36,7 @@ from mountainid.catalog import Mountain, load_catalog
 from mountainid.config import Settings
 from mountainid.events import EventBus
 from mountainid.logs import event
-from mountainid.predict import Predictor  # the live model is evaluated exactly as it is served
+from mountainid.predict import HEAD_FILES, Predictor  # the live model is evaluated exactly as it is served
 from mountainid.registry import Lease, LeaseHeld, ModelLoadError, Registry
 from mountainid.store import BlobStore, PreconditionFailed
 from mountainid.training import calibrate, evaluate, plots
@@ -50,13 +50,13 @@ from mountainid.training.progress import Progress
 from mountainid.training.train import HeadConfig, train_head
 from mountainid.verification import VERIFICATION_FILE, Gallery
 from mountainid.vision import efficientnet_lite
-from mountainid.vision.backbone import get_backbone
+from mountainid.vision.backbone import SHARED_CUT, get_backbone
 from mountainid.vision.features import FeatureExtractor, FeatureSpec
 from mountainid.vision.local import LocalFeatures
 
 log = logging.getLogger(__name__)
 
-_FAST_FEATURES = FeatureSpec(cut="block_13_project_BN")
+_FAST_FEATURES = FeatureSpec(cut=SHARED_CUT)  # served from the filter's own backbone pass
 _FAST_HEAD = HeadConfig(dropout=0.5, learning_rate=3e-4, epochs=10, patience=4, augment_views=4)
 
 
@@ -72,6 +72,13 @@ class JobConfig:
     # both; 0: calibrate on the validation split with a head trained on the training split (a fine-tune on two
     # CPU cores cannot be trained once per fold).
     calibration_folds: int = 4
+    # A second head, of another tier's recipe, trained beside this one on the same photos; the served answer
+    # averages both heads' probabilities (both calibrated, evaluated and gated together).
+    companion: JobConfig | None = None
+
+    def members(self) -> list[JobConfig]:
+        """The configs of the heads the version serves: its own, then its companion's."""
+        return [self] if self.companion is None else [self, self.companion]
 
 
 # Three tiers, all through the same registry, gate and hot-swap (README, "Training"), measured on peaks14:
@@ -81,7 +88,9 @@ class JobConfig:
 # - finetune: EfficientNet-Lite2 (real batch norm) at 320 px, blocks 10-20 and the head trained on cached
 #   activations of 5 augmented views after the frozen block 9, AdamW with warm-up and cosine decay; the maps
 #   mirrored, shifted and mixed up anew each epoch, 8 epochs: as good on validation as 14 plain ones (two
-#   seeds each), in 8/14 of the time (docs/training.md, "What was tried").
+#   seeds each), in 8/14 of the time (docs/training.md, "What was tried"). Its answer averages a fast-tier
+#   head trained beside it on the same photos: on validation 6-7 points more head alone over two fine-tune
+#   versions (more than the 2.4-point seed spread), for minutes of training and one more small head an upload.
 # - gpu: the deployed job with TRAINING_GPU=1. The fine-tune at the length a GPU affords: 8 cached views and
 #   40 epochs (67.6 % head alone on held-out photos in ../shared/RECOGNITION.md), and calibration folds over
 #   training + validation, so its released head learns from both and its confidence is fitted on every
@@ -92,7 +101,7 @@ FINETUNE_TIER = JobConfig(
     FeatureSpec(input_size=320, cut="block9", backbone=efficientnet_lite.NAME),
     HeadConfig(dropout=0.3, weight_decay=0.05, label_smoothing=0.1, learning_rate=4e-4, epochs=8,
                augment_views=5, one_cycle=True, map_augment=True, mixup=0.4),
-    tier="finetune", calibration_folds=0)
+    tier="finetune", calibration_folds=0, companion=FAST_TIER)
 GPU_TIER = replace(FINETUNE_TIER, head=replace(FINETUNE_TIER.head, epochs=40, augment_views=8, map_augment=False,
                                                mixup=0.0), tier="gpu", calibration_folds=4)
 TIERS = {"fast": FAST_TIER, "finetune": FINETUNE_TIER, "gpu": GPU_TIER}
@@ -154,6 +163,12 @@ class Prepared:
     arrays: dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (features of each photo, targets)
     # split -> its photos' augmented views (features, targets, row of the photo in parts[split]), where computed
     views: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    companion: Prepared | None = None  # the same photos' features for the companion head (JobConfig.companion)
+
+    @property
+    def members(self) -> list[Prepared]:
+        """One per head the version serves, in :meth:`JobConfig.members` order."""
+        return [self] if self.companion is None else [self, self.companion]
 
     @property
     def labels(self) -> list[str]:
@@ -187,21 +202,28 @@ def prepare(settings: Settings, store: BlobStore, config: JobConfig, examples: l
     duplicates = find_duplicates(store, settings, examples)
     suspect = duplicates.suspect_ids  # copies under two mountains: kept out of training and evaluation
     dataset = build_dataset([e for e in examples if e.photo_id not in suspect], settings.min_photos_per_class)
-    extractor = FeatureExtractor(settings, config.features)
-    features, usable = load_features(store, [(e.photo_id, e.object_name) for e in dataset.examples],
-                                     extractor, settings)
+    extractors = [FeatureExtractor(settings, member.features) for member in config.members()]
+    loaded = [load_features(store, [(e.photo_id, e.object_name) for e in dataset.examples], extractor, settings)
+              for extractor in extractors]
+    usable = np.logical_and.reduce([np.asarray(ok, bool) for _, ok in loaded])  # a photo every head can read
     kept = [e for e, ok in zip(dataset.examples, usable, strict=True) if ok]
-    by_id = {e.object_name: row for row, e in enumerate(kept)}
     parts = {split: [e for e in kept if e.split == split] for split in ("train", "val", "test")}
     if len(dataset.labels) < 2 or not parts["train"]:
         event(log, "training skipped: not enough data", classes=len(dataset.labels), photos=len(kept),
               minimum_per_class=settings.min_photos_per_class, level=logging.WARNING)
         return None
-    arrays = {split: (features[[by_id[e.object_name] for e in photos]],
-                      np.asarray(dataset.targets(photos), np.int64)) for split, photos in parts.items()}
-    views = {split: _augmented(store, settings, extractor, parts[split], arrays[split][1], config.head.augment_views)
-             for split in _trained_on(config) if config.head.augment_views}
-    return Prepared(dataset, duplicates, extractor, parts, arrays, views)
+    prepared: Prepared | None = None
+    for member, extractor, (features, readable) in reversed(list(zip(config.members(), extractors, loaded,
+                                                                      strict=True))):
+        row = np.cumsum(readable) - 1  # an example's row in ``features`` (those it could read)
+        by_id = {e.object_name: int(row[i]) for i, e in enumerate(dataset.examples) if readable[i]}
+        arrays = {split: (features[[by_id[e.object_name] for e in photos]],
+                          np.asarray(dataset.targets(photos), np.int64)) for split, photos in parts.items()}
+        views = {split: _augmented(store, settings, extractor, parts[split], arrays[split][1],
+                                   member.head.augment_views)
+                 for split in _trained_on(config) if member.head.augment_views}
+        prepared = Prepared(dataset, duplicates, extractor, parts, arrays, views, companion=prepared)
+    return prepared
 
 
 def _trained_on(config: JobConfig) -> tuple[str, ...]:
@@ -216,28 +238,36 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
         return TrainingResult("not-enough-data")
     photos = sum(map(len, prepared.parts.values()))
     progress.report("features ready", photos=photos, training_examples=len(prepared.training(_trained_on(config))[1]))
-    head, history = _train_released(prepared, config, progress)
+    heads, history = _train_released(prepared, config, progress)
     lease.renew()
     progress.report("verifying", photos=photos)
     verified = _verify(store, settings, prepared)
     lease.renew()
     progress.report("calibrating", folds=config.calibration_folds)
-    answers = _held_out_answers(prepared, config, verified, head)
+    answers = _held_out_answers(prepared, config, verified, heads)
     calibration = calibrate.fit(answers, verified.in_view)
-    evaluated = _evaluate(prepared, head, verified, answers, calibration)
+    evaluated = _evaluate(prepared, heads, verified, answers, calibration)
     lease.renew()
-    return _register_and_promote(settings, store, bus, config, lease, prepared, verified, evaluated, head, history,
+    return _register_and_promote(settings, store, bus, config, lease, prepared, verified, evaluated, heads, history,
                                  len(examples))
 
 
-def _train_released(prepared: Prepared, config: JobConfig, progress: Progress):
-    """The head that is served: on training + validation photos when calibration folds over them (the
-    recipe's epochs, as every fold's head), else on the training split with validation for early stopping."""
+def _train_released(prepared: Prepared, config: JobConfig, progress: Progress) -> tuple[list, dict[str, list[float]]]:
+    """The heads that are served, and the first one's learning curves: on training + validation photos when
+    calibration folds over them (the recipe's epochs, as every fold's head), else on the training split with
+    validation for early stopping. A companion head trains on the same photos, its recipe's epochs: without
+    validation, whose answers calibrate it."""
     splits = _trained_on(config)
-    x_train, y_train = prepared.training(splits)
-    x_val, y_val = prepared.arrays["val"] if splits == ("train",) else (x_train[:0], y_train[:0])
-    return train_head(x_train, y_train, x_val, y_val, len(prepared.labels), config.head, prepared.extractor,
-                      progress.epoch)
+    heads: list = []
+    history: dict[str, list[float]] = {}
+    for number, (member, features) in enumerate(zip(config.members(), prepared.members, strict=True)):
+        x_train, y_train = features.training(splits)
+        x_val, y_val = features.arrays["val"] if splits == ("train",) and not number else (x_train[:0], y_train[:0])
+        head, curves = train_head(x_train, y_train, x_val, y_val, len(prepared.labels), member.head,
+                                  features.extractor, progress.epoch if not number else None)
+        heads.append(head)
+        history = history or curves
+    return heads, history
 
 
 @dataclass
@@ -265,23 +295,27 @@ def _verify(store: BlobStore, settings: Settings, prepared: Prepared) -> Verifie
     return Verified(keypoints, gallery, in_view)
 
 
-def _held_out_answers(prepared: Prepared, config: JobConfig, verified: Verified, head) -> calibrate.Answers:
-    """Answers to photos the answering head and gallery never held: out of fold over training + validation,
-    or the validation split answered by the released head and a gallery of the training split."""
+def _held_out_answers(prepared: Prepared, config: JobConfig, verified: Verified, heads: list) -> calibrate.Answers:
+    """Answers to photos the answering heads and gallery never held: out of fold over training + validation,
+    or the validation split answered by the released heads and a gallery of the training split."""
     classes = len(prepared.labels)
     splits = ("train", "val")
-    photos, features, targets = prepared.pooled(splits)
+    photos, _, targets = prepared.pooled(splits)
+    features = [member.pooled(splits)[1] for member in prepared.members]
     keypoints = verified.keypoints["train"] + verified.keypoints["val"]
     if config.calibration_folds < 2:
         return calibrate.out_of_fold(np.asarray([0 if e.split == "val" else -1 for e in photos]), targets, classes,
                                      [e.photo_id for e in photos], keypoints,
-                                     lambda _, held: _probs(head, features[held], classes))
+                                     lambda _, held: _answer(heads, [x[held] for x in features], classes))
     fold_of = calibrate.photographer_folds([e.group for e in photos], config.calibration_folds)
 
     def answer(trained_on: np.ndarray, held: np.ndarray) -> np.ndarray:
-        x, y = prepared.training(splits, trained_on)
-        fold_head, _ = train_head(x, y, x[:0], y[:0], classes, config.head, prepared.extractor, announce=False)
-        return _probs(fold_head, features[held], classes)
+        fold_heads = []
+        for member, member_features in zip(config.members(), prepared.members, strict=True):
+            x, y = member_features.training(splits, trained_on)
+            fold_heads.append(train_head(x, y, x[:0], y[:0], classes, member.head, member_features.extractor,
+                                         announce=False)[0])
+        return _answer(fold_heads, [x[held] for x in features], classes)
 
     return calibrate.out_of_fold(fold_of, targets, classes, [e.photo_id for e in photos], keypoints, answer)
 
@@ -297,12 +331,12 @@ class Evaluated:
     test_fused: np.ndarray
 
 
-def _evaluate(prepared: Prepared, head, verified: Verified, answers: calibrate.Answers,
+def _evaluate(prepared: Prepared, heads: list, verified: Verified, answers: calibrate.Answers,
               calibration: calibrate.Calibration) -> Evaluated:
     """The served answer's figures, with the calibration fitted on ``answers``."""
     labels = prepared.labels
-    x_test, y_test = prepared.arrays["test"]
-    test_probs = _probs(head, x_test, len(labels))
+    y_test = prepared.arrays["test"][1]
+    test_probs = _answer(heads, [member.arrays["test"][0] for member in prepared.members], len(labels))
     test_fused = calibration.fuse(test_probs, verified.gallery.score_many(verified.keypoints["test"], len(labels)),
                                   verified.in_view)
     held_out = evaluate.metrics(calibration.fuse(answers.probs, answers.scores, verified.in_view), answers.targets,
@@ -314,7 +348,7 @@ def _evaluate(prepared: Prepared, head, verified: Verified, answers: calibrate.A
 
 
 def _register_and_promote(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig, lease: Lease,
-                          prepared: Prepared, verified: Verified, evaluated: Evaluated, head,
+                          prepared: Prepared, verified: Verified, evaluated: Evaluated, heads: list,
                           history: dict[str, list[float]], accepted: int) -> TrainingResult:
     """Write the version folder; promote it unless the gate, on the same test photos, keeps the live model."""
     registry = Registry(store)
@@ -352,14 +386,20 @@ def _register_and_promote(settings: Settings, store: BlobStore, bus: EventBus, c
     }
     lease.renew()
     registry.write_version(version, {
-        "model.keras": _keras_bytes(head),
+        **{name: _keras_bytes(head) for name, head in zip(HEAD_FILES[:len(heads)], heads, strict=True)},
         "labels.json": _json({"labels": labels, "names": names, "mountains": mountains}),
         "config.json": _json({"features": config.features.to_dict(), "feature_id": extractor.feature_id,
                               # where serving finds them when MOUNTAINID_WEIGHTS is left unset (serving.weights_for)
                               "weights": settings.weights if settings.weights == "imagenet"
                               else str(Path(settings.weights).resolve()),
                               "head": config.head.to_dict(), "min_photos_per_class": settings.min_photos_per_class,
-                              "calibration_folds": config.calibration_folds}),
+                              "calibration_folds": config.calibration_folds,
+                              # the heads after the first: what each reads and how it was trained (Predictor.load)
+                              "companions": [{"features": member.features.to_dict(),
+                                              "feature_id": features.extractor.feature_id,
+                                              "head": member.head.to_dict()}
+                                             for member, features in zip(config.members()[1:], prepared.members[1:],
+                                                                         strict=True)]}),
         "dataset.json": _json(dataset.manifest()),
         "metrics.json": _json(metrics),
         "confusion.png": plots.confusion_png(test["confusion"], labels,
@@ -373,7 +413,8 @@ def _register_and_promote(settings: Settings, store: BlobStore, bus: EventBus, c
     figures = {"version": version, "test_top1": round(test["top1"], 4), "test_top3": round(test["top3"], 4),
                "test_n": test["n"], "live_version": live.version if live else None, **gate.figures()}
     result = TrainingResult("kept", version, metrics["test"], live.version if live else None, gate.live_top1, gate=gate,
-                            feature_ids=(extractor.feature_id, get_backbone(settings.weights).backbone_id))
+                            feature_ids=(*(member.extractor.feature_id for member in prepared.members),
+                                         get_backbone(settings.weights).backbone_id))
     if not gate.promote:
         event(log, "model kept: the promotion gate kept the live model", **figures)
         return result
@@ -422,6 +463,12 @@ def _probs(head, features: np.ndarray, classes: int) -> np.ndarray:
     return np.asarray(head(features, training=False))
 
 
+def _answer(heads: list, features: list[np.ndarray], classes: int) -> np.ndarray:
+    """The classifier's answer, as served (``Predictor.probabilities``): each head on its own features of the
+    same photos, their probabilities averaged."""
+    return np.mean([_probs(head, x, classes) for head, x in zip(heads, features, strict=True)], axis=0)
+
+
 def _compare_with_live(registry: Registry, version: str, test: list[Example], keypoints: list[LocalFeatures | None],
                        new_probs: np.ndarray, targets: np.ndarray, store: BlobStore,
                        settings: Settings) -> tuple[np.ndarray, np.ndarray] | None:
@@ -444,8 +491,12 @@ def _compare_with_live(registry: Registry, version: str, test: list[Example], ke
     if not fair:
         return np.zeros(0, bool), np.zeros(0, bool)
     photos = [test[i] for i in fair]
-    features, usable = load_features(store, [(e.photo_id, e.object_name) for e in photos], live.extractor, settings)
-    probs = live.probabilities(features) if len(features) else np.zeros((0, len(live.labels)))
+    loaded = [load_features(store, [(e.photo_id, e.object_name) for e in photos], extractor, settings)
+              for extractor in live.extractors]
+    usable = np.logical_and.reduce([np.asarray(ok, bool) for _, ok in loaded])
+    # Each head's features of the photos every head could read (rows of a matrix are its readable photos).
+    features = [x[usable[np.asarray(ok, bool)]] for x, ok in loaded]
+    probs = live.probabilities(features) if usable.any() else np.zeros((0, len(live.labels)))
     probs = live.verified_probabilities(probs, [keypoints[i] for i, ok in zip(fair, usable, strict=True) if ok])
     index = {slug: i for i, slug in enumerate(live.labels)}
     live_targets = np.asarray([index.get(e.slug, -1) for e in photos])  # -1: a mountain it does not know

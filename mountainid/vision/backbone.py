@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 INPUT_SIZE = 224
 EMBEDDING_DIM = 1280
+# The fast tier's features (``training.job``): the activation map after block 13. The same pass gives it, so a
+# head on them costs an upload only its own top blocks (``Backbone.analyze_all``).
+SHARED_CUT = "block_13_project_BN"
 
 
 class BackboneError(ConfigError):
@@ -91,8 +94,8 @@ class Backbone:
             raise BackboneError(f"cannot load ImageNet weights from {weights}: {error}") from error
         # Found by type, not name: Keras numbers layer names per process ("…_1" for a second model).
         pooled = next(layer for layer in full.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D))
-        self.keras_model = keras.Model(full.input, [full.output, pooled.output],
-                                       name="mobilenet_v2_scores_and_embedding")
+        self.keras_model = keras.Model(full.input, [full.output, pooled.output, full.get_layer(SHARED_CUT).output],
+                                       name="mobilenet_v2_scores_embedding_and_maps")
         self.input_size = input_size
         self.backbone_id = f"mobilenet_v2_{input_size}_{self.fingerprint}"
         spec = tf.TensorSpec([None, input_size, input_size, 3], tf.float32)
@@ -107,10 +110,18 @@ class Backbone:
 
         Returns ImageNet probabilities (N, 1000) and pooled embeddings (N, 1280).
         """
+        probs, embeddings, _ = self._outputs(images)
+        return probs.numpy(), embeddings.numpy()
+
+    def analyze_all(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`analyze`, and the same pass's ``SHARED_CUT`` activation maps, flattened (N, 7 * 7 * 160)."""
+        probs, embeddings, maps = self._outputs(images)
+        return probs.numpy(), embeddings.numpy(), maps.numpy().reshape(len(maps), -1)
+
+    def _outputs(self, images: np.ndarray):
         if images.ndim == 3:
             images = images[None]
-        probs, embeddings = self._forward(np.asarray(images, np.float32))
-        return probs.numpy(), embeddings.numpy()
+        return self._forward(np.asarray(images, np.float32))
 
     def analyze_batches(self, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """Like analyze, in fixed-size batches so memory stays flat on large sets."""

@@ -15,7 +15,14 @@ import numpy as np
 
 from mountainid.config import Settings
 from mountainid.vision import efficientnet_lite
-from mountainid.vision.backbone import EMBEDDING_DIM, INPUT_SIZE, Backbone, get_backbone, weights_fingerprint
+from mountainid.vision.backbone import (
+    EMBEDDING_DIM,
+    INPUT_SIZE,
+    SHARED_CUT,
+    Backbone,
+    get_backbone,
+    weights_fingerprint,
+)
 
 MOBILENET_V2 = "mobilenet_v2"
 BACKBONES = (MOBILENET_V2, efficientnet_lite.NAME)
@@ -135,6 +142,12 @@ class FeatureExtractor:
     @property
     def input_size(self) -> int:
         return self.spec.input_size
+
+    @property
+    def in_backbone_pass(self) -> bool:
+        """Whether the shared backbone's pass gives these features too (``Backbone.analyze_all``): serving then
+        needs no pass of this extractor's own."""
+        return self.spec == FeatureSpec(cut=SHARED_CUT)
 
     def features(self, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
         """float32 (N, size, size, 3) in [0, 255] -> (N, dim)."""

@@ -32,7 +32,7 @@ def test_fine_tuned_model_is_registered_served_and_keeps_bn_in_inference_mode(tm
     assert any(name.endswith("-v1.npy") for name in store.list_names("embeddings/"))
     predictor = Predictor.load(store, result.version, settings)
     trained = predictor.info  # metrics.json
-    assert trained["feature_id"] == predictor.extractor.feature_id
+    assert trained["feature_id"] == predictor.extractors[0].feature_id
     bn = [layer for layer in _model(store, result.version).layers
           if isinstance(layer, keras.layers.BatchNormalization)]
     assert bn and all(not layer.trainable for layer in bn)

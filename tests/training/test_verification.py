@@ -20,6 +20,7 @@ from mountainid.training.dataset import list_accepted
 from mountainid.training.features import load_features, load_local_features
 from mountainid.training.job import train_and_register
 from mountainid.verification import LARGE_FROM, LARGE_GALLERY, SMALL_GALLERY, Gallery
+from mountainid.vision.features import FeatureSpec
 from mountainid.vision.local import LocalFeatures
 from tests.training.conftest import FAST
 
@@ -101,11 +102,14 @@ def test_a_model_that_learnt_from_validation_photos_is_calibrated_out_of_fold_an
     assert registry.read(result.version, "reliability.png").startswith(b"\x89PNG")
 
 
-def test_without_folds_the_validation_split_is_answered_by_the_released_head_and_a_training_gallery(
+def test_without_folds_the_validation_split_is_answered_by_the_released_heads_and_a_training_gallery(
         seeded: BlobStore, settings) -> None:
     """The fine-tune tier's way (a head per fold is too slow on a CPU): the weight and threshold are recomputed
-    exactly from the validation photos, scored against the training photos alone."""
-    result = train_and_register(settings, seeded, InProcessBus(), replace(FAST, calibration_folds=0))
+    exactly from the validation photos, scored against the training photos alone; the answers are both served
+    heads' (a companion on other features, the mirror-averaged embedding), averaged."""
+    companion = replace(FAST, features=FeatureSpec(flip=True))
+    result = train_and_register(settings, seeded, InProcessBus(), replace(FAST, calibration_folds=0,
+                                                                          companion=companion))
     registry = Registry(seeded)
     info = registry.info(result.version)
     assert info["train"]["splits"] == ["train"] and info["held_out"]["folds"] == 0
@@ -118,9 +122,11 @@ def test_without_folds_the_validation_split_is_answered_by_the_released_head_and
     train = [examples[entry.split("/", 1)[1]] for entry in splits["train"]]
     val = [examples[i] for i in stored.photo_ids]
     predictor = Predictor.load(seeded, result.version, settings)
-    features, usable = load_features(seeded, [(e.photo_id, e.object_name) for e in val], predictor.extractor,
-                                     settings)
-    assert all(usable)
+    assert [e.spec for e in predictor.extractors] == [FAST.features, companion.features]
+    loaded = [load_features(seeded, [(e.photo_id, e.object_name) for e in val], extractor, settings)
+              for extractor in predictor.extractors]
+    assert all(all(usable) for _, usable in loaded)
+    features = [x for x, _ in loaded]
     keypoints = {split: load_local_features(seeded, [(e.photo_id, e.object_name) for e in photos], settings)
                  for split, photos in (("train", train), ("val", val))}
     gallery = Gallery([e.photo_id for e in train], [predictor.labels.index(e.slug) for e in train],
@@ -128,6 +134,8 @@ def test_without_folds_the_validation_split_is_answered_by_the_released_head_and
     # The answers it fitted on: the validation photos, by the served head and a gallery of training photos.
     assert stored.targets.tolist() == [predictor.labels.index(e.slug) for e in val]
     assert np.allclose(stored.probs, predictor.probabilities(features), atol=1e-4)
+    alone = predictor.probabilities([features[0], features[0]])  # the first head twice: not what was served
+    assert not np.allclose(stored.probs, alone, atol=1e-3)
     assert np.allclose(stored.scores, gallery.score_many(keypoints["val"], len(predictor.labels)))
     fitted = calibrate.fit(stored, predictor.in_view)  # and the stored choices are exactly the fit on them
     assert info["fusion_weight"] == fitted.weight and info["temperature"] == fitted.temperature
