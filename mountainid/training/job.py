@@ -203,20 +203,16 @@ def prepare(settings: Settings, store: BlobStore, config: JobConfig, examples: l
     suspect = duplicates.suspect_ids  # copies under two mountains: kept out of training and evaluation
     dataset = build_dataset([e for e in examples if e.photo_id not in suspect], settings.min_photos_per_class)
     extractors = [FeatureExtractor(settings, member.features) for member in config.members()]
-    loaded = [load_features(store, [(e.photo_id, e.object_name) for e in dataset.examples], extractor, settings)
-              for extractor in extractors]
-    usable = np.logical_and.reduce([np.asarray(ok, bool) for _, ok in loaded])  # a photo every head can read
+    every, usable = _features(store, settings, dataset.examples, extractors)
     kept = [e for e, ok in zip(dataset.examples, usable, strict=True) if ok]
+    by_id = {e.object_name: row for row, e in enumerate(kept)}
     parts = {split: [e for e in kept if e.split == split] for split in ("train", "val", "test")}
     if len(dataset.labels) < 2 or not parts["train"]:
         event(log, "training skipped: not enough data", classes=len(dataset.labels), photos=len(kept),
               minimum_per_class=settings.min_photos_per_class, level=logging.WARNING)
         return None
     prepared: Prepared | None = None
-    for member, extractor, (features, readable) in reversed(list(zip(config.members(), extractors, loaded,
-                                                                      strict=True))):
-        row = np.cumsum(readable) - 1  # an example's row in ``features`` (those it could read)
-        by_id = {e.object_name: int(row[i]) for i, e in enumerate(dataset.examples) if readable[i]}
+    for member, extractor, features in reversed(list(zip(config.members(), extractors, every, strict=True))):
         arrays = {split: (features[[by_id[e.object_name] for e in photos]],
                           np.asarray(dataset.targets(photos), np.int64)) for split, photos in parts.items()}
         views = {split: _augmented(store, settings, extractor, parts[split], arrays[split][1],
@@ -463,6 +459,15 @@ def _probs(head, features: np.ndarray, classes: int) -> np.ndarray:
     return np.asarray(head(features, training=False))
 
 
+def _features(store: BlobStore, settings: Settings, photos: Sequence[Example],
+              extractors: Sequence[FeatureExtractor]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each extractor's features (one per head) of the photos that all of them could read, and which those are."""
+    loaded = [load_features(store, [(e.photo_id, e.object_name) for e in photos], extractor, settings)
+              for extractor in extractors]
+    usable = np.logical_and.reduce([np.asarray(ok, bool) for _, ok in loaded])
+    return [x[usable[np.asarray(ok, bool)]] for x, ok in loaded], usable  # a matrix's rows: the photos it read
+
+
 def _answer(heads: list, features: list[np.ndarray], classes: int) -> np.ndarray:
     """The classifier's answer, as served (``Predictor.probabilities``): each head on its own features of the
     same photos, their probabilities averaged."""
@@ -491,18 +496,13 @@ def _compare_with_live(registry: Registry, version: str, test: list[Example], ke
     if not fair:
         return np.zeros(0, bool), np.zeros(0, bool)
     photos = [test[i] for i in fair]
-    loaded = [load_features(store, [(e.photo_id, e.object_name) for e in photos], extractor, settings)
-              for extractor in live.extractors]
-    usable = np.logical_and.reduce([np.asarray(ok, bool) for _, ok in loaded])
-    # Each head's features of the photos every head could read (rows of a matrix are its readable photos).
-    features = [x[usable[np.asarray(ok, bool)]] for x, ok in loaded]
+    features, usable = _features(store, settings, photos, live.extractors)
     probs = live.probabilities(features) if usable.any() else np.zeros((0, len(live.labels)))
     probs = live.verified_probabilities(probs, [keypoints[i] for i, ok in zip(fair, usable, strict=True) if ok])
     index = {slug: i for i, slug in enumerate(live.labels)}
     live_targets = np.asarray([index.get(e.slug, -1) for e in photos])  # -1: a mountain it does not know
-    readable = np.asarray(usable, bool)
     live_right = np.zeros(len(fair), bool)  # a photo the live model cannot read counts against it
-    live_right[readable] = probs.argmax(axis=1) == live_targets[readable]
+    live_right[usable] = probs.argmax(axis=1) == live_targets[usable]
     return live_right, new_probs[fair].argmax(axis=1) == targets[fair]
 
 
