@@ -88,9 +88,9 @@ class JobConfig:
 # - finetune: EfficientNet-Lite2 (real batch norm) at 320 px, blocks 10-20 and the head trained on cached
 #   activations of 5 augmented views after the frozen block 9, AdamW with warm-up and cosine decay; the maps
 #   mirrored, shifted and mixed up anew each epoch, 8 epochs: as good on validation as 14 plain ones (two
-#   seeds each), in 8/14 of the time (docs/training.md, "What was tried"). Its answer averages a fast-tier
-#   head trained beside it on the same photos: on validation 6-7 points more head alone over two fine-tune
-#   versions (more than the 2.4-point seed spread), for minutes of training and one more small head an upload.
+#   seeds each), in 8/14 of the time (docs/training.md, "What was tried"). `--companion` averages a fast-tier
+#   head trained beside it on the same photos: end to end not better than its head alone by more than the
+#   seed spread on validation (+2 photos fused of 82), 4 minutes longer, so off by default.
 # - gpu: the deployed job with TRAINING_GPU=1. The fine-tune at the length a GPU affords: 8 cached views and
 #   40 epochs (67.6 % head alone on held-out photos in ../shared/RECOGNITION.md), and calibration folds over
 #   training + validation, so its released head learns from both and its confidence is fitted on every
@@ -101,7 +101,7 @@ FINETUNE_TIER = JobConfig(
     FeatureSpec(input_size=320, cut="block9", backbone=efficientnet_lite.NAME),
     HeadConfig(dropout=0.3, weight_decay=0.05, label_smoothing=0.1, learning_rate=4e-4, epochs=8,
                augment_views=5, one_cycle=True, map_augment=True, mixup=0.4),
-    tier="finetune", calibration_folds=0, companion=FAST_TIER)
+    tier="finetune", calibration_folds=0)
 GPU_TIER = replace(FINETUNE_TIER, head=replace(FINETUNE_TIER.head, epochs=40, augment_views=8, map_augment=False,
                                                mixup=0.0), tier="gpu", calibration_folds=4)
 TIERS = {"fast": FAST_TIER, "finetune": FINETUNE_TIER, "gpu": GPU_TIER}

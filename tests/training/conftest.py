@@ -36,7 +36,7 @@ FAST = JobConfig(FeatureSpec(), HeadConfig(epochs=60, patience=15), lease_s=600,
 TINY_FINE_TUNE_FLAGS = ["--tier", "finetune", "--input-size", "160", "--cut", "block15", "--augment-views", "1"]
 TINY_FINE_TUNE = dataclasses.replace(FINETUNE_TIER, features=FeatureSpec(160, cut="block15", backbone="efficientnet_lite2"),
                                      head=dataclasses.replace(FINETUNE_TIER.head, epochs=4, augment_views=1),
-                                     companion=FAST, lease_s=600)  # the tier's companion head, as quick as FAST
+                                     lease_s=600)
 
 
 def training_env(weights_path: Path, bucket: str) -> dict[str, str]:

@@ -44,6 +44,33 @@ def test_fine_tuned_model_is_registered_served_and_keeps_bn_in_inference_mode(tm
     assert abs(sum(g.probability for g in prediction.guesses) - 1.0) < 1e-3  # three classes, all listed
 
 
+def test_a_companion_head_is_served_from_the_filters_own_pass(tmp_path, template, settings) -> None:
+    """``--companion``: a second head on the fast tier's features, saved with the version; at serving its
+    features are the backbone pass's maps, which must be what its own extractor gives for the same upload."""
+    from dataclasses import replace
+
+    from mountainid.vision.backbone import INPUT_SIZE, SHARED_CUT
+    from mountainid.vision.image import to_model_input
+
+    store = LocalBlobStore(tmp_path / "bucket")
+    copy_objects(template, store)
+    companion = JobConfig(FeatureSpec(cut=SHARED_CUT), HeadConfig(epochs=2))
+    result = train_and_register(settings, store, InProcessBus(), replace(TINY, companion=companion))
+    registry = Registry(store)
+    assert registry.read(result.version, "companion.keras")
+    predictor = Predictor.load(store, result.version, settings)
+    assert [e.spec for e in predictor.extractors] == [TINY.features, companion.features]
+    assert [e.in_backbone_pass for e in predictor.extractors] == [False, True]
+    image = predictor.decode(store.get(store.list_names("accepted/lhotse/")[0]))
+    model_input = to_model_input(image, INPUT_SIZE)
+    _, embedding, maps = predictor.backbone.analyze_all(model_input)
+    served = predictor.features(image, model_input, embedding, maps)
+    own = [extractor.features(to_model_input(image, extractor.input_size)) for extractor in predictor.extractors]
+    for mine, theirs in zip(served, own, strict=True):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(predictor.probabilities(served), predictor.probabilities(own), atol=1e-4)
+
+
 def _model(store, version):
     from mountainid.predict import _load_keras
 
