@@ -111,7 +111,8 @@ CONFIDENT_PRECISION = 0.90
 BOUND_Z = 1.2816
 
 
-def choose_unknown_threshold(probs: np.ndarray, targets: np.ndarray, precision: float = CONFIDENT_PRECISION) -> float:
+def choose_unknown_threshold(probs: np.ndarray, targets: np.ndarray, precision: float = CONFIDENT_PRECISION,
+                             z: float = BOUND_Z) -> float:
     """The lowest confidence whose answers (every photo at or above it) were right ``precision`` of the
     time, by the lower bound of their share (``BOUND_Z``): ten right answers out of ten prove less than
     thirty out of thirty.
@@ -124,7 +125,7 @@ def choose_unknown_threshold(probs: np.ndarray, targets: np.ndarray, precision: 
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == np.asarray(targets)
     order = np.argsort(-confidence, kind="stable")
-    precise = wilson_bounds(np.cumsum(correct[order]), np.arange(1, len(order) + 1), BOUND_Z)[0] >= precision
+    precise = wilson_bounds(np.cumsum(correct[order]), np.arange(1, len(order) + 1), z)[0] >= precision
     # Only where the next photo is less confident can the answered set stop (ties are answered together).
     cut = np.append(confidence[order][1:] < confidence[order][:-1], True)
     usable = np.flatnonzero(precise & cut)
@@ -136,7 +137,7 @@ def choose_unknown_threshold(probs: np.ndarray, targets: np.ndarray, precision: 
 OPEN_SET_NAMED = 0.10  # at most this share of photos of mountains the model does not know may be named outright
 
 
-def open_set_threshold(others: np.ndarray, rate: float = OPEN_SET_NAMED) -> float:
+def open_set_threshold(others: np.ndarray, rate: float = OPEN_SET_NAMED, z: float = BOUND_Z) -> float:
     """The confidence that only ``rate`` of held-out photos reach once their own mountain is taken out
     (``others``: their answers without it, :func:`without_own`), by the upper bound of that share
     (``BOUND_Z``): a stand-in, from held-out answers alone, for photos of a mountain the model does not
@@ -145,7 +146,7 @@ def open_set_threshold(others: np.ndarray, rate: float = OPEN_SET_NAMED) -> floa
         return 0.0
     top = np.sort(others.max(axis=1))[::-1]
     named = np.arange(len(top) + 1)  # photos whose best other mountain reaches the threshold
-    allowed = np.flatnonzero(wilson_bounds(named, len(top), BOUND_Z)[1] <= rate)
+    allowed = np.flatnonzero(wilson_bounds(named, len(top), z)[1] <= rate)
     if not len(allowed):  # too few photos to promise anything: above all of them
         return float(top[0]) + 1e-6
     most = int(allowed[-1])
