@@ -4,8 +4,9 @@ A :class:`Predictor` is built once per model version and never changes afterward
 service hot-swaps models by replacing one reference while requests keep using the old one.
 One upload is decoded once (:meth:`Predictor.decode`) and every input is taken from that image. It
 costs one pass of the shared 224 px backbone (ImageNet mountain score and the gallery embedding)
-plus, only when the model was trained on richer features, one pass of each head's feature extractor; then
-its heads (a version may serve two, their probabilities averaged: ``HEAD_FILES``), and the keypoint verification against the training photos
+plus, only when the model was trained on richer features, one pass of each head's feature extractor (none
+for the fast tier's, which that same pass gives); then its heads (a version may serve two, their
+probabilities averaged: ``HEAD_FILES``), and the keypoint verification against the training photos
 (``mountainid.verification``) whose score is fused with the head's probabilities. Keypoints and their
 verification run on a second thread beside the network passes (TensorFlow and OpenCV release the
 GIL: on two cores the two chains overlap). The best-verified
@@ -190,11 +191,13 @@ class Predictor:
         return predictor
 
     def _probe(self) -> None:
-        """One prediction on a blank image, so a broken model fails at load, not on a user."""
+        """One prediction on a blank image, the way uploads are answered, so a broken model fails at load, not on
+        a user."""
         try:
-            probs = self.probabilities([extractor.features(np.full((1, extractor.input_size, extractor.input_size, 3),
-                                                                   127.0, np.float32))
-                                        for extractor in self.extractors])
+            blank = Image.new("RGB", (INPUT_SIZE, INPUT_SIZE), (127, 127, 127))
+            model_input = to_model_input(blank, INPUT_SIZE)
+            _, embedding, maps = self.backbone.analyze_all(model_input)
+            probs = self.probabilities(self.features(blank, model_input, embedding, maps))
         except Exception as error:
             raise ModelLoadError(self.version, f"probe prediction failed ({error})") from error
         if probs.shape != (1, len(self.labels)) or not np.isfinite(probs).all():
