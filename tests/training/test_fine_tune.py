@@ -55,7 +55,9 @@ def test_a_companion_head_is_served_from_the_filters_own_pass(tmp_path, template
     store = LocalBlobStore(tmp_path / "bucket")
     copy_objects(template, store)
     companion = JobConfig(FeatureSpec(cut=SHARED_CUT), HeadConfig(epochs=2))
-    result = train_and_register(settings, store, InProcessBus(), replace(TINY, companion=companion))
+    # No calibration folds: a fold trains both heads again, and this test is about serving them.
+    result = train_and_register(settings, store, InProcessBus(), replace(TINY, companion=companion,
+                                                                         calibration_folds=0))
     registry = Registry(store)
     assert registry.read(result.version, "companion.keras")
     predictor = Predictor.load(store, result.version, settings)
