@@ -194,10 +194,7 @@ class Predictor:
         """One prediction on a blank image, the way uploads are answered, so a broken model fails at load, not on
         a user."""
         try:
-            blank = Image.new("RGB", (INPUT_SIZE, INPUT_SIZE), (127, 127, 127))
-            model_input = to_model_input(blank, INPUT_SIZE)
-            _, embedding, maps = self.backbone.analyze_all(model_input)
-            probs = self.probabilities(self.features(blank, model_input, embedding, maps))
+            probs = self._classify(Image.new("RGB", (INPUT_SIZE, INPUT_SIZE), (127, 127, 127)))[2]
         except Exception as error:
             raise ModelLoadError(self.version, f"probe prediction failed ({error})") from error
         if probs.shape != (1, len(self.labels)) or not np.isfinite(probs).all():
@@ -208,6 +205,13 @@ class Predictor:
         """Class probabilities (N, labels) from each head's features of the same photos (N, its dim), averaged."""
         return np.mean([head(np.asarray(x, np.float32)).numpy() for head, x in zip(self._heads, features, strict=True)],
                        axis=0)
+
+    def _classify(self, image: Image.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The network half of an answer: the backbone's one pass (ImageNet scores, gallery embedding) and the
+        heads' probabilities, each head on its features of the same decoded image."""
+        model_input = to_model_input(image, INPUT_SIZE)
+        imagenet, embedding, maps = self.backbone.analyze_all(model_input)
+        return imagenet, embedding, self.probabilities(self.features(image, model_input, embedding, maps))
 
     def features(self, image: Image.Image, model_input: np.ndarray, embedding: np.ndarray,
                  maps: np.ndarray) -> list[np.ndarray]:
@@ -237,10 +241,8 @@ class Predictor:
     def predict_image(self, image: Image.Image) -> Prediction:
         """:meth:`predict` of an upload already decoded by :meth:`decode` (the site reuses the image)."""
         matching = self._keypoint_threads.submit(self._match, image, self.verifier) if self.verifies else None
-        model_input = to_model_input(image, INPUT_SIZE)
-        imagenet, embedding, maps = self.backbone.analyze_all(model_input)
+        imagenet, embedding, probs = self._classify(image)
         score = float(mountain_score(imagenet)[0])
-        probs = self.probabilities(self.features(image, model_input, embedding, maps))
         keypoints, verified = matching.result() if matching else (None, [])
         gallery = self.verifier or (self._shortlist(probs[0], embedding[0]) if self._keypoint_store else None)
         if gallery and self.verifier is None and keypoints is not None:  # the shortlist needed the head's answer

@@ -92,7 +92,9 @@ def job_config(args: argparse.Namespace):
     features = replace(base.features, **{f.name: given[f.name] for f in fields(FeatureSpec) if f.name in given})
     head = replace(base.head, **{f.name: given[f"head_{f.name}"] for f in fields(HeadConfig)
                                  if f"head_{f.name}" in given})
-    companion = (TIERS["fast"] if given["companion"] else None) if "companion" in given else base.companion
+    companion = base.companion
+    if "companion" in given:
+        companion = TIERS["fast"] if given["companion"] else None
     return replace(base, features=features, head=head, companion=companion, lease_s=args.lease_s)
 
 

@@ -254,16 +254,13 @@ def _train_released(prepared: Prepared, config: JobConfig, progress: Progress) -
     validation for early stopping. A companion head trains on the same photos, its recipe's epochs: without
     validation, whose answers calibrate it."""
     splits = _trained_on(config)
-    heads: list = []
-    history: dict[str, list[float]] = {}
+    trained = []
     for number, (member, features) in enumerate(zip(config.members(), prepared.members, strict=True)):
         x_train, y_train = features.training(splits)
         x_val, y_val = features.arrays["val"] if splits == ("train",) and not number else (x_train[:0], y_train[:0])
-        head, curves = train_head(x_train, y_train, x_val, y_val, len(prepared.labels), member.head,
-                                  features.extractor, progress.epoch if not number else None)
-        heads.append(head)
-        history = history or curves
-    return heads, history
+        trained.append(train_head(x_train, y_train, x_val, y_val, len(prepared.labels), member.head,
+                                  features.extractor, progress.epoch if not number else None))
+    return [head for head, _ in trained], trained[0][1]
 
 
 @dataclass
@@ -296,8 +293,9 @@ def _held_out_answers(prepared: Prepared, config: JobConfig, verified: Verified,
     or the validation split answered by the released heads and a gallery of the training split."""
     classes = len(prepared.labels)
     splits = ("train", "val")
-    photos, _, targets = prepared.pooled(splits)
-    features = [member.pooled(splits)[1] for member in prepared.members]
+    pooled = [member.pooled(splits) for member in prepared.members]  # the same photos and targets in each
+    photos, _, targets = pooled[0]
+    features = [x for _, x, _ in pooled]
     keypoints = verified.keypoints["train"] + verified.keypoints["val"]
     if config.calibration_folds < 2:
         return calibrate.out_of_fold(np.asarray([0 if e.split == "val" else -1 for e in photos]), targets, classes,
