@@ -146,9 +146,10 @@ class Predictor:
         # Keypoints beside the network passes: one thread per prediction the site runs at once.
         self._keypoint_threads = ThreadPoolExecutor(max(1, settings.max_concurrent_predictions),
                                                     thread_name_prefix="keypoints")
+        # Each head's input width is its own: an extractor served from the backbone's pass is never built.
         self._heads = [tf.function(lambda x, head=head: head(x, training=False),
-                                   input_signature=[tf.TensorSpec([None, extractor.dim], tf.float32)])
-                       for head, extractor in zip(heads, extractors, strict=True)]
+                                   input_signature=[tf.TensorSpec([None, head.inputs[0].shape[-1]], tf.float32)])
+                       for head in heads]
 
     @classmethod
     def load(cls, store: BlobStore, version: str, settings: Settings) -> Predictor:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -91,38 +93,52 @@ class FeatureExtractor:
     """Computes the features of a :class:`FeatureSpec` with the configured weights (thread-safe).
 
     ``feature_id`` names the backbone, input size, weights file (a hash of it) and spec, so features
-    of two backbones, or of two versions of one backbone's weights, never share a cache entry.
+    of two backbones, or of two versions of one backbone's weights, never share a cache entry. The
+    network is built on first use: a served head whose features come from the filter's own pass
+    (``in_backbone_pass``) never builds one.
     """
 
     settings: Settings
     spec: FeatureSpec = field(default_factory=FeatureSpec)
 
     def __post_init__(self) -> None:
-        self.cut_shape: tuple[int, ...] = ()
+        self._lock = threading.Lock()
+        self._network: tuple[Callable[[np.ndarray], np.ndarray], int, tuple[int, ...]] | None = None
         if self.spec.is_filter_embedding:
             self.weights = self.settings.weights
             backbone: Backbone = get_backbone(self.weights)  # also checks the weights file exists
             self.feature_id = backbone.backbone_id
-            self._forward = lambda images: backbone.analyze(images)[1]
-            self.dim = EMBEDDING_DIM
+            self._network = (lambda images: backbone.analyze(images)[1], EMBEDDING_DIM, ())
             return
+        if self.spec.backbone == efficientnet_lite.NAME:
+            self.weights = efficientnet_lite.resolve_weights(self.settings.classifier_weights)
+            fingerprint = weights_fingerprint(self.weights)
+        else:
+            self.weights = self.settings.weights
+            fingerprint = get_backbone(self.weights).fingerprint
+        self.feature_id = f"{self.spec.backbone}_{self.spec.input_size}_{fingerprint}-{self.spec.tag()}"
+
+    def _built(self) -> tuple[Callable[[np.ndarray], np.ndarray], int, tuple[int, ...]]:
+        """(forward, dim, the cut's map shape), building the network once."""
+        with self._lock:
+            if self._network is None:
+                self._network = self._build()
+            return self._network
+
+    def _build(self) -> tuple[Callable[[np.ndarray], np.ndarray], int, tuple[int, ...]]:
         import keras
         import tensorflow as tf
 
         size = self.spec.input_size
         if self.spec.backbone == efficientnet_lite.NAME:
-            self.weights = efficientnet_lite.resolve_weights(self.settings.classifier_weights)
-            fingerprint = weights_fingerprint(self.weights)
             base = efficientnet_lite.build(self.weights, size, cut=self.spec.cut_block)
             output = base.output
         else:
-            self.weights = self.settings.weights
-            fingerprint = get_backbone(self.weights).fingerprint
             base = mobilenet(self.weights, size)
             output = base.get_layer(self.spec.cut).output if self.spec.cut else base.output
-        self.feature_id = f"{self.spec.backbone}_{size}_{fingerprint}-{self.spec.tag()}"
+        cut_shape: tuple[int, ...] = ()
         if self.spec.cut:
-            self.cut_shape = tuple(output.shape[1:])
+            cut_shape = tuple(output.shape[1:])
             output = keras.layers.Flatten()(output)
         elif len(output.shape) == 4:
             output = keras.layers.GlobalAveragePooling2D()(output)
@@ -136,8 +152,17 @@ class FeatureExtractor:
             return outputs
 
         compiled = tf.function(forward, input_signature=[spec])
-        self._forward = lambda images: compiled(np.asarray(images, np.float32)).numpy()
-        self.dim = int(np.prod(model.output.shape[1:]))
+        return (lambda images: compiled(np.asarray(images, np.float32)).numpy(),
+                int(np.prod(model.output.shape[1:])), cut_shape)
+
+    @property
+    def dim(self) -> int:
+        return self._built()[1]
+
+    @property
+    def cut_shape(self) -> tuple[int, ...]:
+        """The activation map's shape (height, width, channels) before flattening; () without a cut."""
+        return self._built()[2]
 
     @property
     def input_size(self) -> int:
@@ -155,5 +180,6 @@ class FeatureExtractor:
             images = images[None]
         if len(images) == 0:
             return np.zeros((0, self.dim), np.float32)
-        return np.concatenate([self._forward(images[start:start + batch_size])
+        forward = self._built()[0]
+        return np.concatenate([forward(images[start:start + batch_size])
                                for start in range(0, len(images), batch_size)]).astype(np.float32)

@@ -12,19 +12,17 @@ from mountainid.store import LocalBlobStore
 from mountainid.training.job import JobConfig, train_and_register
 from mountainid.training.train import HeadConfig
 from mountainid.vision.features import FeatureSpec
-from tests.training.conftest import copy_objects
 
 # Smallest useful fine-tune: block 16 and the last convolution, one augmented view, two epochs.
 TINY = JobConfig(FeatureSpec(cut="block_15_add"), HeadConfig(dropout=0.5, learning_rate=3e-4, epochs=2,
                                                              augment_views=1), lease_s=600)
 
 
-def test_fine_tuned_model_is_registered_served_and_keeps_bn_in_inference_mode(tmp_path, template,
+def test_fine_tuned_model_is_registered_served_and_keeps_bn_in_inference_mode(local_seeded: LocalBlobStore,
                                                                               settings) -> None:
     import keras
 
-    store = LocalBlobStore(tmp_path / "bucket")
-    copy_objects(template, store)
+    store = local_seeded
     result = train_and_register(settings, store, InProcessBus(), TINY)
     assert result.status == "promoted"
     features = {name.split("/")[1] for name in store.list_names("embeddings/")}
@@ -44,26 +42,35 @@ def test_fine_tuned_model_is_registered_served_and_keeps_bn_in_inference_mode(tm
     assert abs(sum(g.probability for g in prediction.guesses) - 1.0) < 1e-3  # three classes, all listed
 
 
-def test_a_companion_head_is_served_from_the_filters_own_pass(tmp_path, template, settings) -> None:
+def test_a_companion_head_is_served_from_the_filters_own_pass(local_seeded: LocalBlobStore, settings,
+                                                             monkeypatch) -> None:
     """``--companion``: a second head on the fast tier's features, saved with the version; at serving its
-    features are the backbone pass's maps, which must be what its own extractor gives for the same upload."""
+    features are the backbone pass's maps, which must be what its own extractor gives for the same upload,
+    and its extractor's network is never built."""
     from dataclasses import replace
 
+    from mountainid.vision import features
     from mountainid.vision.backbone import INPUT_SIZE, SHARED_CUT
     from mountainid.vision.image import to_model_input
 
-    store = LocalBlobStore(tmp_path / "bucket")
-    copy_objects(template, store)
+    store = local_seeded
     companion = JobConfig(FeatureSpec(cut=SHARED_CUT), HeadConfig(epochs=2))
     # No calibration folds: a fold trains both heads again, and this test is about serving them.
     result = train_and_register(settings, store, InProcessBus(), replace(TINY, companion=companion,
                                                                          calibration_folds=0))
     registry = Registry(store)
     assert registry.read(result.version, "companion.keras")
-    predictor = Predictor.load(store, result.version, settings)
+    photo = store.get(store.list_names("accepted/lhotse/")[0])
+    built: list[str] = []
+    with monkeypatch.context() as patched:
+        patched.setattr(features, "mobilenet", lambda *args, build=features.mobilenet: built.append("network")
+                        or build(*args))
+        predictor = Predictor.load(store, result.version, settings)
+        assert len(predictor.predict(photo).guesses) == 3
+    assert built == ["network"]  # the first head's (cut after block 15); never the companion's
     assert [e.spec for e in predictor.extractors] == [TINY.features, companion.features]
     assert [e.in_backbone_pass for e in predictor.extractors] == [False, True]
-    image = predictor.decode(store.get(store.list_names("accepted/lhotse/")[0]))
+    image = predictor.decode(photo)
     model_input = to_model_input(image, INPUT_SIZE)
     _, embedding, maps = predictor.backbone.analyze_all(model_input)
     served = predictor.features(image, model_input, embedding, maps)

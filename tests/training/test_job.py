@@ -1,5 +1,5 @@
-"""A training run end to end on both backends: promotion, the gate, crash safety, the lease, the cache,
-one listing of accepted/ per run."""
+"""A training run end to end: promotion, crash safety, the lease, the cache and one listing of accepted/ per
+run on both backends; the gate's decisions, which do not depend on the backend, in a local folder."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from mountainid.catalog import load_catalog
 from mountainid.events import InProcessBus
 from mountainid.predict import Predictor
 from mountainid.registry import ModelLoadError, Registry
-from mountainid.store import BlobStore
+from mountainid.store import BlobStore, LocalBlobStore
 from mountainid.training import shards
 from mountainid.training.dataset import build_dataset, list_accepted
 from mountainid.training.features import load_features
@@ -80,53 +80,54 @@ def test_first_model_is_promoted_complete_and_published(seeded: BlobStore, setti
     assert all(p["slug"] == prediction["guesses"][0]["slug"] for p in prediction["similar"])
 
 
-def test_gate_promotes_an_equal_model_and_keeps_the_live_one_on_too_few_test_photos(seeded: BlobStore, settings,
-                                                                                     extra_dir, caplog) -> None:
+def test_gate_promotes_an_equal_model_and_keeps_the_live_one_on_too_few_test_photos(
+        local_seeded: LocalBlobStore, settings, extra_dir, caplog) -> None:
     caplog.set_level(logging.INFO)
     bus = InProcessBus()
-    first = train_and_register(settings, seeded, bus, FAST)
+    first = train_and_register(settings, local_seeded, bus, FAST)
     assert first.status == "promoted"
-    again = train_and_register(settings, seeded, bus, FAST)  # same photos, same seed: the same figures
+    again = train_and_register(settings, local_seeded, bus, FAST)  # same photos, same seed: the same figures
     assert again.test["top1"] == pytest.approx(first.test["top1"])
     assert again.live_top1 == pytest.approx(first.test["top1"])
-    assert again.status == "promoted" and Registry(seeded).live().version == again.version
+    assert again.status == "promoted" and Registry(local_seeded).live().version == again.version
     assert again.gate.reason == "not significantly worse" and again.gate.compared_on == first.test["n"]
     assert again.gate.right_only_live == again.gate.right_only_new == 0  # paired photo by photo
     # The bucket grows; the live model is re-evaluated on today's test split before the comparison. A worse
     # model on a test split smaller than the minimum: whatever the difference, it is noise.
-    import_folder(seeded, settings, extra_dir, load_catalog(settings.catalog))
+    import_folder(local_seeded, settings, extra_dir, load_catalog(settings.catalog))
     strict = replace(settings, promotion_min_test=again.test["n"] + 1)
-    worse = train_and_register(strict, seeded, bus, WORSE)
+    worse = train_and_register(strict, local_seeded, bus, WORSE)
     assert worse.test["classifier_top1"] < again.test["classifier_top1"]  # verification may still carry the fused answer
     assert worse.status == "kept" and worse.gate.reason == "too few test photos to compare"
     assert worse.live_version == again.version and worse.live_top1 == pytest.approx(again.test["top1"])
-    assert Registry(seeded).live().version == again.version
-    assert worse.version in Registry(seeded).versions()  # kept for inspection, never served
+    assert Registry(local_seeded).live().version == again.version
+    assert worse.version in Registry(local_seeded).versions()  # kept for inspection, never served
     decision = next(r for r in caplog.records if r.getMessage().startswith("model kept"))
     assert decision.mountainid_fields["test_top1_same_photos"] == round(again.test["top1"], 4)
     assert decision.mountainid_fields["test_top1"] == round(worse.test["top1"], 4)
     assert decision.mountainid_fields["decision"] == "keep"
     assert decision.mountainid_fields["min_test"] == again.test["n"] + 1
-    assert Registry(seeded).info(worse.version)["live_at_training"] == {"version": again.version,
+    assert Registry(local_seeded).info(worse.version)["live_at_training"] == {"version": again.version,
                                                                        **worse.gate.figures()}
 
 
-def test_gate_promotes_a_better_model_and_replaces_an_unusable_one(seeded: BlobStore, settings, caplog) -> None:
+def test_gate_promotes_a_better_model_and_replaces_an_unusable_one(local_seeded: LocalBlobStore, settings,
+                                                                   caplog) -> None:
     caplog.set_level(logging.INFO)
     bus = InProcessBus()
-    first = train_and_register(settings, seeded, bus, WORSE)
+    first = train_and_register(settings, local_seeded, bus, WORSE)
     assert first.promoted and first.gate.reason == "no live model"  # whatever it scores: nothing to compare with
-    better = train_and_register(settings, seeded, bus, FAST)
+    better = train_and_register(settings, local_seeded, bus, FAST)
     assert better.promoted and better.gate.new_top1 > better.gate.live_top1
     assert better.gate.right_only_new > better.gate.right_only_live and better.gate.difference_interval[1] > 0
-    assert Registry(seeded).live().version == better.version
+    assert Registry(local_seeded).live().version == better.version
     decision = next(r for r in caplog.records if r.getMessage() == "model promoted"
                     and r.mountainid_fields["version"] == better.version)
     assert decision.mountainid_fields["mcnemar_p"] == round(better.gate.p_value, 4)
     assert decision.mountainid_fields["right_only_new"] == better.gate.right_only_new
-    registry = Registry(seeded)
-    seeded.put(model_file(better.version, "dataset.json"), b"{ damaged")  # the live model cannot be compared
-    replacing = train_and_register(settings, seeded, bus, WORSE)
+    registry = Registry(local_seeded)
+    local_seeded.put(model_file(better.version, "dataset.json"), b"{ damaged")  # the live model cannot be compared
+    replacing = train_and_register(settings, local_seeded, bus, WORSE)
     assert replacing.promoted and replacing.gate.reason == "live model unusable"
     assert registry.live().version == replacing.version
     assert registry.info(replacing.version)["live_at_training"]["version"] == better.version
@@ -204,17 +205,18 @@ def test_maybe_train_at_start_then_only_after_enough_new_photos_listing_accepted
     assert len(build_dataset(list_accepted(seeded), 5).examples) > first.test["n"]
 
 
-def test_the_gate_compares_only_on_test_photos_the_live_model_never_trained_on(seeded: BlobStore, settings) -> None:
+def test_the_gate_compares_only_on_test_photos_the_live_model_never_trained_on(local_seeded: LocalBlobStore,
+                                                                               settings) -> None:
     """If the split rule changed (say, to one split per photographer) since the live model was trained,
     some of today's test photos were its training photos: it must not win on those."""
     bus = InProcessBus()
-    live = train_and_register(settings, seeded, bus, FAST)
-    registry = Registry(seeded)
+    live = train_and_register(settings, local_seeded, bus, FAST)
+    registry = Registry(local_seeded)
     manifest = json.loads(registry.read(live.version, "dataset.json"))
     moved = manifest["splits"]["test"][:5]
     manifest["splits"]["train"] += moved  # as if these had been training photos of the live model
-    seeded.put(model_file(live.version, "dataset.json"), json.dumps(manifest).encode())
-    again = train_and_register(settings, seeded, bus, FAST)
+    local_seeded.put(model_file(live.version, "dataset.json"), json.dumps(manifest).encode())
+    again = train_and_register(settings, local_seeded, bus, FAST)
     compared = registry.info(again.version)["live_at_training"]
     assert compared["version"] == live.version
     assert compared["compared_on"] == again.test["n"] - len(moved)

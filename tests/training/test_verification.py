@@ -14,7 +14,7 @@ from mountainid.bucket import local_features_name
 from mountainid.events import InProcessBus
 from mountainid.predict import Predictor
 from mountainid.registry import Registry
-from mountainid.store import BlobStore, LocalBlobStore
+from mountainid.store import LocalBlobStore
 from mountainid.training import calibrate
 from mountainid.training.dataset import list_accepted
 from mountainid.training.features import load_features, load_local_features
@@ -22,16 +22,7 @@ from mountainid.training.job import train_and_register
 from mountainid.verification import LARGE_FROM, LARGE_GALLERY, SMALL_GALLERY, Gallery
 from mountainid.vision.features import FeatureSpec
 from mountainid.vision.local import LocalFeatures
-from tests.training.conftest import FAST
-
-
-@pytest.fixture()
-def local_seeded(tmp_path, template: LocalBlobStore) -> LocalBlobStore:
-    store = LocalBlobStore(tmp_path / "bucket")
-    for prefix in ("accepted/", "embeddings/", "localfeatures/"):
-        for blob in template.list(prefix):
-            store.put(blob.name, template.get(blob.name), metadata=blob.metadata)
-    return store
+from tests.training.conftest import FAST, FOLDED
 
 
 def test_keypoints_are_read_from_the_cache_repaired_and_backfilled(local_seeded: LocalBlobStore, settings) -> None:
@@ -59,7 +50,7 @@ def test_a_photo_gone_from_the_bucket_is_left_out_not_fatal(local_seeded: LocalB
 
 
 def test_a_model_that_learnt_from_validation_photos_is_calibrated_out_of_fold_and_gated_on_unseen_photos(
-        seeded: BlobStore, settings, monkeypatch: pytest.MonkeyPatch) -> None:
+        local_seeded: LocalBlobStore, settings, monkeypatch: pytest.MonkeyPatch) -> None:
     held_out: list[tuple[list[str], calibrate.Answers]] = []
     out_of_fold = calibrate.out_of_fold
 
@@ -69,13 +60,13 @@ def test_a_model_that_learnt_from_validation_photos_is_calibrated_out_of_fold_an
         return answers
 
     monkeypatch.setattr(calibrate, "out_of_fold", recorded)
-    result = train_and_register(settings, seeded, InProcessBus(), FAST)
+    result = train_and_register(settings, local_seeded, InProcessBus(), FOLDED)
     assert result.promoted
-    registry = Registry(seeded)
+    registry = Registry(local_seeded)
     info = registry.info(result.version)
     splits = json.loads(registry.read(result.version, "dataset.json"))["splits"]
     ids = {split: {entry.split("/", 1)[1] for entry in entries} for split, entries in splits.items()}
-    predictor = Predictor.load(seeded, result.version, settings)
+    predictor = Predictor.load(local_seeded, result.version, settings)
     # The head and the galleries learnt from training and validation photos; test is the gate's alone.
     assert info["train"]["splits"] == ["train", "val"]
     assert set(predictor.verifier.photo_ids) == ids["train"] | ids["val"]
@@ -86,7 +77,7 @@ def test_a_model_that_learnt_from_validation_photos_is_calibrated_out_of_fold_an
     # Calibration: every training and validation photo answered once, out of fold; never a test photo.
     [(answered, answers)] = held_out
     assert sorted(answered) == sorted(ids["train"] | ids["val"]) and not set(answered) & ids["test"]
-    assert info["held_out"]["n"] == len(answers) and info["held_out"]["folds"] == FAST.calibration_folds
+    assert info["held_out"]["n"] == len(answers) and info["held_out"]["folds"] == FOLDED.calibration_folds
     in_view = predictor.in_view  # learnt from the gallery, stored with the model
     fitted = calibrate.fit(answers, in_view)  # the stored choices are exactly the fit on those answers
     assert (info["fusion_weight"], info["temperature"]) == (fitted.weight, fitted.temperature)
@@ -103,31 +94,30 @@ def test_a_model_that_learnt_from_validation_photos_is_calibrated_out_of_fold_an
 
 
 def test_without_folds_the_validation_split_is_answered_by_the_released_heads_and_a_training_gallery(
-        seeded: BlobStore, settings) -> None:
+        local_seeded: LocalBlobStore, settings) -> None:
     """The fine-tune tier's way (a head per fold is too slow on a CPU): the weight and threshold are recomputed
     exactly from the validation photos, scored against the training photos alone; the answers are both served
     heads' (a companion on other features, the mirror-averaged embedding), averaged."""
     companion = replace(FAST, features=FeatureSpec(flip=True))
-    result = train_and_register(settings, seeded, InProcessBus(), replace(FAST, calibration_folds=0,
-                                                                          companion=companion))
-    registry = Registry(seeded)
+    result = train_and_register(settings, local_seeded, InProcessBus(), replace(FAST, companion=companion))
+    registry = Registry(local_seeded)
     info = registry.info(result.version)
     assert info["train"]["splits"] == ["train"] and info["held_out"]["folds"] == 0
     splits = json.loads(registry.read(result.version, "dataset.json"))["splits"]
     ids = {split: {entry.split("/", 1)[1] for entry in entries} for split, entries in splits.items()}
-    examples = {e.photo_id: e for e in list_accepted(seeded)}
+    examples = {e.photo_id: e for e in list_accepted(local_seeded)}
     stored = calibrate.Answers.from_bytes(registry.read(result.version, "held_out.npz"))
     assert sorted(stored.photo_ids) == sorted(ids["val"])  # the validation photos, in the order they were answered
     # The training gallery in the run's order: FLANN's approximate search depends on the order it indexed.
     train = [examples[entry.split("/", 1)[1]] for entry in splits["train"]]
     val = [examples[i] for i in stored.photo_ids]
-    predictor = Predictor.load(seeded, result.version, settings)
+    predictor = Predictor.load(local_seeded, result.version, settings)
     assert [e.spec for e in predictor.extractors] == [FAST.features, companion.features]
-    loaded = [load_features(seeded, [(e.photo_id, e.object_name) for e in val], extractor, settings)
+    loaded = [load_features(local_seeded, [(e.photo_id, e.object_name) for e in val], extractor, settings)
               for extractor in predictor.extractors]
     assert all(all(usable) for _, usable in loaded)
     features = [x for x, _ in loaded]
-    keypoints = {split: load_local_features(seeded, [(e.photo_id, e.object_name) for e in photos], settings)
+    keypoints = {split: load_local_features(local_seeded, [(e.photo_id, e.object_name) for e in photos], settings)
                  for split, photos in (("train", train), ("val", val))}
     gallery = Gallery([e.photo_id for e in train], [predictor.labels.index(e.slug) for e in train],
                       keypoints["train"])
