@@ -21,7 +21,7 @@ from mountainid.store import LocalBlobStore
 from mountainid.training.job import JobConfig
 from mountainid.training.train import HeadConfig
 from mountainid.vision.features import FeatureSpec
-from tests.training.conftest import TINY_FINE_TUNE
+from tests.training.conftest import FAST, TINY_FINE_TUNE
 from web import create_app
 from web.server import ServerThread
 
@@ -50,7 +50,8 @@ def photo_ids(store: LocalBlobStore, prefix: str) -> list[str]:
 
 
 def test_one_cycle_fills_judges_and_trains_then_a_second_adds_only_new_photos(settings: Settings) -> None:
-    pipeline = EmbeddedPipeline(settings, load_catalog(settings.catalog))
+    # The tests' quick fast tier: the tier's defaults train five heads here, and `mountainid train` is their test.
+    pipeline = EmbeddedPipeline(settings, load_catalog(settings.catalog), fast=FAST)
     published: list[object] = []
     pipeline.bus.subscribe(settings.topic_model_published, published.append)
 
