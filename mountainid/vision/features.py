@@ -27,6 +27,7 @@ from mountainid.vision.backbone import (
 )
 
 MOBILENET_V2 = "mobilenet_v2"
+Network = tuple[Callable[[np.ndarray], np.ndarray], int, tuple[int, ...]]  # forward, dim, the cut's map shape
 BACKBONES = (MOBILENET_V2, efficientnet_lite.NAME)
 
 
@@ -103,7 +104,7 @@ class FeatureExtractor:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._network: tuple[Callable[[np.ndarray], np.ndarray], int, tuple[int, ...]] | None = None
+        self._network: Network | None = None
         if self.spec.is_filter_embedding:
             self.weights = self.settings.weights
             backbone: Backbone = get_backbone(self.weights)  # also checks the weights file exists
@@ -118,14 +119,14 @@ class FeatureExtractor:
             fingerprint = get_backbone(self.weights).fingerprint
         self.feature_id = f"{self.spec.backbone}_{self.spec.input_size}_{fingerprint}-{self.spec.tag()}"
 
-    def _built(self) -> tuple[Callable[[np.ndarray], np.ndarray], int, tuple[int, ...]]:
-        """(forward, dim, the cut's map shape), building the network once."""
+    def _built(self) -> Network:
+        """The network, built once."""
         with self._lock:
             if self._network is None:
                 self._network = self._build()
             return self._network
 
-    def _build(self) -> tuple[Callable[[np.ndarray], np.ndarray], int, tuple[int, ...]]:
+    def _build(self) -> Network:
         import keras
         import tensorflow as tf
 
