@@ -46,9 +46,9 @@ def web_settings(weights_path: Path, bucket: Path, **env: str) -> Settings:
     return load_settings(base | env)
 
 
-def publish_copy(store: LocalBlobStore, source_version: str, *, break_model: bool = False) -> str:
-    """Publish a new version with the files of an existing one (optionally with a broken model.keras)
-    and move LATEST to it, the way the training job does: files, COMPLETE, then LATEST."""
+def publish_copy(store: LocalBlobStore, source_version: str, *, broken: str | None = None) -> str:
+    """Publish a new version with the files of an existing one (optionally one of them, ``broken``, not the
+    archive it should be) and move LATEST to it, the way the training job does: files, COMPLETE, then LATEST."""
     from mountainid.bucket import LATEST, new_version
 
     registry = Registry(store)
@@ -56,8 +56,8 @@ def publish_copy(store: LocalBlobStore, source_version: str, *, break_model: boo
     prefix = f"models/{source_version}/"
     files = {blob.name[len(prefix):]: store.get(blob.name) for blob in store.list(prefix)
              if blob.name != f"{prefix}COMPLETE"}
-    if break_model:
-        files["model.keras"] = b"PK\x03\x04 this is not a keras archive"
+    if broken:
+        files[broken] = b"PK\x03\x04 this is not an archive"
     registry.write_version(version, files)
     current = store.info(LATEST)
     registry.promote(version, current.generation if current else 0)

@@ -60,7 +60,7 @@ def test_no_request_fails_while_models_are_swapped(serve, weights_path: Path, bu
 
     try:
         wait_for(first)
-        broken = publish_copy(store, first, break_model=True)  # must be skipped, first keeps serving
+        broken = publish_copy(store, first, broken="model.keras")  # must be skipped, first keeps serving
         holder = app.extensions["mountainid"].holder
         limit = time.monotonic() + 60
         while broken not in holder.status()["failed_versions"]:  # the watcher tried it and gave up on it

@@ -54,7 +54,7 @@ def test_swaps_to_a_new_version_and_old_references_keep_working(holder: ModelHol
 def test_broken_version_is_skipped_and_remembered(holder: ModelHolder, store: LocalBlobStore,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     good = holder.check_now()
-    broken = publish_copy(store, good.version, break_model=True)
+    broken = publish_copy(store, good.version, broken="model.keras")
     with caplog.at_level(logging.INFO, logger="mountainid.serving"):
         assert holder.check_now() is good  # the old model keeps serving
         assert broken in holder.status()["failed_versions"]
@@ -70,6 +70,14 @@ def test_broken_version_is_skipped_and_remembered(holder: ModelHolder, store: Lo
     # The next good version is picked up.
     fixed = publish_copy(store, good.version)
     assert holder.check_now().version == fixed
+
+
+def test_a_version_whose_keypoint_gallery_is_damaged_is_skipped(holder: ModelHolder, store: LocalBlobStore) -> None:
+    good = holder.check_now()
+    broken = publish_copy(store, good.version, broken="verification.npz")
+    assert holder.check_now() is good  # the old model keeps serving
+    status = holder.status()
+    assert broken in status["failed_versions"] and "cannot load" in status["last_error"]
 
 
 def test_unreadable_latest_keeps_the_model_and_the_watcher_alive(holder: ModelHolder, store: LocalBlobStore) -> None:
