@@ -114,8 +114,8 @@ BOUND_Z = 1.2816
 def choose_unknown_threshold(probs: np.ndarray, targets: np.ndarray, precision: float = CONFIDENT_PRECISION,
                              z: float = BOUND_Z) -> float:
     """The lowest confidence whose answers (every photo at or above it) were right ``precision`` of the
-    time, by the lower bound of their share (``z``, by default ``BOUND_Z``): ten right answers out of ten prove less than
-    thirty out of thirty.
+    time, by the lower bound of their share (``z``, by default ``BOUND_Z``): ten right answers out of ten
+    prove less than thirty out of thirty.
 
     Of the thresholds that reach the precision, the one answering the most photos; when none does, a
     threshold above every confidence seen (the model is never sure until a better one is trained).
@@ -140,8 +140,8 @@ OPEN_SET_NAMED = 0.10  # at most this share of photos of mountains the model doe
 def open_set_threshold(others: np.ndarray, rate: float = OPEN_SET_NAMED, z: float = BOUND_Z) -> float:
     """The confidence that only ``rate`` of held-out photos reach once their own mountain is taken out
     (``others``: their answers without it, :func:`without_own`), by the upper bound of that share
-    (``z``, by default ``BOUND_Z``): a stand-in, from held-out answers alone, for photos of a mountain the model does not
-    know, which it must not name outright."""
+    (``z``, by default ``BOUND_Z``): a stand-in, from held-out answers alone, for photos of a mountain the
+    model does not know, which it must not name outright."""
     if len(others) == 0:
         return 0.0
     top = np.sort(others.max(axis=1))[::-1]

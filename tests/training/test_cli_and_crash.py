@@ -19,7 +19,7 @@ from mountainid.predict import Predictor
 from mountainid.registry import Registry
 from mountainid.store import LocalBlobStore
 from mountainid.training.job import train_and_register
-from tests.training.conftest import FAST, TINY_FINE_TUNE_FLAGS, cli_args, copy_objects, training_env
+from tests.training.conftest import FAST, TINY_FINE_TUNE_FLAGS, cli_args, training_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,10 +42,10 @@ def test_train_photos_imports_through_the_filter_then_trains(tmp_path, photo_dir
     assert len(store.list_names("raw/")) == photos
 
 
-def test_evaluate_prints_the_summary_line_last(tmp_path, template, photo_dir, weights_path, capsys) -> None:
-    settings = load_settings(training_env(weights_path, str(tmp_path / "bucket")))
-    store = LocalBlobStore(tmp_path / "bucket")
-    copy_objects(template, store)
+def test_evaluate_prints_the_summary_line_last(local_seeded: LocalBlobStore, photo_dir, weights_path,
+                                               capsys) -> None:
+    store = local_seeded
+    settings = load_settings(training_env(weights_path, str(store.root)))
     version = train_and_register(settings, store, InProcessBus(), FAST).version
     args = cli_args("evaluate", [str(photo_dir)])
     assert args.func(args, settings) == 0
@@ -62,12 +62,10 @@ def test_evaluate_prints_the_summary_line_last(tmp_path, template, photo_dir, we
 
 
 @pytest.fixture()
-def live_bucket(tmp_path, template, weights_path) -> tuple[dict[str, str], LocalBlobStore, str]:
+def live_bucket(local_seeded: LocalBlobStore, weights_path) -> tuple[dict[str, str], LocalBlobStore, str]:
     """A bucket with a live model: the job's environment, the store and the live version."""
-    env = training_env(weights_path, str(tmp_path / "bucket"))
-    store = LocalBlobStore(tmp_path / "bucket")
-    copy_objects(template, store)
-    return env, store, train_and_register(load_settings(env), store, InProcessBus(), FAST).version
+    env = training_env(weights_path, str(local_seeded.root))
+    return env, local_seeded, train_and_register(load_settings(env), local_seeded, InProcessBus(), FAST).version
 
 
 def test_scheduled_job_with_nothing_new_trains_nothing(live_bucket) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from mountainid.bucket import DHASH
 from mountainid.events import InProcessBus
@@ -13,13 +12,13 @@ from mountainid.store import LocalBlobStore
 from mountainid.training.dataset import list_accepted
 from mountainid.training.job import train_and_register
 from mountainid.vision.backbone import get_backbone
-from tests.training.conftest import FAST, copy_objects
+from tests.training.conftest import FAST
 from web import create_app
 
 
-def test_copies_under_two_mountains_are_kept_out_of_training_and_listed(tmp_path: Path, template, settings) -> None:
-    store = LocalBlobStore(tmp_path / "bucket")
-    copy_objects(template, store)
+def test_copies_under_two_mountains_are_kept_out_of_training_and_listed(local_seeded: LocalBlobStore,
+                                                                        settings) -> None:
+    store = local_seeded
     lhotse, nanga = (next(e for e in list_accepted(store) if e.slug == slug) for slug in ("lhotse", "nanga-parbat"))
     # The filter judges a copy of a Lhotse photo filed under Broad Peak (it stores the copy's hash) ...
     store.put("raw/broad-peak/copyoflhotse.jpg", store.get(lhotse.object_name), content_type="image/jpeg")

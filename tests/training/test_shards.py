@@ -22,7 +22,6 @@ from mountainid.training.consolidate import consolidate, run, shard_count
 from mountainid.training.dataset import list_accepted
 from mountainid.training.features import encode_vector, load_features, load_local_features
 from mountainid.vision.features import FeatureExtractor
-from tests.training.conftest import copy_objects
 
 
 def ready(caplog: pytest.LogCaptureFixture, message: str) -> dict:
@@ -183,10 +182,9 @@ def test_a_training_run_packs_only_the_feature_ids_it_read(store: BlobStore, set
     assert shards.listed(store, "older") == []
 
 
-def test_the_command_consolidates_the_configured_bucket(tmp_path, template, settings, capsys) -> None:
-    store = LocalBlobStore(tmp_path / "bucket")
-    copy_objects(template, store)
-    assert run(argparse.Namespace(), replace(settings, bucket=str(tmp_path / "bucket"))) == 0
+def test_the_command_consolidates_the_configured_bucket(local_seeded: LocalBlobStore, settings, capsys) -> None:
+    store = local_seeded
+    assert run(argparse.Namespace(), replace(settings, bucket=str(store.root))) == 0
     out = capsys.readouterr().out
     assert f"{shards.KEYPOINTS_SET}: {len(list_accepted(store))} photos in features/{shards.KEYPOINTS_SET}/shards/" in out
     assert shards.listed(store, shards.KEYPOINTS_SET) == [shards.Shard(shards.KEYPOINTS_SET, 0, 1)]
