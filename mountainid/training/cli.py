@@ -43,6 +43,9 @@ _HEAD_HELP = {
     "map_augment": "mirror and shift the cached activation maps anew each epoch (needs --cut)",
     "mixup": "mixup alpha between two photos' activation maps and labels (0: off; needs --cut)",
     "mirror_average": "the served model averages a map's and its mirror's probabilities (needs --cut)",
+    "stochastic_depth": "drop rate of the last trained block's residual branch, rising with depth (EfficientNet-Lite2 "
+                        "with --cut; 0: off)",
+    "head_lr_scale": "the new classifier's learning rate as a multiple of the trained blocks' (1: the same)",
 }
 
 

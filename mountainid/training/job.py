@@ -92,7 +92,8 @@ class JobConfig:
 #   head trained beside it on the same photos: end to end not better than its head alone by more than the
 #   seed spread on validation (+2 photos fused of 82), 4 minutes longer, so off by default.
 # - gpu: the deployed job with TRAINING_GPU=1. The fine-tune at the length a GPU affords: 8 cached views and
-#   40 epochs (67.6 % head alone on held-out photos in ../shared/RECOGNITION.md), and calibration folds over
+#   40 epochs, the new classifier's learning rate 10x the blocks' (that recipe: 67.6 % head alone on held-out
+#   photos in ../shared/RECOGNITION.md), and calibration folds over
 #   training + validation, so its released head learns from both and its confidence is fitted on every
 #   non-test photo instead of the 82 validation photos. Five 40-epoch trainings: hours on this CPU, not measured.
 # Every field is a CLI flag; `--cut ""` trains only a head on the filter's cached embeddings (seconds).
@@ -103,7 +104,7 @@ FINETUNE_TIER = JobConfig(
                augment_views=5, one_cycle=True, map_augment=True, mixup=0.4),
     tier="finetune", calibration_folds=0)
 GPU_TIER = replace(FINETUNE_TIER, head=replace(FINETUNE_TIER.head, epochs=40, augment_views=8, map_augment=False,
-                                               mixup=0.0), tier="gpu", calibration_folds=4)
+                                               mixup=0.0, head_lr_scale=10.0), tier="gpu", calibration_folds=4)
 TIERS = {"fast": FAST_TIER, "finetune": FINETUNE_TIER, "gpu": GPU_TIER}
 
 

@@ -188,7 +188,8 @@ def keras_weights(path: str) -> dict[str, list[np.ndarray]]:
     return layers
 
 
-def _block(x, block: Block):
+def _block(x, block: Block, drop: float = 0.0):
+    """One MBConv block; ``drop``: the chance in training that its residual branch is skipped for an example."""
     from keras import layers
 
     prefix = f"block{block.index}_"
@@ -203,6 +204,8 @@ def _block(x, block: Block):
     x = layers.Conv2D(block.filters_out, 1, use_bias=False, name=prefix + "project_conv")(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, name=prefix + "project_bn")(x)
     if block.residual:
+        if drop:
+            x = layers.Dropout(drop, noise_shape=(None, 1, 1, 1), name=prefix + "drop")(x)
         x = layers.Add(name=prefix + "add")([inputs, x])
     return x
 
@@ -248,19 +251,21 @@ def build(weights_path: str, input_size: int, cut: int | None = None, include_to
     return model
 
 
-def build_top(x, weights_path: str, cut: int):
+def build_top(x, weights_path: str, cut: int, stochastic_depth: float = 0.0):
     """The blocks after ``cut`` and the head convolution, applied to activation map ``x``; pooled 1280-d.
 
     Initialised with the ImageNet weights; everything trains, batch normalisation included (these
-    weights have real statistics, and a fine-tune's batches of 32 estimate them well).
+    weights have real statistics, and a fine-tune's batches of 32 estimate them well). ``stochastic_depth``:
+    the drop rate of the last block's residual branch, the others' rising linearly with depth (EfficientNet).
     """
     import keras
     from keras import layers
 
     start = keras.Input(tuple(x.shape[1:]))
     y = start
+    last = len(blocks()) - 1
     for block in blocks()[cut + 1:]:
-        y = _block(y, block)
+        y = _block(y, block, stochastic_depth * block.index / last)
     y = layers.GlobalAveragePooling2D(name="avg_pool")(_head(y))
     top = keras.Model(start, y, name=f"{NAME}_after_block{cut}")
     _load(top, weights_path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -160,3 +162,59 @@ def test_mirror_averaged_model_is_saved_and_served_as_the_mean_of_both_views(set
     with pytest.raises(ValueError, match="need --cut"):
         train_head(np.zeros((4, 1280), np.float32), y[:4], x[:0], y[:0], 2, HeadConfig(mixup=0.2),
                    FeatureExtractor(settings))
+
+
+def test_stochastic_depth_drops_whole_residual_branches_in_training_and_nothing_when_serving(settings) -> None:
+    import keras
+
+    from mountainid.training.train import build_head
+    from mountainid.vision.features import FeatureExtractor
+
+    extractor = FeatureExtractor(settings, FeatureSpec(64, cut="block15", backbone="efficientnet_lite2"))
+    x = _maps(4, 4, extractor.cut_shape)
+    plain = build_head(x.shape[1], 3, HeadConfig(dropout=0.0), extractor)
+    dropping = build_head(x.shape[1], 3, HeadConfig(dropout=0.0, stochastic_depth=0.5), extractor)
+    dropping.set_weights(plain.get_weights())  # dropout layers hold no weights: the same network otherwise
+    top = next(layer for layer in dropping.layers if isinstance(layer, keras.Model))
+    rates = {layer.name: layer.rate for layer in top.layers if isinstance(layer, keras.layers.Dropout)}
+    assert rates == {f"block{i}_drop": 0.5 * i / 20 for i in (16, 17, 18, 19)}  # 20 widens: no residual
+    np.testing.assert_allclose(np.asarray(dropping(x)), np.asarray(plain(x)), atol=1e-6)
+    trained = [np.asarray(dropping(x, training=True)) for _ in range(3)]
+    assert not np.allclose(trained[0], trained[1]) or not np.allclose(trained[1], trained[2])
+    with pytest.raises(ValueError, match="stochastic-depth"):
+        from mountainid.training.train import train_head
+
+        y = np.arange(4) % 2
+        train_head(x, y, x[:0], y[:0], 2, HeadConfig(stochastic_depth=0.2),
+                   FeatureExtractor(settings, FeatureSpec(cut="block_15_add")))
+
+
+def test_a_scaled_head_learning_rate_moves_the_classifier_that_much_faster_and_is_saved(settings, tmp_path) -> None:
+    import keras
+
+    from mountainid.predict import _load_keras
+    from mountainid.training.train import build_head, train_head
+    from mountainid.vision.features import FeatureExtractor
+
+    extractor = FeatureExtractor(settings)  # the filter's pooled embeddings: a head only, quick
+    x, y = _maps(5, 16, (1280,)), np.arange(16) % 2
+    config = HeadConfig(dropout=0.0, weight_decay=0.0, label_smoothing=0.0, learning_rate=1e-3, epochs=1,
+                        batch_size=16, balance=False)
+
+    def effective_kernel(head) -> np.ndarray:  # the logits' weights, whatever the parametrisation
+        if "head_lr_scale" in [layer.name for layer in head.layers]:
+            return np.asarray(head.get_layer("mountain_logits").kernel) * head.get_layer("head_lr_scale").scale
+        return np.asarray(head.get_layer("mountain").kernel)
+
+    moved = {}
+    for scale in (1.0, 10.0):
+        chosen = dataclasses.replace(config, head_lr_scale=scale)
+        keras.utils.set_random_seed(chosen.seed)  # as train_head does: the same start
+        before = effective_kernel(build_head(1280, 2, chosen, extractor))
+        head, _ = train_head(x, y, x[:0], y[:0], 2, chosen, extractor, announce=False)  # one Adam step
+        moved[scale] = float(np.abs(effective_kernel(head) - before).max())
+        assert np.abs(before).max() < 0.2  # Glorot-sized either way: a faster head, not a larger one
+    assert moved[10.0] == pytest.approx(10 * moved[1.0], rel=0.05)  # Adam's first step: about lr per weight
+    head.save(tmp_path / "model.keras")
+    np.testing.assert_allclose(np.asarray(_load_keras((tmp_path / "model.keras").read_bytes())(x)),
+                               np.asarray(head(x)), atol=1e-6)
