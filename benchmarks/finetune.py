@@ -52,6 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["MOUNTAINID_BUCKET"] = str(args.bucket)
 
+    from mountainid import logs
     from mountainid.config import load_settings
     from mountainid.store import open_store
     from mountainid.training import evaluate
@@ -60,6 +61,7 @@ def main() -> None:
     from mountainid.training.train import train_head
 
     settings = load_settings()
+    logs.configure(settings)  # a line per epoch (a bar at a terminal): a run takes about 40 minutes
     store = open_store(settings)
     examples = list_accepted(store)
     tier = TIERS[args.tier]
