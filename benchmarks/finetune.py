@@ -10,7 +10,12 @@ and spread over seeds of the final validation top-1, with and without mirror ave
         --recipe today: --recipe plain:map_augment=0,mixup=0,epochs=14
 
 A recipe overrides fields of the tier's ``HeadConfig`` (``augment_views`` included: more cached views are
-computed once and kept). ``--curves FILE.json`` keeps every run's per-epoch figures.
+computed once and kept). ``--curves FILE.json`` keeps every run's per-epoch figures and validation
+probabilities. ``--ensemble N`` also scores the heads of each N consecutive seeds averaged, as serving
+N heads side by side would answer (``--seeds 0 1 2 3 --ensemble 2``: two pairs, so a spread)::
+
+    .venv/bin/python benchmarks/finetune.py --bucket var/bucket --seeds 0 1 2 3 --ensemble 2 \
+        --recipe half:epochs=4
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ def main() -> None:
     parser.add_argument("--recipe", type=recipe, action="append", required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--curves", type=Path, help="write every run's per-epoch figures here (JSON)")
+    parser.add_argument("--ensemble", type=int, default=1,
+                        help="also score each group of this many consecutive seeds' heads averaged")
     args = parser.parse_args()
     os.environ["MOUNTAINID_BUCKET"] = str(args.bucket)
 
@@ -82,7 +89,8 @@ def main() -> None:
             probs = np.asarray(head(x_val, training=False))
             figures = {"recipe": name, "seed": seed, "seconds": round(seconds, 1),
                        "val_top1": evaluate.top_k(probs, y_val, 1), "val_top3": evaluate.top_k(probs, y_val, 3),
-                       "val_accuracy": history.get("val_accuracy", []), "loss": history.get("loss", [])}
+                       "val_accuracy": history.get("val_accuracy", []), "loss": history.get("loss", []),
+                       "val_probs": probs.round(5).tolist()}
             if prepared.extractor.spec.cut:
                 from mountainid.training.train import mirror_averaged
 
@@ -103,6 +111,11 @@ def main() -> None:
         print(f"{name}: {statistics.median(top1):.3f} ({min(top1):.3f}-{max(top1):.3f}); "
               f"mirror {statistics.median(mirror):.3f} ({min(mirror):.3f}-{max(mirror):.3f}); "
               f"minutes {statistics.median(r['seconds'] for r in mine) / 60:.1f}")
+        if args.ensemble > 1:
+            groups = [mine[start:start + args.ensemble] for start in range(0, len(mine), args.ensemble)]
+            averaged = [evaluate.top_k(np.mean([r["val_probs"] for r in group], axis=0), y_val, 1)
+                        for group in groups if len(group) == args.ensemble]
+            print(f"{name}: {args.ensemble} seeds' heads averaged: " + " ".join(f"{a:.3f}" for a in averaged))
 
 
 if __name__ == "__main__":
