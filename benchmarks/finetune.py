@@ -60,21 +60,19 @@ def recipe(text: str) -> tuple[str, dict[str, object]]:
 
 def validation_evidence(settings: Settings, store: BlobStore, prepared: Prepared) -> tuple[np.ndarray, np.ndarray]:
     """The validation photos' verification scores against a gallery of the training photos, and the peaks
-    the training + validation gallery shows in one view: what the fine-tune tier's calibration fuses with."""
+    the served gallery shows in one view: what the fine-tune tier's calibration fuses with (the job's own
+    keypoints and gallery, ``_verify``, as ``benchmarks/heads.py`` reads them)."""
     from mountainid.training import calibrate
-    from mountainid.training.features import load_local_features
-    from mountainid.verification import Gallery
+    from mountainid.training.job import _verify
 
+    verified = _verify(store, settings, prepared)
     photos = prepared.parts["train"] + prepared.parts["val"]
-    keypoints = load_local_features(store, [(e.photo_id, e.object_name) for e in photos], settings)
-    targets = np.asarray(prepared.dataset.targets(photos), np.int64)
     classes = len(prepared.labels)
     held = np.asarray([0 if e.split == "val" else -1 for e in photos])
-    scores = calibrate.out_of_fold(held, targets, classes, [e.photo_id for e in photos], keypoints,
+    scores = calibrate.out_of_fold(held, prepared.dataset.targets(photos), classes, [e.photo_id for e in photos],
+                                   verified.keypoints["train"] + verified.keypoints["val"],
                                    lambda _, held_out: np.zeros((int(held_out.sum()), classes), np.float32)).scores
-    usable = [i for i, k in enumerate(keypoints) if k is not None]
-    served = Gallery([photos[i].photo_id for i in usable], targets[usable], [keypoints[i] for i in usable])
-    return scores, served.in_view([photos[i].group for i in usable], classes)
+    return scores, verified.in_view
 
 
 def fused_top1(probs: np.ndarray, scores: np.ndarray, targets: np.ndarray, in_view: np.ndarray) -> float:
@@ -132,6 +130,7 @@ def main() -> None:
                        "val_top1": evaluate.top_k(probs, y_val, 1), "val_top3": evaluate.top_k(probs, y_val, 3),
                        "val_accuracy": history.get("val_accuracy", []), "loss": history.get("loss", []),
                        "val_probs": probs.round(5).tolist()}
+            mirrored = None
             if prepared.extractor.spec.cut:
                 from mountainid.training.train import mirror_averaged
 
@@ -141,9 +140,8 @@ def main() -> None:
             if evidence is not None:
                 scores, in_view = evidence
                 figures["val_fused"] = fused_top1(probs, scores, y_val, in_view)
-                if "val_probs_mirror" in figures:
-                    figures["val_fused_mirror"] = fused_top1(np.asarray(figures["val_probs_mirror"]), scores, y_val,
-                                                             in_view)
+                if mirrored is not None:
+                    figures["val_fused_mirror"] = fused_top1(mirrored, scores, y_val, in_view)
             runs.append(figures)
             curve = " ".join(f"{v:.3f}" for v in figures["val_accuracy"])
             print(f"{name} seed={seed} val_top1={figures['val_top1']:.3f} "
