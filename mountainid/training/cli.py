@@ -82,6 +82,10 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--companion", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                         help="average a fast-tier head trained beside the tier's own on the same photos "
                              f"({shown({name: config.companion is not None for name, config in TIERS.items()})})")
+    parser.add_argument("--refit", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                        help="without calibration folds: calibrate with a head of the training split, then release "
+                             "one trained on training + validation photos (twice the training time; "
+                             f"{shown({name: config.refit for name, config in TIERS.items()})})")
     parser.add_argument("--lease-s", type=float, default=3600.0,
                         help="training lease duration: a crashed run blocks others at most this long")
 
@@ -98,7 +102,8 @@ def job_config(args: argparse.Namespace):
     companion = base.companion
     if "companion" in given:
         companion = TIERS["fast"] if given["companion"] else None
-    return replace(base, features=features, head=head, companion=companion, lease_s=args.lease_s)
+    return replace(base, features=features, head=head, companion=companion, lease_s=args.lease_s,
+                   refit=given.get("refit", base.refit))
 
 
 def run_train(args: argparse.Namespace, settings: Settings) -> int:

@@ -11,9 +11,9 @@ the training and validation photos (``mountainid.verification``), with the fusio
 and confidence threshold fitted on answers to photos the answering models had not seen
 (``mountainid.training.calibrate``). The test split is the gate's alone: nothing trains or is chosen on it.
 
-The stages of a run, in order: prepare (dataset and features), train the released head, verify
-(keypoints, gallery, peaks in one view), calibrate (held-out answers), evaluate (test), register and
-promote.
+The stages of a run, in order: prepare (dataset and features), train the released head (with ``refit``,
+after a head of the training split alone whose answers calibrate), verify (keypoints, gallery, peaks in one
+view), calibrate (held-out answers), evaluate (test), register and promote.
 """
 
 from __future__ import annotations
@@ -72,6 +72,10 @@ class JobConfig:
     # both; 0: calibrate on the validation split with a head trained on the training split (a fine-tune on two
     # CPU cores cannot be trained once per fold).
     calibration_folds: int = 4
+    # With calibration_folds 0: the head trained on the training split answers the validation photos (they fit
+    # the confidence), then the released head, the same recipe, trains on training + validation photos. It has
+    # seen more photos than the head calibrated, so its confidence errs safe; the heads' training time doubles.
+    refit: bool = False
     # A second head, of another tier's recipe, trained beside this one on the same photos; the served answer
     # averages both heads' probabilities (both calibrated, evaluated and gated together).
     companion: JobConfig | None = None
@@ -225,7 +229,13 @@ def prepare(settings: Settings, store: BlobStore, config: JobConfig, examples: l
 
 def _trained_on(config: JobConfig) -> tuple[str, ...]:
     """The splits the released head trains on: validation too once calibration no longer needs it."""
-    return ("train", "val") if config.calibration_folds >= 2 else ("train",)
+    return ("train", "val") if config.calibration_folds >= 2 or config.refit else ("train",)
+
+
+def _calibrated_by_a_training_head(config: JobConfig) -> bool:
+    """Whether a head trained on the training split alone answers the validation photos for calibration,
+    beside the released one (``refit``)."""
+    return config.calibration_folds < 2 and config.refit
 
 
 def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig, lease: Lease,
@@ -235,26 +245,32 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
         return TrainingResult("not-enough-data")
     photos = sum(map(len, prepared.parts.values()))
     progress.report("features ready", photos=photos, training_examples=len(prepared.training(_trained_on(config))[1]))
-    heads, history = _train_released(prepared, config, progress)
+    answering: list = []  # the heads whose answers calibrate: the released ones unless those saw validation
+    history: dict[str, list[float]] = {}
+    if _calibrated_by_a_training_head(config):
+        answering, history = _train_heads(prepared, config, ("train",), progress)  # its curves are validation's
+        lease.renew()
+        progress.report("training the released head", photos=len(prepared.parts["train"] + prepared.parts["val"]))
+    heads, released_history = _train_heads(prepared, config, _trained_on(config), progress)
     lease.renew()
     progress.report("verifying", photos=photos)
     verified = _verify(store, settings, prepared)
     lease.renew()
     progress.report("calibrating", folds=config.calibration_folds)
-    answers = _held_out_answers(prepared, config, verified, heads)
+    answers = _held_out_answers(prepared, config, verified, answering or heads)
     calibration = calibrate.fit(answers, verified.in_view)
     evaluated = _evaluate(prepared, heads, verified, answers, calibration)
     lease.renew()
-    return _register_and_promote(settings, store, bus, config, lease, prepared, verified, evaluated, heads, history,
-                                 len(examples))
+    return _register_and_promote(settings, store, bus, config, lease, prepared, verified, evaluated, heads,
+                                 history or released_history, len(examples))
 
 
-def _train_released(prepared: Prepared, config: JobConfig, progress: Progress) -> tuple[list, dict[str, list[float]]]:
-    """The heads that are served, and the first one's learning curves: on training + validation photos when
-    calibration folds over them (the recipe's epochs, as every fold's head), else on the training split with
-    validation for early stopping. A companion head trains on the same photos, its recipe's epochs: without
-    validation, whose answers calibrate it."""
-    splits = _trained_on(config)
+def _train_heads(prepared: Prepared, config: JobConfig, splits: tuple[str, ...],
+                 progress: Progress) -> tuple[list, dict[str, list[float]]]:
+    """One head per member on the photos of ``splits``, and the first one's learning curves: on the training split
+    with validation for early stopping, or on training + validation photos for the recipe's epochs (as every
+    fold's head). A companion head trains on the same photos, its recipe's epochs: without validation, whose
+    answers calibrate it."""
     trained = []
     for number, (member, features) in enumerate(zip(config.members(), prepared.members, strict=True)):
         x_train, y_train = features.training(splits)
@@ -291,7 +307,7 @@ def _verify(store: BlobStore, settings: Settings, prepared: Prepared) -> Verifie
 
 def _held_out_answers(prepared: Prepared, config: JobConfig, verified: Verified, heads: list) -> calibrate.Answers:
     """Answers to photos the answering heads and gallery never held: out of fold over training + validation,
-    or the validation split answered by the released heads and a gallery of the training split."""
+    or the validation split answered by heads of the training split (``heads``) and a gallery of that split."""
     classes = len(prepared.labels)
     splits = ("train", "val")
     pooled = [member.pooled(splits) for member in prepared.members]  # the same photos and targets in each
@@ -388,7 +404,7 @@ def _register_and_promote(settings: Settings, store: BlobStore, bus: EventBus, c
                               "weights": settings.weights if settings.weights == "imagenet"
                               else str(Path(settings.weights).resolve()),
                               "head": config.head.to_dict(), "min_photos_per_class": settings.min_photos_per_class,
-                              "calibration_folds": config.calibration_folds,
+                              "calibration_folds": config.calibration_folds, "refit": config.refit,
                               # the heads after the first: what each reads and how it was trained (Predictor.load)
                               "companions": [{"features": member.features.to_dict(),
                                               "feature_id": features.extractor.feature_id,

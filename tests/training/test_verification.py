@@ -133,6 +133,35 @@ def test_without_folds_the_validation_split_is_answered_by_the_released_heads_an
     assert info["held_out"]["n"] == len(val)
 
 
+def test_a_refitted_head_learns_from_validation_photos_calibrated_by_one_that_never_saw_them(
+        local_seeded: LocalBlobStore, settings) -> None:
+    """``--refit`` (no folds): the validation photos' answers that fit the confidence come from a head of the
+    training split; the head released beside them trains on training + validation photos; the gate sees only
+    test photos, which neither head nor the gallery ever held."""
+    result = train_and_register(settings, local_seeded, InProcessBus(), replace(FAST, refit=True))
+    registry = Registry(local_seeded)
+    info = registry.info(result.version)
+    assert info["train"]["splits"] == ["train", "val"] and info["held_out"]["folds"] == 0
+    assert json.loads(registry.read(result.version, "config.json"))["refit"] is True
+    splits = json.loads(registry.read(result.version, "dataset.json"))["splits"]
+    ids = {split: {entry.split("/", 1)[1] for entry in entries} for split, entries in splits.items()}
+    stored = calibrate.Answers.from_bytes(registry.read(result.version, "held_out.npz"))
+    assert sorted(stored.photo_ids) == sorted(ids["val"]) and info["held_out"]["n"] == len(ids["val"])
+    # The released head learnt the validation photos; the answers that calibrated it came from one that had not.
+    examples = {e.photo_id: e for e in list_accepted(local_seeded)}
+    val = [examples[i] for i in stored.photo_ids]
+    predictor = Predictor.load(local_seeded, result.version, settings)
+    features, usable = load_features(local_seeded, [(e.photo_id, e.object_name) for e in val],
+                                     predictor.extractors[0], settings)
+    assert all(usable)
+    released = predictor.probabilities([features]).argmax(axis=1) == stored.targets
+    calibrating = stored.probs.argmax(axis=1) == stored.targets
+    assert released.mean() > calibrating.mean() + 0.1
+    # The test split stays the gate's: held by neither head nor the gallery, and every test photo compared.
+    assert set(predictor.verifier.photo_ids) == ids["train"] | ids["val"] and not ids["test"] & set(stored.photo_ids)
+    assert info["test"]["n"] == len(ids["test"]) == result.gate.compared_on
+
+
 def test_a_gallery_matches_as_cross_validation_chose_for_its_size() -> None:
     """The looser matching only from LARGE_FROM photos: in a smaller gallery it finds chance inliers everywhere."""
     rng = np.random.default_rng(0)
