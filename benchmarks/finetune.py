@@ -61,11 +61,11 @@ def recipe(text: str) -> tuple[str, dict[str, object]]:
 def validation_evidence(settings: Settings, store: BlobStore, prepared: Prepared) -> tuple[np.ndarray, np.ndarray]:
     """The validation photos' verification scores against a gallery of the training photos, and the peaks
     the served gallery shows in one view: what the fine-tune tier's calibration fuses with (the job's own
-    keypoints and gallery, ``_verify``, as ``benchmarks/heads.py`` reads them)."""
+    keypoints and gallery, ``verify``, as ``benchmarks/heads.py`` reads them)."""
     from mountainid.training import calibrate
-    from mountainid.training.job import _verify
+    from mountainid.training.job import verify
 
-    verified = _verify(store, settings, prepared)
+    verified = verify(store, settings, prepared)
     photos = prepared.parts["train"] + prepared.parts["val"]
     classes = len(prepared.labels)
     held = np.asarray([0 if e.split == "val" else -1 for e in photos])

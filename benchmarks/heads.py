@@ -34,12 +34,12 @@ def main() -> None:
     os.environ["MOUNTAINID_BUCKET"] = str(args.bucket)
 
     from mountainid.config import load_settings
-    from mountainid.predict import _load_keras
+    from mountainid.predict import load_keras
     from mountainid.registry import Registry
     from mountainid.store import open_store
     from mountainid.training import calibrate, evaluate
     from mountainid.training.dataset import list_accepted
-    from mountainid.training.job import TIERS, _probs, _verify, prepare
+    from mountainid.training.job import TIERS, head_probabilities, prepare, verify
     from mountainid.training.train import mirror_averaged
 
     settings = load_settings()
@@ -58,12 +58,12 @@ def main() -> None:
     if fast is None or finetune is None or fast.labels != finetune.labels:
         raise SystemExit("the bucket's two tiers do not share their photos and mountains")
     classes = len(finetune.labels)
-    head_fast = _load_keras(registry.read(args.fast, "model.keras"))
-    head_finetune = _load_keras(registry.read(args.finetune, "model.keras"))
+    head_fast = load_keras(registry.read(args.fast, "model.keras"))
+    head_finetune = load_keras(registry.read(args.finetune, "model.keras"))
     mirrored = mirror_averaged(head_finetune, finetune.extractor)
     held_fast = calibrate.Answers.from_bytes(registry.read(args.fast, "held_out.npz"))
     held_finetune = calibrate.Answers.from_bytes(registry.read(args.finetune, "held_out.npz"))
-    verified = _verify(store, settings, finetune)
+    verified = verify(store, settings, finetune)
 
     def rows(split: str, photo_ids: list[str], prepared_tier) -> np.ndarray:
         where = {e.photo_id: i for i, e in enumerate(prepared_tier.parts[split])}
@@ -76,15 +76,15 @@ def main() -> None:
     val_photos = [held_finetune.photo_ids[i] for i in keep]
     val_scores, val_targets = held_finetune.scores[keep], held_finetune.targets[keep]
     x_val = finetune.arrays["val"][0][rows("val", val_photos, finetune)]
-    val = {"finetune": held_finetune.probs[keep], "mirror": _probs(mirrored, x_val, classes),
+    val = {"finetune": held_finetune.probs[keep], "mirror": head_probabilities(mirrored, x_val, classes),
            "fast": held_fast.probs[[fast_row[p] for p in val_photos]]}
     # Test: the released heads and the served gallery.
     test_photos = [e.photo_id for e in finetune.parts["test"]]
     x_test = finetune.arrays["test"][0]
     y_test = finetune.arrays["test"][1]
     test_scores = verified.gallery.score_many(verified.keypoints["test"], classes)
-    test = {"finetune": _probs(head_finetune, x_test, classes), "mirror": _probs(mirrored, x_test, classes),
-            "fast": _probs(head_fast, fast.arrays["test"][0][rows("test", test_photos, fast)], classes)}
+    test = {"finetune": head_probabilities(head_finetune, x_test, classes), "mirror": head_probabilities(mirrored, x_test, classes),
+            "fast": head_probabilities(head_fast, fast.arrays["test"][0][rows("test", test_photos, fast)], classes)}
     print(f"validation photos {len(val_photos)}, test photos {len(test_photos)}")
 
     variants = {"fine-tune head": ("finetune",), "fine-tune head, mirror-averaged": ("mirror",),

@@ -115,7 +115,7 @@ def retrain(store, settings, config_json: str) -> dict:
     from mountainid.training import evaluate
     from mountainid.training.dataset import build_dataset, list_accepted
     from mountainid.training.features import load_features
-    from mountainid.training.job import JobConfig, _gallery_files, _json, _keras_bytes, _probs
+    from mountainid.training.job import JobConfig, gallery_files, head_probabilities, json_bytes, keras_bytes
     from mountainid.training.train import HeadConfig, train_head
     from mountainid.vision.features import FeatureExtractor, FeatureSpec
 
@@ -138,19 +138,19 @@ def retrain(store, settings, config_json: str) -> dict:
     head, _ = train_head(x["train"], y["train"], x["val"], y["val"], len(dataset.labels), config.head, extractor)
     trained_s = time.perf_counter() - started
     labels = list(dataset.labels)
-    threshold = evaluate.choose_answer_threshold(_probs(head, x["val"], len(labels)), y["val"])
-    test = evaluate.metrics(_probs(head, x["test"], len(labels)), y["test"], labels, threshold)
+    threshold = evaluate.choose_answer_threshold(head_probabilities(head, x["val"], len(labels)), y["val"])
+    test = evaluate.metrics(head_probabilities(head, x["test"], len(labels)), y["test"], labels, threshold)
     version = new_version()
     registry = Registry(store)
     registry.write_version(version, {
-        "model.keras": _keras_bytes(head),
-        "labels.json": _json({"labels": labels, "names": {s: s for s in labels}, "mountains": {}}),
-        "config.json": _json({"features": config.features.to_dict(), "feature_id": extractor.feature_id,
+        "model.keras": keras_bytes(head),
+        "labels.json": json_bytes({"labels": labels, "names": {s: s for s in labels}, "mountains": {}}),
+        "config.json": json_bytes({"features": config.features.to_dict(), "feature_id": extractor.feature_id,
                               "head": config.head.to_dict(), "min_photos_per_class": settings.min_photos_per_class}),
-        "dataset.json": _json(dataset.manifest()),
-        "metrics.json": _json({"version": version, "labels": labels, "unknown_threshold": threshold,
+        "dataset.json": json_bytes(dataset.manifest()),
+        "metrics.json": json_bytes({"version": version, "labels": labels, "unknown_threshold": threshold,
                                "test": {k: test[k] for k in ("top1", "n")}}),
-        **_gallery_files(store, settings, dataset, parts["train"], extractor),
+        **gallery_files(store, settings, dataset, parts["train"], extractor),
     })
     registry.promote(version, 0, test_top1=test["top1"])
     return {"setup_s": setup_s, "listing_s": listing_s - setup_s, "features_s": features_s - listing_s, "head_s": trained_s - features_s,

@@ -165,7 +165,7 @@ class Predictor:
             gallery = load_arrays(registry.read(version, "gallery.npz"))["embeddings"]
             gallery_rows = json.loads(registry.read(version, "gallery.json"))
             companions = config.get("companions", [])  # none before 2026-12-07
-            heads = [_load_keras(registry.read(version, name)) for name in HEAD_FILES[:1 + len(companions)]]
+            heads = [load_keras(registry.read(version, name)) for name in HEAD_FILES[:1 + len(companions)]]
             verifier, keypoint_store = None, None
             if store.exists(model_file(version, VERIFICATION_FILE)):
                 if info.get("gallery", {}).get("keypoints_mb", 0) <= settings.gallery_memory_mb:
@@ -342,7 +342,7 @@ def _unit(vector: np.ndarray) -> np.ndarray:
     return vector / max(float(np.linalg.norm(vector)), 1e-6)
 
 
-def _load_keras(data: bytes):
+def load_keras(data: bytes):
     """Keras loads from a path only: go through a private temporary file."""
     import keras
 

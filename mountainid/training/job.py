@@ -254,7 +254,7 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
     heads, released_history = _train_heads(prepared, config, _trained_on(config), progress)
     lease.renew()
     progress.report("verifying", photos=photos)
-    verified = _verify(store, settings, prepared)
+    verified = verify(store, settings, prepared)
     lease.renew()
     progress.report("calibrating", folds=config.calibration_folds)
     answers = _held_out_answers(prepared, config, verified, answering or heads)
@@ -290,7 +290,7 @@ class Verified:
     in_view: np.ndarray
 
 
-def _verify(store: BlobStore, settings: Settings, prepared: Prepared) -> Verified:
+def verify(store: BlobStore, settings: Settings, prepared: Prepared) -> Verified:
     splits = ("train", "val", "test")
     parts = prepared.parts
     every = load_local_features(store, [(e.photo_id, e.object_name) for split in splits for e in parts[split]],
@@ -397,9 +397,9 @@ def _register_and_promote(settings: Settings, store: BlobStore, bus: EventBus, c
     }
     lease.renew()
     registry.write_version(version, {
-        **{name: _keras_bytes(head) for name, head in zip(HEAD_FILES[:len(heads)], heads, strict=True)},
-        "labels.json": _json({"labels": labels, "names": names, "mountains": mountains}),
-        "config.json": _json({"features": config.features.to_dict(), "feature_id": extractor.feature_id,
+        **{name: keras_bytes(head) for name, head in zip(HEAD_FILES[:len(heads)], heads, strict=True)},
+        "labels.json": json_bytes({"labels": labels, "names": names, "mountains": mountains}),
+        "config.json": json_bytes({"features": config.features.to_dict(), "feature_id": extractor.feature_id,
                               # where serving finds them when MOUNTAINID_WEIGHTS is left unset (serving.weights_for)
                               "weights": settings.weights if settings.weights == "imagenet"
                               else str(Path(settings.weights).resolve()),
@@ -411,14 +411,14 @@ def _register_and_promote(settings: Settings, store: BlobStore, bus: EventBus, c
                                               "head": member.head.to_dict()}
                                              for member, features in zip(config.members()[1:], prepared.members[1:],
                                                                          strict=True)]}),
-        "dataset.json": _json(dataset.manifest()),
-        "metrics.json": _json(metrics),
+        "dataset.json": json_bytes(dataset.manifest()),
+        "metrics.json": json_bytes(metrics),
         "confusion.png": plots.confusion_png(test["confusion"], labels,
                                              f"test split: top-1 {test['top1']:.1%}, n={test['n']}"),
         "curves.png": plots.curves_png(history),
         "reliability.png": plots.reliability_png(test["calibration"], held_out["calibration"]),
         "held_out.npz": evaluated.answers.to_bytes(),
-        **_gallery_files(store, settings, dataset, prepared.parts["train"] + prepared.parts["val"], extractor),
+        **gallery_files(store, settings, dataset, prepared.parts["train"] + prepared.parts["val"], extractor),
         VERIFICATION_FILE: verified.gallery.to_bytes(),
     })
     figures = {"version": version, "test_top1": round(test["top1"], 4), "test_top3": round(test["top3"], 4),
@@ -468,7 +468,7 @@ def _augmented(store: BlobStore, settings: Settings, extractor: FeatureExtractor
     return np.concatenate(features), np.concatenate(labels), np.concatenate(rows)
 
 
-def _probs(head, features: np.ndarray, classes: int) -> np.ndarray:
+def head_probabilities(head, features: np.ndarray, classes: int) -> np.ndarray:
     if not len(features):
         return np.zeros((0, classes), np.float32)
     return np.asarray(head(features, training=False))
@@ -486,7 +486,7 @@ def _features(store: BlobStore, settings: Settings, photos: Sequence[Example],
 def _answer(heads: list, features: list[np.ndarray], classes: int) -> np.ndarray:
     """The classifier's answer, as served (``Predictor.probabilities``): each head on its own features of the
     same photos, their probabilities averaged."""
-    return np.mean([_probs(head, x, classes) for head, x in zip(heads, features, strict=True)], axis=0)
+    return np.mean([head_probabilities(head, x, classes) for head, x in zip(heads, features, strict=True)], axis=0)
 
 
 def _compare_with_live(registry: Registry, version: str, test: list[Example], keypoints: list[LocalFeatures | None],
@@ -521,7 +521,7 @@ def _compare_with_live(registry: Registry, version: str, test: list[Example], ke
     return live_right, new_probs[fair].argmax(axis=1) == targets[fair]
 
 
-def _gallery_files(store: BlobStore, settings: Settings, dataset: Dataset, train: list[Example],
+def gallery_files(store: BlobStore, settings: Settings, dataset: Dataset, train: list[Example],
                    extractor: FeatureExtractor) -> dict[str, bytes]:
     """gallery.npz (unit-length 224 px embeddings of the photos the model holds) + gallery.json (their credits)."""
     gallery_extractor = extractor if extractor.spec.is_filter_embedding else FeatureExtractor(settings)
@@ -535,7 +535,7 @@ def _gallery_files(store: BlobStore, settings: Settings, dataset: Dataset, train
             for e, ok in zip(train, usable, strict=True) if ok]
     buffer = io.BytesIO()
     np.savez_compressed(buffer, embeddings=vectors.astype(np.float16))
-    return {"gallery.npz": buffer.getvalue(), "gallery.json": _json(rows)}
+    return {"gallery.npz": buffer.getvalue(), "gallery.json": json_bytes(rows)}
 
 
 def _mountains(settings: Settings, store: BlobStore, labels: list[str]) -> dict[str, dict]:
@@ -545,11 +545,11 @@ def _mountains(settings: Settings, store: BlobStore, labels: list[str]) -> dict[
     return {slug: (catalog.find(slug) or Mountain(slug, slug, slug)).to_dict() for slug in labels}
 
 
-def _json(value: object) -> bytes:
+def json_bytes(value: object) -> bytes:
     return json.dumps(value, indent=1, sort_keys=True).encode("utf-8")
 
 
-def _keras_bytes(model) -> bytes:
+def keras_bytes(model) -> bytes:
     import tempfile
     from pathlib import Path
 

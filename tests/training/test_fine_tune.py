@@ -83,9 +83,9 @@ def test_a_companion_head_is_served_from_the_filters_own_pass(local_seeded: Loca
 
 
 def _model(store, version):
-    from mountainid.predict import _load_keras
+    from mountainid.predict import load_keras
 
-    return _load_keras(Registry(store).read(version, "model.keras"))
+    return load_keras(Registry(store).read(version, "model.keras"))
 
 
 def _maps(seed: int, n: int = 6, shape: tuple[int, int, int] = (5, 5, 3)) -> np.ndarray:
@@ -145,7 +145,7 @@ def test_mixup_blends_labels_and_weights_with_the_maps() -> None:
 
 
 def test_mirror_averaged_model_is_saved_and_served_as_the_mean_of_both_views(settings, tmp_path) -> None:
-    from mountainid.predict import _load_keras
+    from mountainid.predict import load_keras
     from mountainid.training.train import mirror_averaged, train_head
     from mountainid.vision.features import FeatureExtractor
 
@@ -157,7 +157,7 @@ def test_mirror_averaged_model_is_saved_and_served_as_the_mean_of_both_views(set
     mirror = x.reshape(-1, *extractor.cut_shape)[:, :, ::-1].reshape(len(x), -1)
     expected = (np.asarray(head(x)) + np.asarray(head(mirror))) / 2
     served.save(tmp_path / "model.keras")
-    loaded = _load_keras((tmp_path / "model.keras").read_bytes())
+    loaded = load_keras((tmp_path / "model.keras").read_bytes())
     np.testing.assert_allclose(np.asarray(loaded(x)), expected, atol=1e-5)
     with pytest.raises(ValueError, match="need --cut"):
         train_head(np.zeros((4, 1280), np.float32), y[:4], x[:0], y[:0], 2, HeadConfig(mixup=0.2),
@@ -192,7 +192,7 @@ def test_stochastic_depth_drops_whole_residual_branches_in_training_and_nothing_
 def test_a_scaled_head_learning_rate_moves_the_classifier_that_much_faster_and_is_saved(settings, tmp_path) -> None:
     import keras
 
-    from mountainid.predict import _load_keras
+    from mountainid.predict import load_keras
     from mountainid.training.train import build_head, train_head
     from mountainid.vision.features import FeatureExtractor
 
@@ -216,5 +216,5 @@ def test_a_scaled_head_learning_rate_moves_the_classifier_that_much_faster_and_i
         assert np.abs(before).max() < 0.2  # Glorot-sized either way: a faster head, not a larger one
     assert moved[10.0] == pytest.approx(10 * moved[1.0], rel=0.05)  # Adam's first step: about lr per weight
     head.save(tmp_path / "model.keras")
-    np.testing.assert_allclose(np.asarray(_load_keras((tmp_path / "model.keras").read_bytes())(x)),
+    np.testing.assert_allclose(np.asarray(load_keras((tmp_path / "model.keras").read_bytes())(x)),
                                np.asarray(head(x)), atol=1e-6)
