@@ -17,6 +17,9 @@ N heads side by side would answer (``--seeds 0 1 2 3 --ensemble 2``: two pairs, 
     .venv/bin/python benchmarks/finetune.py --bucket var/bucket --seeds 0 1 2 3 --ensemble 2 \
         --recipe half:epochs=4
 
+``--train-share 0.8`` trains each seed on 80 % of the training photos (whole photographers, drawn by the
+seed) and scores on the same validation photos: the slope says what more photos would be worth (``--refit``).
+
 ``--fused`` also scores what the site would answer: the validation photos verified against a gallery of
 the training photos, and each head (and its mirror average) fused with that evidence by a calibration
 fitted on those same answers, as the tier calibrates itself (``calibration_folds`` 0). The fit sees the
@@ -83,6 +86,19 @@ def fused_top1(probs: np.ndarray, scores: np.ndarray, targets: np.ndarray, in_vi
     return evaluate.top_k(calibration.fuse(probs, scores, in_view), targets, 1)
 
 
+def photographers_share(prepared: Prepared, share: float, seed: int) -> np.ndarray:
+    """A mask over the training photos: whole photographers, drawn in a random order by ``seed``, until
+    ``share`` of the photos (as the split keeps a photographer's photos together)."""
+    groups = [e.group for e in prepared.parts["train"]]
+    if share >= 1:
+        return np.ones(len(groups), bool)
+    order = np.random.default_rng(seed).permutation(sorted(set(groups)))
+    counts = {group: groups.count(group) for group in order}
+    cumulative = np.cumsum([counts[group] for group in order])
+    chosen = set(order[:int(np.searchsorted(cumulative, share * len(groups))) + 1])
+    return np.asarray([group in chosen for group in groups])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bucket", type=Path, required=True)
@@ -94,6 +110,9 @@ def main() -> None:
                         help="also score each group of this many consecutive seeds' heads averaged")
     parser.add_argument("--fused", action="store_true",
                         help="also score each head fused with verification, as served (calibrated on validation)")
+    parser.add_argument("--train-share", type=float, default=1.0,
+                        help="train on this share of the training photos, whole photographers drawn by the seed: "
+                             "what more photos would be worth (default: all)")
     args = parser.parse_args()
     os.environ["MOUNTAINID_BUCKET"] = str(args.bucket)
 
@@ -117,9 +136,10 @@ def main() -> None:
         prepared = prepare(settings, store, config, examples)
         if prepared is None:
             raise SystemExit("not enough data in this bucket")
-        (x_train, y_train), (x_val, y_val) = prepared.training(("train",)), prepared.arrays["val"]
+        x_val, y_val = prepared.arrays["val"]
         evidence = validation_evidence(settings, store, prepared) if args.fused else None
         for seed in args.seeds:
+            x_train, y_train = prepared.training(("train",), photographers_share(prepared, args.train_share, seed))
             head_config = dataclasses.replace(config.head, seed=seed, mirror_average=False)
             started = time.perf_counter()
             head, history = train_head(x_train, y_train, x_val, y_val, len(prepared.labels), head_config,
