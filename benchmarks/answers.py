@@ -6,9 +6,9 @@ measures them again without retraining:
 
     .venv/bin/python benchmarks/answers.py --bucket DIR [--version VERSION]
     .venv/bin/python benchmarks/answers.py --bucket DIR --against HEAD~1 [--photos 40]
-    .venv/bin/python benchmarks/answers.py --bucket DIR --refit
+    .venv/bin/python benchmarks/answers.py --bucket DIR --recalibrate
 
-``--refit`` answers with the confidence (weight, temperature, threshold) fitted again by this code from the
+``--recalibrate`` answers with the confidence (weight, temperature, threshold) fitted again by this code from the
 answers the version stored when it was trained (``held_out.npz``), as a retrain would: a change of how the
 confidence is fitted, measured without retraining. ``--against REF`` compares instead, on the same test photos, the answers of the code at git ``REF`` (a
 temporary worktree) with the working tree's: both load the model in their own process and answer one photo
@@ -41,7 +41,7 @@ SHARED = Path(os.environ.get("MOUNTAINID_SHARED", REPO.parent / "shared")).resol
 WEIGHTS = SHARED / "models" / "imagenet" / "mobilenet_v2_1.0_224_imagenet.weights.h5"
 
 
-def refitted(store, version: str, predictors) -> None:
+def recalibrated(store, version: str, predictors) -> None:
     """The version's confidence fitted again from its stored held-out answers (``held_out.npz``) by the working
     tree's ``calibrate.fit``, as a retrain on the same photos would fit it; printed, then answered with by each
     of ``predictors`` (loads of that one version)."""
@@ -61,14 +61,14 @@ def refitted(store, version: str, predictors) -> None:
         predictor.unknown_threshold = fitted.threshold
 
 
-def report(store, version: str, settings, refit: bool = False) -> None:
+def report(store, version: str, settings, recalibrate: bool = False) -> None:
     """Print the answer's figures for one model version of ``store``."""
     from mountainid.predict import SHORTLIST, SHORTLIST_CLASSES, Predictor
 
     predictor = Predictor.load(store, version, settings)
     shortlisted = Predictor.load(store, version, dataclasses.replace(settings, gallery_memory_mb=0))
-    if refit:
-        refitted(store, version, (predictor, shortlisted))
+    if recalibrate:
+        recalibrated(store, version, (predictor, shortlisted))
     metrics = json.loads(store.get(f"models/{version}/metrics.json"))
     test = json.loads(store.get(f"models/{version}/dataset.json"))["splits"]["test"]
     right = {"memory": 0, "bucket": 0, "sure": 0, "sure_right": 0}
@@ -199,7 +199,7 @@ def main() -> None:
     parser.add_argument("--version", help="the model version (default: the live one)")
     parser.add_argument("--against", metavar="REF", help="compare with the code at this git commit instead")
     parser.add_argument("--photos", type=int, default=0, help="with --against: the first N test photos (0: all)")
-    parser.add_argument("--refit", action="store_true",
+    parser.add_argument("--recalibrate", action="store_true",
                         help="answer with the confidence fitted again from the version's stored held-out answers by "
                              "this code (a changed calibration measured without retraining)")
     parser.add_argument("--answer-worker", action="store_true", help=argparse.SUPPRESS)
@@ -222,7 +222,7 @@ def main() -> None:
     elif args.against:
         against(args.bucket, version, args.against, args.photos, store)
     else:
-        report(store, version, settings, args.refit)
+        report(store, version, settings, args.recalibrate)
 
 
 if __name__ == "__main__":
