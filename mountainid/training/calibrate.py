@@ -5,8 +5,8 @@ With ``folds`` >= 2 every photo the gate does not need (training + validation) i
 the photos are split by photographer into folds, and each fold is answered by a head of the released
 recipe trained on the other folds and a gallery of the other folds. That is ~450 answers on peaks14 to set
 a 90 % precision point on, instead of the 82 validation photos (about ±10 points). With ``folds`` = 0 the
-validation split is the one held-out fold, answered by the released head (trained on the training split)
-and a gallery of training photos. The test split is never read here: it stays the gate's.
+validation split is the one held-out fold, answered by a head of the training split (the released one,
+or with ``refit`` the one trained before it) and a gallery of training photos. The test split is never read here: it stays the gate's.
 """
 
 from __future__ import annotations
