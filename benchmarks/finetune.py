@@ -34,6 +34,7 @@ import json
 import os
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -92,8 +93,8 @@ def photographers_share(prepared: Prepared, share: float, seed: int) -> np.ndarr
     groups = [e.group for e in prepared.parts["train"]]
     if share >= 1:
         return np.ones(len(groups), bool)
-    order = np.random.default_rng(seed).permutation(sorted(set(groups)))
-    counts = {group: groups.count(group) for group in order}
+    counts = Counter(groups)
+    order = np.random.default_rng(seed).permutation(sorted(counts))
     cumulative = np.cumsum([counts[group] for group in order])
     chosen = set(order[:int(np.searchsorted(cumulative, share * len(groups))) + 1])
     return np.asarray([group in chosen for group in groups])

@@ -83,7 +83,8 @@ def main() -> None:
     x_test = finetune.arrays["test"][0]
     y_test = finetune.arrays["test"][1]
     test_scores = verified.gallery.score_many(verified.keypoints["test"], classes)
-    test = {"finetune": head_probabilities(head_finetune, x_test, classes), "mirror": head_probabilities(mirrored, x_test, classes),
+    test = {"finetune": head_probabilities(head_finetune, x_test, classes),
+            "mirror": head_probabilities(mirrored, x_test, classes),
             "fast": head_probabilities(head_fast, fast.arrays["test"][0][rows("test", test_photos, fast)], classes)}
     print(f"validation photos {len(val_photos)}, test photos {len(test_photos)}")
 

@@ -146,10 +146,10 @@ def retrain(store, settings, config_json: str) -> dict:
         "model.keras": keras_bytes(head),
         "labels.json": json_bytes({"labels": labels, "names": {s: s for s in labels}, "mountains": {}}),
         "config.json": json_bytes({"features": config.features.to_dict(), "feature_id": extractor.feature_id,
-                              "head": config.head.to_dict(), "min_photos_per_class": settings.min_photos_per_class}),
+                                   "head": config.head.to_dict(), "min_photos_per_class": settings.min_photos_per_class}),
         "dataset.json": json_bytes(dataset.manifest()),
         "metrics.json": json_bytes({"version": version, "labels": labels, "unknown_threshold": threshold,
-                               "test": {k: test[k] for k in ("top1", "n")}}),
+                                    "test": {k: test[k] for k in ("top1", "n")}}),
         **gallery_files(store, settings, dataset, parts["train"], extractor),
     })
     registry.promote(version, 0, test_top1=test["top1"])

@@ -74,7 +74,8 @@ class JobConfig:
     calibration_folds: int = 4
     # With calibration_folds 0: the head trained on the training split answers the validation photos (they fit
     # the confidence), then the released head, the same recipe, trains on training + validation photos. It has
-    # seen more photos than the head calibrated, so its confidence errs safe; the heads' training time doubles.
+    # seen more photos than the head calibrated, so it is sharper than that confidence assumes (on test it answered
+    # outright more often and a little less precisely, docs/training.md); the heads' training time doubles.
     refit: bool = False
     # A second head, of another tier's recipe, trained beside this one on the same photos; the served answer
     # averages both heads' probabilities (both calibrated, evaluated and gated together).
@@ -404,17 +405,17 @@ def _register_and_promote(settings: Settings, store: BlobStore, bus: EventBus, c
         **{name: keras_bytes(head) for name, head in zip(HEAD_FILES[:len(heads)], heads, strict=True)},
         "labels.json": json_bytes({"labels": labels, "names": names, "mountains": mountains}),
         "config.json": json_bytes({"features": config.features.to_dict(), "feature_id": extractor.feature_id,
-                              # where serving finds them when MOUNTAINID_WEIGHTS is left unset (serving.weights_for)
-                              "weights": settings.weights if settings.weights == "imagenet"
-                              else str(Path(settings.weights).resolve()),
-                              "head": config.head.to_dict(), "min_photos_per_class": settings.min_photos_per_class,
-                              "calibration_folds": config.calibration_folds, "refit": config.refit,
-                              # the heads after the first: what each reads and how it was trained (Predictor.load)
-                              "companions": [{"features": member.features.to_dict(),
-                                              "feature_id": features.extractor.feature_id,
-                                              "head": member.head.to_dict()}
-                                             for member, features in zip(config.members()[1:], prepared.members[1:],
-                                                                         strict=True)]}),
+                                   # where serving finds them when MOUNTAINID_WEIGHTS is left unset (serving.weights_for)
+                                   "weights": settings.weights if settings.weights == "imagenet"
+                                   else str(Path(settings.weights).resolve()),
+                                   "head": config.head.to_dict(), "min_photos_per_class": settings.min_photos_per_class,
+                                   "calibration_folds": config.calibration_folds, "refit": config.refit,
+                                   # the heads after the first: what each reads and how it was trained (Predictor.load)
+                                   "companions": [{"features": member.features.to_dict(),
+                                                   "feature_id": features.extractor.feature_id,
+                                                   "head": member.head.to_dict()}
+                                                  for member, features in zip(config.members()[1:], prepared.members[1:],
+                                                                              strict=True)]}),
         "dataset.json": json_bytes(dataset.manifest()),
         "metrics.json": json_bytes(metrics),
         "confusion.png": plots.confusion_png(test["confusion"], labels,
@@ -526,7 +527,7 @@ def _compare_with_live(registry: Registry, version: str, test: list[Example], ke
 
 
 def gallery_files(store: BlobStore, settings: Settings, dataset: Dataset, train: list[Example],
-                   extractor: FeatureExtractor) -> dict[str, bytes]:
+                  extractor: FeatureExtractor) -> dict[str, bytes]:
     """gallery.npz (unit-length 224 px embeddings of the photos the model holds) + gallery.json (their credits)."""
     gallery_extractor = extractor if extractor.spec.is_filter_embedding else FeatureExtractor(settings)
     vectors, usable = load_features(store, [(e.photo_id, e.object_name) for e in train], gallery_extractor,
