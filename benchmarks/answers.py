@@ -50,15 +50,16 @@ def recalibrated(store, version: str, predictors) -> None:
     first = predictors[0]
     answers = calibrate.Answers.from_bytes(store.get(f"models/{version}/held_out.npz"))
     fitted = calibrate.fit(answers, first.in_view)
-    held = evaluate.confident_figures(fitted.fuse(answers.probs, answers.scores, first.in_view), answers.targets,
-                                      fitted.threshold)
+    fused = fitted.fuse(answers.probs, answers.scores, first.in_view)
+    held = evaluate.confident_figures(fused, answers.targets, fitted.thresholds(fused, answers.scores, first.in_view))
     print(f"re-fitted on the {len(answers)} stored held-out answers: weight {fitted.weight:g} (was "
           f"{first.fusion_weight:g}), temperature {fitted.temperature:.2f} (was {first.temperature:.2f}), "
-          f"threshold {fitted.threshold:.2f} (was {first.unknown_threshold:.2f}); held out: answered outright "
+          f"thresholds verified / unverified {fitted.threshold:.2f} / {fitted.unverified_threshold:.2f} (was "
+          f"{first.unknown_threshold:.2f} / {first.unverified_threshold:.2f}); held out: answered outright "
           f"{held['coverage']:.1%}, right {held['confident_precision']:.1%} of those")
     for predictor in predictors:
         predictor.fusion_weight, predictor.temperature = fitted.weight, fitted.temperature
-        predictor.unknown_threshold = fitted.threshold
+        predictor.unknown_threshold, predictor.unverified_threshold = fitted.threshold, fitted.unverified_threshold
 
 
 def report(store, version: str, settings, recalibrate: bool = False) -> None:
@@ -88,7 +89,8 @@ def report(store, version: str, settings, recalibrate: bool = False) -> None:
     figures = metrics["test"]
     print(f"test split through predict(), n={n}: top1={right['memory'] / n:.3f}; answered outright "
           f"{right['sure'] / n:.1%}, right {right['sure_right'] / max(right['sure'], 1):.1%} of those "
-          f"(threshold {predictor.unknown_threshold:.2f}, fitted on held-out answers)")
+          f"(thresholds {predictor.unknown_threshold:.2f} with the gallery's evidence, "
+          f"{predictor.unverified_threshold:.2f} without, fitted on held-out answers)")
     gallery = predictor.verifier
     if gallery is not None:
         print(f"verification (metrics.json, test): fused top1={figures['top1']:.3f}, classifier alone "

@@ -97,15 +97,17 @@ def main() -> None:
         fitted = calibrate.fit(calibrate.Answers(val_probs, val_scores, val_targets), verified.in_view)
         fused_val = fitted.fuse(val_probs, val_scores, verified.in_view)
         fused_test = fitted.fuse(test_probs, test_scores, verified.in_view)
-        sure_val = evaluate.confident_figures(fused_val, val_targets, fitted.threshold)
-        sure_test = evaluate.confident_figures(fused_test, y_test, fitted.threshold)
+        sure_val = evaluate.confident_figures(fused_val, val_targets,
+                                              fitted.thresholds(fused_val, val_scores, verified.in_view))
+        sure_test = evaluate.confident_figures(fused_test, y_test,
+                                               fitted.thresholds(fused_test, test_scores, verified.in_view))
         right = fused_test.argmax(1) == y_test
         baseline = right if baseline is None else baseline
         only_it, only_finetune = int((right & ~baseline).sum()), int((baseline & ~right).sum())
         print(f"{name}: validation head {evaluate.top_k(val_probs, val_targets, 1):.1%} fused "
               f"{evaluate.top_k(fused_val, val_targets, 1):.1%} outright {sure_val['coverage']:.1%} right "
               f"{sure_val['confident_precision']:.1%} (weight {fitted.weight:g}, temperature "
-              f"{fitted.temperature:.2f}, threshold {fitted.threshold:.2f}) | test head "
+              f"{fitted.temperature:.2f}, thresholds {fitted.threshold:.2f} / {fitted.unverified_threshold:.2f}) | test head "
               f"{evaluate.top_k(test_probs, y_test, 1):.1%} fused {evaluate.top_k(fused_test, y_test, 1):.1%} / "
               f"{evaluate.top_k(fused_test, y_test, 3):.1%} outright {sure_test['coverage']:.1%} right "
               f"{sure_test['confident_precision']:.1%}; right for it only {only_it}, for the fine-tune head only "

@@ -43,6 +43,7 @@ from mountainid.verification import (
     fuse,
     in_view_matrix,
     shared,
+    with_evidence,
 )
 from mountainid.vision import local
 from mountainid.vision.backbone import INPUT_SIZE, get_backbone
@@ -105,6 +106,7 @@ class Prediction:
     similar: list[SimilarPhoto]
     evidence: Evidence | None = None
     also_in_view: list[str] = field(default_factory=list)  # mountains in the answer's verified view (names)
+    verified: bool = False  # the gallery backs the answer (it was held to unknown_threshold, else unverified_threshold)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,7 +127,10 @@ class Predictor:
         # Where the model's mountains are, as it was trained (folder mountains included); empty for old versions.
         self.catalog = Catalog(version, tuple(Mountain(**m) for m in mountains.values()))
         self.info = info
+        # "Sure" at unknown_threshold when the gallery verifies the answer, else at unverified_threshold
+        # (one threshold for both in versions before 2026-12-07's).
         self.unknown_threshold = float(info["unknown_threshold"])
+        self.unverified_threshold = float(info.get("unverified_threshold", self.unknown_threshold))
         self.extractors = extractors  # one per head, in HEAD_FILES order
         self.backbone = get_backbone(settings.weights)
         self.settings = settings
@@ -255,15 +260,15 @@ class Predictor:
             probs = fuse(probs, scores[None], self.fusion_weight, temperature=self.temperature)
         probs = probs[0]
         order = np.argsort(-probs)[:TOP_K]
-        evidence = scores[order[0]] >= EVIDENCE_INLIERS  # the answer's view was verified
+        evidence = bool(with_evidence(probs[None], scores[None])[0])  # the answer's view was verified (scores shared)
         guesses = [Guess(self.labels[i], self.names.get(self.labels[i], self.labels[i]), float(probs[i]))
                    for i in order]
         return Prediction(self.version, score >= self.settings.filter_threshold, score, guesses,
-                          bool(probs[order[0]] >= self.unknown_threshold),
+                          bool(probs[order[0]] >= (self.unknown_threshold if evidence else self.unverified_threshold)),
                           self._similar(embedding[0], guesses[0].slug),
                           self._evidence(gallery, verified, int(order[0]), keypoints, embedding[0]),
                           [self.names.get(self.labels[i], self.labels[i])
-                           for i in np.flatnonzero(self.in_view[order[0]])] if evidence else [])
+                           for i in np.flatnonzero(self.in_view[order[0]])] if evidence else [], evidence)
 
     @staticmethod
     def _match(image: Image.Image, gallery: Gallery | None) -> tuple[LocalFeatures, list[Verified]]:
@@ -277,16 +282,20 @@ class Predictor:
         """Whether this version checks answers against its training photos (in memory or from the bucket)."""
         return self.verifier is not None or self._keypoint_store is not None
 
-    def verified_probabilities(self, probs: np.ndarray, keypoints: list[LocalFeatures | None]) -> np.ndarray:
+    def verified_probabilities(self, probs: np.ndarray,
+                               keypoints: list[LocalFeatures | None]) -> tuple[np.ndarray, np.ndarray]:
         """The head's probabilities (N, labels) fused with verification against the whole gallery, as
-        :meth:`predict` answers when the gallery fits in memory (evaluation, the training gate)."""
+        :meth:`predict` answers when the gallery fits in memory (evaluation, the training gate), and each
+        answer's "sure" threshold."""
         gallery = self.verifier
         if gallery is None and self._keypoint_store is not None:  # a batch job: load it for this call only
             gallery = Gallery.from_bytes(Registry(self._keypoint_store).read(self.version, VERIFICATION_FILE))
         if gallery is None:
-            return probs
-        return fuse(probs, gallery.score_many(keypoints, len(self.labels)), self.fusion_weight, self.in_view,
-                    self.temperature)
+            return probs, np.full(len(probs), self.unverified_threshold)
+        scores = gallery.score_many(keypoints, len(self.labels))
+        fused = fuse(probs, scores, self.fusion_weight, self.in_view, self.temperature)
+        return fused, np.where(with_evidence(fused, scores, self.in_view), self.unknown_threshold,
+                               self.unverified_threshold)
 
     def _shortlist(self, probs: np.ndarray, embedding: np.ndarray) -> Gallery:
         """A gallery of the training photos most like the upload among its likeliest mountains, their

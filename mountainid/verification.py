@@ -270,6 +270,15 @@ def shared(scores: np.ndarray, in_view: np.ndarray | None) -> np.ndarray:
     return np.maximum(scores, spread)
 
 
+def with_evidence(fused: np.ndarray, scores: np.ndarray, in_view: np.ndarray | None = None) -> np.ndarray:
+    """Whether each answer (the top of ``fused``, N x C) is backed by the gallery: its mountain's verification
+    score, shared within its view, reaches ``EVIDENCE_INLIERS``. A photo of a mountain the model does not know
+    has nothing to match, so the answers without evidence are the ones it must hold to a higher bar."""
+    if not len(fused):
+        return np.zeros(0, bool)
+    return shared(scores, in_view)[np.arange(len(fused)), fused.argmax(axis=1)] >= EVIDENCE_INLIERS
+
+
 def fuse(probs: np.ndarray, scores: np.ndarray, weight: float, in_view: np.ndarray | None = None,
          temperature: float = 1.0) -> np.ndarray:
     """Classifier probabilities (N, C) and verification scores (N, C) -> fused probabilities (N, C);

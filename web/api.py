@@ -35,6 +35,7 @@ def model() -> Response:
         "mountains": mountain_list(predictor.labels, predictor.catalog),
         "test": info.get("test"),
         "unknown_threshold": predictor.unknown_threshold,
+        "unverified_threshold": predictor.unverified_threshold,
         "plots": {name.removesuffix(".png"): url_for("pages.model_plot", version=predictor.version,
                                                      filename=name) for name in MODEL_PLOTS},
         "serving": holder.status(),

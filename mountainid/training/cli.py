@@ -175,12 +175,12 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     probs = predictor.probabilities([extractor.features(np.stack([photo[i] for photo in images]))
                                      for i, extractor in enumerate(predictor.extractors)]) if images else np.zeros(
         (0, len(predictor.labels)))
-    probs = predictor.verified_probabilities(probs, keypoints)  # the answer as served
+    probs, thresholds = predictor.verified_probabilities(probs, keypoints)  # the answer as served
     # A mountain the model never learnt counts as a miss (its index is past the model's classes).
     labels = predictor.labels + sorted(set(slugs) - set(predictor.labels))
     padded = np.pad(probs, ((0, 0), (0, len(labels) - len(predictor.labels))))
     figures = metrics(padded, np.asarray([labels.index(s) for s in slugs], np.int64), labels,
-                      predictor.unknown_threshold)
+                      thresholds)
     print(f"model {version}: {len(files) - len(images)} unreadable photos skipped")
     for slug, row in figures["per_class"].items():
         if row["n"]:

@@ -8,6 +8,7 @@ does not know (simulated by taking each held-out photo's own mountain out of its
 outright at most ``OPEN_SET_NAMED`` of the time, with the same confidence. A bound, not the share
 itself: picking the lowest threshold whose share reaches 90 % picks the luckiest one, and on 82
 photos that promise fell to 87 % on the test split and named 18 % of other mountains outright.
+``training.calibrate.fit`` applies these rules to verified and unverified answers separately.
 
 Also the paired statistics of two models scored on the same photos, on which the promotion gate
 (:mod:`mountainid.training.gate`) decides.
@@ -77,8 +78,8 @@ def confusion(targets: np.ndarray, predicted: np.ndarray, classes: int) -> np.nd
     return matrix
 
 
-def metrics(probs: np.ndarray, targets: np.ndarray, labels: list[str], threshold: float) -> dict:
-    """Everything metrics.json reports about one split, answering outright at ``threshold``."""
+def metrics(probs: np.ndarray, targets: np.ndarray, labels: list[str], threshold: float | np.ndarray) -> dict:
+    """Everything metrics.json reports about one split, answering outright at ``threshold`` (or each photo at its own)."""
     targets = np.asarray(targets, np.int64)
     predicted = probs.argmax(axis=1) if len(targets) else np.zeros(0, np.int64)
     matrix = confusion(targets, predicted, len(labels))
@@ -170,8 +171,8 @@ def choose_answer_threshold(probs: np.ndarray, targets: np.ndarray, unknown: np.
     return max(choose_unknown_threshold(probs, targets), open_set_threshold(others))
 
 
-def confident_figures(probs: np.ndarray, targets: np.ndarray, threshold: float) -> dict[str, object]:
-    """Of the photos answered outright (confidence >= threshold): how many, and how many rightly."""
+def confident_figures(probs: np.ndarray, targets: np.ndarray, threshold: float | np.ndarray) -> dict[str, object]:
+    """Of the photos answered outright (confidence >= threshold, one or each photo's): how many, and how many rightly."""
     if not len(targets):
         return {"coverage": 0.0, "confident_precision": 0.0}
     answered = probs.max(axis=1) >= threshold

@@ -353,11 +353,12 @@ def _evaluate(prepared: Prepared, heads: list, verified: Verified, answers: cali
     labels = prepared.labels
     y_test = prepared.arrays["test"][1]
     test_probs = _answer(heads, [member.arrays["test"][0] for member in prepared.members], len(labels))
-    test_fused = calibration.fuse(test_probs, verified.gallery.score_many(verified.keypoints["test"], len(labels)),
-                                  verified.in_view)
-    held_out = evaluate.metrics(calibration.fuse(answers.probs, answers.scores, verified.in_view), answers.targets,
-                                labels, calibration.threshold)
-    test = evaluate.metrics(test_fused, y_test, labels, calibration.threshold)
+    test_scores = verified.gallery.score_many(verified.keypoints["test"], len(labels))
+    test_fused = calibration.fuse(test_probs, test_scores, verified.in_view)
+    held_fused = calibration.fuse(answers.probs, answers.scores, verified.in_view)
+    held_out = evaluate.metrics(held_fused, answers.targets, labels,
+                                calibration.thresholds(held_fused, answers.scores, verified.in_view))
+    test = evaluate.metrics(test_fused, y_test, labels, calibration.thresholds(test_fused, test_scores, verified.in_view))
     for figures, probs, targets in ((held_out, answers.probs, answers.targets), (test, test_probs, y_test)):
         figures["classifier_top1"] = evaluate.top_k(probs, targets, 1)  # the gain of verification, stated
     return Evaluated(calibration, answers, held_out, test, test_fused)
@@ -384,6 +385,7 @@ def _register_and_promote(settings: Settings, store: BlobStore, bus: EventBus, c
     metrics: dict[str, Any] = {
         "version": version, "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "labels": labels, "names": names, "unknown_threshold": calibration.threshold,
+        "unverified_threshold": calibration.unverified_threshold,
         "fusion_weight": calibration.weight, "temperature": calibration.temperature,
         "also_in_view": verification.in_view_names(verified.in_view, labels),
         "gallery": {"photos": len(verified.gallery), "keypoints_mb": round(verified.gallery.nbytes / 1e6, 1)},
@@ -518,7 +520,7 @@ def _compare_with_live(registry: Registry, version: str, test: list[Example], ke
     photos = [test[i] for i in fair]
     features, usable = _features(store, settings, photos, live.extractors)
     probs = live.probabilities(features) if usable.any() else np.zeros((0, len(live.labels)))
-    probs = live.verified_probabilities(probs, [keypoints[i] for i, ok in zip(fair, usable, strict=True) if ok])
+    probs, _ = live.verified_probabilities(probs, [keypoints[i] for i, ok in zip(fair, usable, strict=True) if ok])
     index = {slug: i for i, slug in enumerate(live.labels)}
     live_targets = np.asarray([index.get(e.slug, -1) for e in photos])  # -1: a mountain it does not know
     live_right = np.zeros(len(fair), bool)  # a photo the live model cannot read counts against it

@@ -107,5 +107,44 @@ def test_the_fit_is_of_the_held_out_answers_alone() -> None:
     assert fitted.weight == verification.choose_weight(probs, scores, targets)
     assert fitted.temperature == calibrate.fit_temperature(probs, scores, targets, fitted.weight, None)
     fused = fitted.fuse(probs, scores, None)
-    answered = fused.max(axis=1) >= fitted.threshold
+    answered = fused.max(axis=1) >= fitted.thresholds(fused, scores, None)
     assert answered.any() and (fused.argmax(axis=1) == targets)[answered].mean() >= 0.9
+
+
+def test_answers_the_gallery_does_not_verify_are_held_to_their_own_threshold() -> None:
+    """Verified answers right 95 % of the time, unverified ones (the head alone) as confident but right a third of
+    the time: one threshold for both names unverified answers that are mostly wrong; each kind gets its own,
+    and the unverified one keeps its promise on its own answers."""
+    rng = np.random.default_rng(3)
+    n, classes = 400, 5
+    targets = rng.integers(0, classes, n)
+    seen = np.arange(n) < n // 2  # the first half verify against a photo of their answer
+    right = np.where(seen, rng.random(n) < 0.95, rng.random(n) < 0.35)
+    answer = np.where(right, targets, (targets + rng.integers(1, classes, n)) % classes)
+    probs = np.full((n, classes), 0.02)
+    probs[np.arange(n), answer] = rng.uniform(0.1, 0.95, n)
+    probs /= probs.sum(axis=1, keepdims=True)
+    scores = np.zeros((n, classes), np.float32)
+    scores[np.flatnonzero(seen), answer[seen]] = 40.0
+    fitted = calibrate.fit(calibrate.Answers(probs, scores, targets), None)
+    fused = fitted.fuse(probs, scores, None)
+    verified = verification.with_evidence(fused, scores)
+    np.testing.assert_array_equal(verified, seen)
+    assert fitted.unverified_threshold > fitted.threshold
+    sure = fused.max(axis=1) >= fitted.thresholds(fused, scores, None)
+    correct = fused.argmax(axis=1) == targets
+    assert sure[seen].mean() > 0.9 and correct[sure & seen].mean() >= 0.9  # verified: nearly all said outright
+    assert not (sure & ~seen).any() or correct[sure & ~seen].mean() >= 0.9
+    single = fused.max(axis=1) >= verification_free_threshold(fused, targets)
+    assert correct[single & ~seen].mean() < 0.9  # what one threshold for both let through
+
+    # With no answer verified (a version without a gallery), there is one threshold.
+    alone = calibrate.fit(calibrate.Answers(probs, np.zeros_like(scores), targets), None)
+    assert alone.threshold == alone.unverified_threshold
+
+
+def verification_free_threshold(fused: np.ndarray, targets: np.ndarray) -> float:
+    """The threshold before 2026-12-07: one for every answer, verified or not."""
+    from mountainid.training import evaluate
+
+    return evaluate.choose_unknown_threshold(fused, targets)

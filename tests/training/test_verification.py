@@ -82,6 +82,7 @@ def test_a_model_that_learnt_from_validation_photos_is_calibrated_out_of_fold_an
     fitted = calibrate.fit(answers, in_view)  # the stored choices are exactly the fit on those answers
     assert (info["fusion_weight"], info["temperature"]) == (fitted.weight, fitted.temperature)
     assert info["unknown_threshold"] == pytest.approx(fitted.threshold)
+    assert info["unverified_threshold"] == pytest.approx(fitted.unverified_threshold)
     fused = fitted.fuse(answers.probs, answers.scores, in_view)
     assert info["held_out"]["top1"] == pytest.approx(float(np.mean(fused.argmax(axis=1) == answers.targets)))
     # The gain of verification is stated next to the classifier's own figure.
@@ -130,6 +131,7 @@ def test_without_folds_the_validation_split_is_answered_by_the_released_heads_an
     fitted = calibrate.fit(stored, predictor.in_view)  # and the stored choices are exactly the fit on them
     assert info["fusion_weight"] == fitted.weight and info["temperature"] == fitted.temperature
     assert info["unknown_threshold"] == pytest.approx(fitted.threshold)
+    assert info["unverified_threshold"] == pytest.approx(fitted.unverified_threshold)
     assert info["held_out"]["n"] == len(val)
 
 

@@ -113,12 +113,22 @@ def test_not_sure_below_the_unknown_threshold(app, predictor: Predictor, k2_held
     """An answer below the model's unknown threshold reads "not sure", never a confident name."""
     from dataclasses import replace
 
+    from flask import render_template
+
     from web.answer import build_answer
 
     prediction = predictor.predict(k2_heldout.read_bytes())
     with app.test_request_context():
-        unsure = build_answer(replace(prediction, sure=False), app.extensions["mountainid"].catalog, "id")
+        catalog = app.extensions["mountainid"].catalog
+        unsure = build_answer(replace(prediction, sure=False), catalog, "id")
+        # Why it is not sure: the threshold it missed, the higher one when no training photo verified it.
+        said = {verified: render_template("_result.html", model=predictor, answer=build_answer(
+            replace(prediction, sure=False, verified=verified), catalog, "id")) for verified in (True, False)}
     assert unsure.verdict == "not-sure" and unsure.headline.startswith("Not sure")
+    assert f"confidence threshold ({predictor.unknown_threshold * 100:.0f}%)" in said[True]
+    assert "None of its training photos shows the same view" not in said[True]
+    assert (f"None of its training photos shows the same view, and without that the model names a mountain only "
+            f"above {predictor.unverified_threshold * 100:.0f}% confidence") in said[False]
 
 
 @pytest.mark.parametrize("case", ["not-an-image", "empty", "empty-part", "corrupt", "truncated", "bomb"])
@@ -161,6 +171,18 @@ def test_upload_over_the_size_limit_is_413(client, k2_heldout: Path) -> None:
     assert post_photo(client, k2_heldout.read_bytes()).status_code == 200
 
 
+def test_the_model_page_says_both_thresholds(client, predictor: Predictor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An answer no training photo verifies must clear the higher threshold: the page says both, the API gives both
+    (this small test model is never sure, so the live one is given thresholds for the length of the test)."""
+    monkeypatch.setattr(predictor, "unknown_threshold", 0.61)
+    monkeypatch.setattr(predictor, "unverified_threshold", 0.83)
+    page = client.get("/model").get_data(as_text=True)
+    assert ('Below 61% confidence the site answers "not sure" rather than a name, and below 83% when none of its '
+            "training photos shows the same view") in page
+    body = client.get("/api/v1/model").get_json()
+    assert (body["unknown_threshold"], body["unverified_threshold"]) == (0.61, 0.83)
+
+
 def test_model_page_and_api(client, predictor: Predictor) -> None:
     page = client.get("/model").get_data(as_text=True)
     assert predictor.version in page
@@ -171,9 +193,11 @@ def test_model_page_and_api(client, predictor: Predictor) -> None:
     assert f"against {test['classifier_top1'] * 100:.1f}% for the classifier alone" in page
     assert f"checked against the {len(predictor.verifier)} photos the model learnt from" in page
     held = predictor.info["held_out"]  # how the "not sure" threshold was fitted, and what it promises
-    assert (f"answers above it were right {held['confident_precision'] * 100:.0f}% of the time there, enough to "
+    assert (f"answers above them were right {held['confident_precision'] * 100:.0f}% of the time there, enough to "
             "show with 90 % confidence that at least 90 % are") in page
     body = client.get("/api/v1/model").get_json()
+    assert (body["unknown_threshold"], body["unverified_threshold"]) == (predictor.unknown_threshold,
+                                                                       predictor.unverified_threshold)
     assert body["version"] == predictor.version and body["labels"] == predictor.labels
     assert body["test"] == test and body["created"] == predictor.info["created"]
     for url in body["plots"].values():

@@ -70,3 +70,26 @@ def test_a_mountain_in_the_same_view_is_named_and_shares_the_evidence(
     # The match now counts for the neighbour too: it gains what the answer had from the match alone.
     assert after.get(neighbour, 0.0) > before.get(neighbour, 0.0) + 0.05
     assert after[answer] < before[answer]
+
+
+
+def test_an_answer_no_training_photo_verifies_is_held_to_the_higher_threshold(
+        predictor: Predictor, shared_dir: Path, reframed_training_photo: Path) -> None:
+    """A photo of a mountain the model does not know has no training photo to agree with: its answer is the
+    head's alone and must clear ``unverified_threshold``, while a verified answer clears ``unknown_threshold``."""
+    import copy
+
+    known = reframed_training_photo.read_bytes()
+    verified = predictor.predict(known)
+    scenes = [path.read_bytes() for path in sorted((shared_dir / "data" / "scenes" / "mountain").iterdir())[:5]]
+    unknown = max((data for data in scenes if predictor.predict(data).is_mountain),
+                  key=lambda data: predictor.predict(data).guesses[0].probability)
+    other = predictor.predict(unknown)
+    assert verified.verified and verified.evidence is not None
+    assert not other.verified and other.evidence is None and other.also_in_view == []
+    strict = copy.copy(predictor)  # the same model, its thresholds set either side of both answers
+    strict.unknown_threshold = min(verified.guesses[0].probability, other.guesses[0].probability) - 1e-3
+    strict.unverified_threshold = 1.01
+    assert strict.predict(known).sure and not strict.predict(unknown).sure
+    strict.unverified_threshold = strict.unknown_threshold
+    assert strict.predict(unknown).sure  # the threshold, not the photo, made the difference
