@@ -215,11 +215,12 @@ def _epoch_logger(epochs: int, on_epoch: Callable[[int, int, float], None] | Non
             logs = logs or {}
             elapsed = time.perf_counter() - self.started
             eta = elapsed / (epoch + 1) * (epochs - epoch - 1)
-            accuracy = round(float(logs["val_accuracy"]), 4) if "val_accuracy" in logs else None
+            # A head trained without validation photos (refit, a fold's, a companion) has no validation accuracy.
+            validated = {"val_accuracy": round(float(logs["val_accuracy"]), 4)} if "val_accuracy" in logs else {}
             event(log, "epoch finished", level=item_level(), epoch=epoch + 1, epochs=epochs,
-                  loss=round(float(logs["loss"]), 4), val_accuracy=accuracy, seconds=round(elapsed, 1),
-                  eta_s=round(eta))
-            self.bar.advance(note=f"loss {float(logs['loss']):.3f} val_accuracy {accuracy}")
+                  loss=round(float(logs["loss"]), 4), **validated, seconds=round(elapsed, 1), eta_s=round(eta))
+            self.bar.advance(note=f"loss {float(logs['loss']):.3f}"
+                                  + "".join(f" {name} {value}" for name, value in validated.items()))
             if on_epoch:
                 on_epoch(epoch + 1, epochs, eta)
 
