@@ -77,8 +77,7 @@ def main() -> None:
             answers.targets[rest])
         rest_scores = answers.scores[rest]
         two = calibrate.fit(calibrate.Answers(probs, scores, targets), in_view)  # the same weight and temperature
-        own_gone = rest_scores.copy()
-        own_gone[np.arange(len(rest)), answers.targets[rest]] = 0.0
+        own_gone = verification.own_evidence_gone(rest_scores, answers.targets[rest])
         figures = evaluate.confident_figures(held, answers.targets[rest], two.thresholds(held, rest_scores, in_view))
         found[TWO].append((float(figures["coverage"]), float(figures["confident_precision"]),
                            float((stand_ins.max(axis=1) >= two.thresholds(stand_ins, own_gone, in_view)).mean())))

@@ -43,6 +43,7 @@ from mountainid.verification import (
     fuse,
     in_view_matrix,
     shared,
+    sure_thresholds,
     with_evidence,
 )
 from mountainid.vision import local
@@ -294,8 +295,7 @@ class Predictor:
             return probs, np.full(len(probs), self.unverified_threshold)
         scores = gallery.score_many(keypoints, len(self.labels))
         fused = fuse(probs, scores, self.fusion_weight, self.in_view, self.temperature)
-        return fused, np.where(with_evidence(fused, scores, self.in_view), self.unknown_threshold,
-                               self.unverified_threshold)
+        return fused, sure_thresholds(fused, scores, self.in_view, self.unknown_threshold, self.unverified_threshold)
 
     def _shortlist(self, probs: np.ndarray, embedding: np.ndarray) -> Gallery:
         """A gallery of the training photos most like the upload among its likeliest mountains, their

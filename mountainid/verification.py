@@ -279,6 +279,13 @@ def with_evidence(fused: np.ndarray, scores: np.ndarray, in_view: np.ndarray | N
     return shared(scores, in_view)[np.arange(len(fused)), fused.argmax(axis=1)] >= EVIDENCE_INLIERS
 
 
+def sure_thresholds(fused: np.ndarray, scores: np.ndarray, in_view: np.ndarray | None, threshold: float,
+                    unverified_threshold: float) -> np.ndarray:
+    """Each answer's "sure" threshold: ``threshold`` where the gallery backs it (:func:`with_evidence`), else
+    ``unverified_threshold`` (fitted on such answers alone, ``training.calibrate.fit``)."""
+    return np.where(with_evidence(fused, scores, in_view), threshold, unverified_threshold)
+
+
 def fuse(probs: np.ndarray, scores: np.ndarray, weight: float, in_view: np.ndarray | None = None,
          temperature: float = 1.0) -> np.ndarray:
     """Classifier probabilities (N, C) and verification scores (N, C) -> fused probabilities (N, C);
@@ -296,9 +303,14 @@ def fuse_without_evidence(probs: np.ndarray, scores: np.ndarray, targets: np.nda
     """Each photo's fused answer with its own mountain's gallery evidence gone (so no neighbour in its view
     borrows it): with its head probability taken out too (``evaluate.choose_answer_threshold``), a stand-in
     from labelled photos alone for a photo of a mountain the model does not know."""
+    return fuse(probs, own_evidence_gone(scores, targets), weight, in_view, temperature)
+
+
+def own_evidence_gone(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Verification scores (N, C) with each photo's own mountain's set to none (a copy)."""
     scores = np.array(scores, np.float32)
     scores[np.arange(len(targets)), np.asarray(targets, np.int64)] = 0.0
-    return fuse(probs, scores, weight, in_view, temperature)
+    return scores
 
 
 def choose_weight(probs: np.ndarray, scores: np.ndarray, targets: np.ndarray, in_view: np.ndarray | None = None) -> float:

@@ -73,7 +73,7 @@ class Calibration:
 
     def thresholds(self, fused: np.ndarray, scores: np.ndarray, in_view: np.ndarray | None) -> np.ndarray:
         """Each fused answer's "sure" threshold, by whether the gallery verifies it."""
-        return np.where(verification.with_evidence(fused, scores, in_view), self.threshold, self.unverified_threshold)
+        return verification.sure_thresholds(fused, scores, in_view, self.threshold, self.unverified_threshold)
 
 
 def photographer_folds(groups: Sequence[str], folds: int) -> np.ndarray:

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from mountainid import verification
-from mountainid.training import calibrate
+from mountainid.training import calibrate, evaluate
 from mountainid.vision.local import extract_from_bytes
 
 LIMITS = (40_000_000, 10_000_000)
@@ -135,16 +135,9 @@ def test_answers_the_gallery_does_not_verify_are_held_to_their_own_threshold() -
     correct = fused.argmax(axis=1) == targets
     assert sure[seen].mean() > 0.9 and correct[sure & seen].mean() >= 0.9  # verified: nearly all said outright
     assert not (sure & ~seen).any() or correct[sure & ~seen].mean() >= 0.9
-    single = fused.max(axis=1) >= verification_free_threshold(fused, targets)
+    single = fused.max(axis=1) >= evaluate.choose_unknown_threshold(fused, targets)  # the rule before 2026-12-07
     assert correct[single & ~seen].mean() < 0.9  # what one threshold for both let through
 
     # With no answer verified (a version without a gallery), there is one threshold.
     alone = calibrate.fit(calibrate.Answers(probs, np.zeros_like(scores), targets), None)
     assert alone.threshold == alone.unverified_threshold
-
-
-def verification_free_threshold(fused: np.ndarray, targets: np.ndarray) -> float:
-    """The threshold before 2026-12-07: one for every answer, verified or not."""
-    from mountainid.training import evaluate
-
-    return evaluate.choose_unknown_threshold(fused, targets)
