@@ -86,8 +86,20 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
                         help="without calibration folds: calibrate with a head of the training split, then release "
                              "one trained on training + validation photos (twice the training time; "
                              f"{shown({name: config.refit for name, config in TIERS.items()})})")
+    parser.add_argument("--calibration-folds", type=_folds, default=argparse.SUPPRESS, metavar="N",
+                        help="folds by photographer over training + validation photos whose out-of-fold answers fit "
+                             "the confidence (a head per fold), the released head then trained on both; 0: the "
+                             f"validation photos alone ({shown({name: c.calibration_folds for name, c in TIERS.items()})})")
     parser.add_argument("--lease-s", type=float, default=3600.0,
                         help="training lease duration: a crashed run blocks others at most this long")
+
+
+def _folds(value: str) -> int:
+    """A number of calibration folds: 0 (the validation split) or at least 2 (one fold cannot answer itself)."""
+    folds = int(value)
+    if folds < 0 or folds == 1:
+        raise argparse.ArgumentTypeError(f"calibration folds must be 0 or at least 2, not {folds}")
+    return folds
 
 
 def job_config(args: argparse.Namespace):
@@ -103,7 +115,8 @@ def job_config(args: argparse.Namespace):
     if "companion" in given:
         companion = TIERS["fast"] if given["companion"] else None
     return replace(base, features=features, head=head, companion=companion, lease_s=args.lease_s,
-                   refit=given.get("refit", base.refit))
+                   refit=given.get("refit", base.refit),
+                   calibration_folds=given.get("calibration_folds", base.calibration_folds))
 
 
 def run_train(args: argparse.Namespace, settings: Settings) -> int:

@@ -18,6 +18,7 @@ from mountainid.events import InProcessBus
 from mountainid.predict import Predictor
 from mountainid.registry import Registry
 from mountainid.store import LocalBlobStore
+from mountainid.training.cli import job_config
 from mountainid.training.job import train_and_register
 from tests.training.conftest import FAST, TINY_FINE_TUNE_FLAGS, cli_args, training_env
 
@@ -59,6 +60,16 @@ def test_evaluate_prints_the_summary_line_last(local_seeded: LocalBlobStore, pho
     named = cli_args("evaluate", [str(photo_dir), "--model", "20200101-000000-dead"])
     assert named.func(named, settings) == 2
     assert "20200101-000000-dead" in capsys.readouterr().err
+
+
+def test_calibration_folds_are_a_flag_over_the_tiers_default(capsys) -> None:
+    """``--calibration-folds``: 0 (the validation photos) or >= 2 folds; one fold could only answer itself."""
+    assert job_config(cli_args("train", ["--tier", "finetune"])).calibration_folds == 0
+    config = job_config(cli_args("train", ["--tier", "finetune", "--calibration-folds", "2", "--no-refit"]))
+    assert (config.calibration_folds, config.refit, config.tier) == (2, False, "finetune")
+    with pytest.raises(SystemExit):
+        cli_args("train", ["--calibration-folds", "1"])
+    assert "must be 0 or at least 2, not 1" in capsys.readouterr().err
 
 
 @pytest.fixture()
