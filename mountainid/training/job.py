@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -262,7 +263,7 @@ def _run(settings: Settings, store: BlobStore, bus: EventBus, config: JobConfig,
     verified = verify(store, settings, prepared)
     lease.renew()
     progress.report("calibrating", folds=config.calibration_folds)
-    answers = _held_out_answers(prepared, config, verified, answering or heads)
+    answers = _held_out_answers(prepared, config, verified, answering or heads, progress)
     calibration = calibrate.fit(answers, verified.in_view)
     evaluated = _evaluate(prepared, heads, verified, answers, calibration)
     lease.renew()
@@ -310,9 +311,11 @@ def verify(store: BlobStore, settings: Settings, prepared: Prepared) -> Verified
     return Verified(keypoints, gallery, in_view)
 
 
-def _held_out_answers(prepared: Prepared, config: JobConfig, verified: Verified, heads: list) -> calibrate.Answers:
-    """Answers to photos the answering heads and gallery never held: out of fold over training + validation,
-    or the validation split answered by heads of the training split (``heads``) and a gallery of that split."""
+def _held_out_answers(prepared: Prepared, config: JobConfig, verified: Verified, heads: list,
+                      progress: Progress) -> calibrate.Answers:
+    """Answers to photos the answering heads and gallery never held: out of fold over training + validation
+    (each fold's first head reporting its epochs), or the validation split answered by heads of the training
+    split (``heads``) and a gallery of that split."""
     classes = len(prepared.labels)
     splits = ("train", "val")
     pooled = [member.pooled(splits) for member in prepared.members]  # the same photos and targets in each
@@ -325,12 +328,17 @@ def _held_out_answers(prepared: Prepared, config: JobConfig, verified: Verified,
                                      lambda _, held: _answer(heads, [x[held] for x in features], classes))
     fold_of = calibrate.photographer_folds([e.group for e in photos], config.calibration_folds)
 
+    answered: list[int] = []  # the folds begun, for the progress report
+
     def answer(trained_on: np.ndarray, held: np.ndarray) -> np.ndarray:
+        answered.append(len(answered) + 1)
         fold_heads = []
-        for member, member_features in zip(config.members(), prepared.members, strict=True):
+        for number, (member, member_features) in enumerate(zip(config.members(), prepared.members, strict=True)):
             x, y = member_features.training(splits, trained_on)
-            fold_heads.append(train_head(x, y, x[:0], y[:0], classes, member.head, member_features.extractor,
-                                         announce=False)[0])
+            fold_heads.append(train_head(
+                x, y, x[:0], y[:0], classes, member.head, member_features.extractor, announce=False,
+                on_epoch=None if number else partial(progress.epoch, step="calibrating", fold=answered[-1],
+                                                     folds=config.calibration_folds))[0])
         return _answer(fold_heads, [x[held] for x in features], classes)
 
     return calibrate.out_of_fold(fold_of, targets, classes, [e.photo_id for e in photos], keypoints, answer)

@@ -36,8 +36,10 @@ class Progress:
         except Exception as error:  # noqa: BLE001 - progress is for people; the model matters more
             event(log, "training progress not written", error=str(error), level=logging.WARNING)
 
-    def epoch(self, epoch: int, epochs: int, eta_s: float) -> None:
-        self.report("training", epoch=epoch, epochs=epochs, eta_s=round(eta_s))
+    def epoch(self, epoch: int, epochs: int, eta_s: float, step: str = "training", **facts: object) -> None:
+        """An epoch of the released head (``training``) or of a calibration fold's (``calibrating``, its
+        ``fold`` of ``folds``): a fold of the fine-tune trains for minutes, longer than ``STALE_S`` over all folds."""
+        self.report(step, epoch=epoch, epochs=epochs, eta_s=round(eta_s), **facts)
 
 
 def current(store: BlobStore) -> dict | None:

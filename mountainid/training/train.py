@@ -200,17 +200,16 @@ def _top_blocks(inputs, extractor: FeatureExtractor):
     return x
 
 
-def _epoch_logger(epochs: int, on_epoch: Callable[[int, int, float], None] | None):
-    """A callback logging one line per epoch (loss, validation accuracy, ETA): a fine-tune takes minutes.
-
-    ``on_epoch(epoch, epochs, eta_s)`` is told too (the run's progress report for the site).
-    """
+def _epoch_logger(epochs: int, on_epoch: Callable[[int, int, float], None] | None, announce: bool):
+    """A callback logging one line per epoch (loss, validation accuracy, ETA) under a bar, when ``announce``:
+    a fine-tune takes minutes. ``on_epoch(epoch, epochs, eta_s)`` is told either way (the run's progress
+    report for the site)."""
     import keras
 
     class EpochLog(keras.callbacks.Callback):
         def on_train_begin(self, logs=None) -> None:
             self.started = time.perf_counter()
-            self.bar = Bar("training", epochs).__enter__()
+            self.bar = Bar("training", epochs if announce else 0).__enter__()  # 0: draws nothing
 
         def on_epoch_end(self, epoch: int, logs=None) -> None:
             logs = logs or {}
@@ -220,7 +219,8 @@ def _epoch_logger(epochs: int, on_epoch: Callable[[int, int, float], None] | Non
             validated = {"val_accuracy": round(float(logs["val_accuracy"]), 4)} if "val_accuracy" in logs else {}
             fields: dict[str, Any] = {"epoch": epoch + 1, "epochs": epochs, "loss": round(float(logs["loss"]), 4),
                                       **validated, "seconds": round(elapsed, 1), "eta_s": round(eta)}
-            event(log, "epoch finished", level=item_level(), **fields)
+            if announce:
+                event(log, "epoch finished", level=item_level(), **fields)
             self.bar.advance(note=f"loss {float(logs['loss']):.3f}"
                                   + "".join(f" {name} {value}" for name, value in validated.items()))
             if on_epoch:
@@ -248,7 +248,8 @@ def train_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
                on_epoch: Callable[[int, int, float], None] | None = None, announce: bool = True):
     """Fit a head; returns (the model, history dict).
 
-    ``announce``: a bar and a line per epoch; off for calibration's fold heads, which the fold loop reports.
+    ``announce``: a bar and a line per epoch; off for calibration's fold heads, which the fold loop reports
+    (``on_epoch`` is still told each epoch).
 
     Without ``one_cycle`` the weights of the best validation loss are kept (early stopping); with it
     the schedule runs to its end, as the fine-tuning recipe prescribes.
@@ -267,7 +268,7 @@ def train_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
     has_val = len(x_val) > 0
-    callbacks = [_epoch_logger(config.epochs, on_epoch)] if announce else []
+    callbacks = [_epoch_logger(config.epochs, on_epoch, announce)] if announce or on_epoch else []
     if has_val and not config.one_cycle:
         callbacks.append(keras.callbacks.EarlyStopping("val_loss", patience=config.patience,
                                                        restore_best_weights=True))

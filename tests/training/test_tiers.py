@@ -53,9 +53,14 @@ def test_both_tiers_pass_through_the_gate_on_the_same_test_photos(local_seeded: 
 
 
 def test_the_gpu_tier_learns_from_validation_photos_and_is_still_gated_on_photos_it_never_saw(
-        local_seeded: LocalBlobStore, settings) -> None:
+        local_seeded: LocalBlobStore, settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """TRAINING_GPU=1's tier: the fine-tune at GPU length, its released head trained on training + validation
-    photos, its confidence fitted out of fold over both, and the gate on the test photos alone."""
+    photos, its confidence fitted out of fold over both, and the gate on the test photos alone. Each fold's
+    head reports its epochs to the site, as the released head does (at GPU length a fold trains for hours)."""
+    reports: list[dict] = []
+    report = Progress.report
+    monkeypatch.setattr(Progress, "report", lambda self, step, **facts: (reports.append({"step": step, **facts}),
+                                                                          report(self, step, **facts)))
     assert GPU_TIER.features == FINETUNE_TIER.features and GPU_TIER.calibration_folds >= 2
     assert (GPU_TIER.head.epochs, GPU_TIER.head.augment_views) > (FINETUNE_TIER.head.epochs,
                                                                   FINETUNE_TIER.head.augment_views)
@@ -75,6 +80,10 @@ def test_the_gpu_tier_learns_from_validation_photos_and_is_still_gated_on_photos
                 if e.object_name.removeprefix("accepted/").removesuffix(".jpg") in splits["test"]}
     assert len(test_ids) == len(splits["test"]) and not test_ids & set(answered)
     assert gpu.gate.compared_on == metrics["test"]["n"] == fast.test["n"] == len(splits["test"])
+    epochs = small.head.epochs
+    assert [(r["fold"], r["epoch"]) for r in reports if r["step"] == "calibrating" and "epoch" in r] == [
+        (fold, epoch) for fold in (1, 2) for epoch in range(1, epochs + 1)]
+    assert {r["folds"] for r in reports if "fold" in r} == {FOLDED.calibration_folds}
 
 
 def test_each_tier_retrains_at_its_own_pace(local_seeded: LocalBlobStore, settings) -> None:
@@ -119,6 +128,9 @@ def test_a_running_fine_tune_shows_its_progress_on_the_site(local_seeded: LocalB
     assert client.get("/api/v1/model").get_json()["training"]["epoch"] == 3
     page = client.get("/model").get_data(as_text=True)
     assert "A new model is training" in page and "epoch 3 of 14, about 10 min left" in page
+    progress.epoch(2, 8, eta_s=300, step="calibrating", fold=1, folds=2)  # a calibration fold's head
+    assert ("from photos it did not train on: fold 1 of 2, epoch 2 of 8, about 5 min left in this fold"
+            in client.get("/model").get_data(as_text=True))
     body = json.loads(local_seeded.get(TRAINING_PROGRESS))
     local_seeded.put(TRAINING_PROGRESS, json.dumps({**body, "updated": time.time() - STALE_S - 1}).encode())
     assert current(local_seeded) is None  # a run that stopped reporting died: nothing is shown
