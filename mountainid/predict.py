@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mountainid.arrays import load_arrays
+from mountainid.arrays import in_batches, load_arrays
 from mountainid.bucket import local_features_name, model_file
 from mountainid.catalog import Catalog, Mountain
 from mountainid.config import Settings
@@ -210,7 +210,7 @@ class Predictor:
 
     def probabilities(self, features: list[np.ndarray]) -> np.ndarray:
         """Class probabilities (N, labels) from each head's features of the same photos (N, its dim), averaged."""
-        return np.mean([head(np.asarray(x, np.float32)).numpy() for head, x in zip(self._heads, features, strict=True)],
+        return np.mean([in_batches(head, np.asarray(x, np.float32)) for head, x in zip(self._heads, features, strict=True)],
                        axis=0)
 
     def _classify(self, image: Image.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from mountainid import verification
+from mountainid.arrays import in_batches
 from mountainid.bucket import new_version
 from mountainid.catalog import Mountain, load_catalog
 from mountainid.config import Settings
@@ -486,7 +487,7 @@ def _augmented(store: BlobStore, settings: Settings, extractor: FeatureExtractor
 def head_probabilities(head, features: np.ndarray, classes: int) -> np.ndarray:
     if not len(features):
         return np.zeros((0, classes), np.float32)
-    return np.asarray(head(features, training=False))
+    return in_batches(lambda x: head(x, training=False), features)
 
 
 def _features(store: BlobStore, settings: Settings, photos: Sequence[Example],
