@@ -122,7 +122,7 @@ def main() -> None:
     from mountainid.store import open_store
     from mountainid.training import evaluate
     from mountainid.training.dataset import list_accepted
-    from mountainid.training.job import TIERS, prepare
+    from mountainid.training.job import TIERS, head_probabilities, prepare
     from mountainid.training.train import train_head
 
     settings = load_settings()
@@ -146,7 +146,7 @@ def main() -> None:
             head, history = train_head(x_train, y_train, x_val, y_val, len(prepared.labels), head_config,
                                        prepared.extractor)
             seconds = time.perf_counter() - started
-            probs = np.asarray(head(x_val, training=False))
+            probs = head_probabilities(head, x_val, len(prepared.labels))
             figures = {"recipe": name, "seed": seed, "seconds": round(seconds, 1),
                        "val_top1": evaluate.top_k(probs, y_val, 1), "val_top3": evaluate.top_k(probs, y_val, 3),
                        "val_accuracy": history.get("val_accuracy", []), "loss": history.get("loss", []),
@@ -155,7 +155,7 @@ def main() -> None:
             if prepared.extractor.spec.cut:
                 from mountainid.training.train import mirror_averaged
 
-                mirrored = np.asarray(mirror_averaged(head, prepared.extractor)(x_val, training=False))
+                mirrored = head_probabilities(mirror_averaged(head, prepared.extractor), x_val, len(prepared.labels))
                 figures["val_top1_mirror"] = evaluate.top_k(mirrored, y_val, 1)
                 figures["val_probs_mirror"] = mirrored.round(5).tolist()
             if evidence is not None:
