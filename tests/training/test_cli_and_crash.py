@@ -64,9 +64,9 @@ def test_evaluate_prints_the_summary_line_last(local_seeded: LocalBlobStore, pho
 
 def test_calibration_folds_are_a_flag_over_the_tiers_default(capsys) -> None:
     """``--calibration-folds``: 0 (the validation photos) or >= 2 folds; one fold could only answer itself."""
-    assert job_config(cli_args("train", ["--tier", "finetune"])).calibration_folds == 0
-    config = job_config(cli_args("train", ["--tier", "finetune", "--calibration-folds", "2", "--no-refit"]))
-    assert (config.calibration_folds, config.refit, config.tier) == (2, False, "finetune")
+    assert job_config(cli_args("train", ["--tier", "finetune"])).calibration_folds == 2
+    config = job_config(cli_args("train", ["--tier", "finetune", "--calibration-folds", "0", "--refit"]))
+    assert (config.calibration_folds, config.refit, config.tier) == (0, True, "finetune")
     with pytest.raises(SystemExit):
         cli_args("train", ["--calibration-folds", "1"])
     assert "must be 0 or at least 2, not 1" in capsys.readouterr().err
