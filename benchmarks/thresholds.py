@@ -1,7 +1,8 @@
 """How much the "sure" threshold's rule can promise from few held-out answers: a resampling study.
 
-The fine-tune tier fits its confidence on the 82 validation photos (``calibration_folds`` 0). Which rule,
-fitted on so few answers, keeps "at least 90 % right" on photos it did not see, and answers how many? This
+Calibrated on the 82 validation photos (``calibration_folds`` 0, the fine-tune tier until 2026-12-07), which
+rule, fitted on so few answers, keeps "at least 90 % right" on photos it did not see, and answers how many
+(a larger ``--size``: what more answers buy, as the fine-tune tier's 446 out of fold since then)? This
 reads one version's stored held-out answers (``held_out.npz``; a fast-tier version has ~450 out of fold),
 draws ``--size`` of them as a calibration set, fits the weight, temperature and threshold on them with the
 job's functions under each rule, and scores that threshold on the rest: coverage, precision, how often the
