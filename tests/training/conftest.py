@@ -30,7 +30,7 @@ from tests.terminal import read_until_closed
 MOUNTAINS = ("Broad Peak", "Lhotse", "Nanga Parbat")
 TRAIN_PER_CLASS = 8
 # A quick head: enough to learn the three peaks, a few seconds on two cores. It is calibrated on the
-# validation split (as the fine-tune tier is), which trains one head instead of three: the job's
+# validation split (as `--calibration-folds 0` does), which trains one head instead of three: the job's
 # bookkeeping is what most tests are about. FOLDED is the fast tier's released way (four folds by default,
 # two here: the same code with half the fold heads), for the tests of calibration out of fold.
 FAST = JobConfig(FeatureSpec(), HeadConfig(epochs=60, patience=15), lease_s=600, calibration_folds=0)
