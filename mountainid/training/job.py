@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
+from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -329,16 +330,16 @@ def _held_out_answers(prepared: Prepared, config: JobConfig, verified: Verified,
                                      lambda _, held: _answer(heads, [x[held] for x in features], classes))
     fold_of = calibrate.photographer_folds([e.group for e in photos], config.calibration_folds)
 
-    answered: list[int] = []  # the folds begun, for the progress report
+    fold_numbers = count(1)  # out_of_fold answers the folds in turn: their numbers, for the progress report
 
     def answer(trained_on: np.ndarray, held: np.ndarray) -> np.ndarray:
-        answered.append(len(answered) + 1)
+        fold = next(fold_numbers)
         fold_heads = []
         for number, (member, member_features) in enumerate(zip(config.members(), prepared.members, strict=True)):
             x, y = member_features.training(splits, trained_on)
             fold_heads.append(train_head(
                 x, y, x[:0], y[:0], classes, member.head, member_features.extractor, announce=False,
-                on_epoch=None if number else partial(progress.epoch, step="calibrating", fold=answered[-1],
+                on_epoch=None if number else partial(progress.epoch, step="calibrating", fold=fold,
                                                      folds=config.calibration_folds))[0])
         return _answer(fold_heads, [x[held] for x in features], classes)
 

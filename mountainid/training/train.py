@@ -217,9 +217,9 @@ def _epoch_logger(epochs: int, on_epoch: Callable[[int, int, float], None] | Non
             eta = elapsed / (epoch + 1) * (epochs - epoch - 1)
             # A head trained without validation photos (refit, a fold's, a companion) has no validation accuracy.
             validated = {"val_accuracy": round(float(logs["val_accuracy"]), 4)} if "val_accuracy" in logs else {}
-            fields: dict[str, Any] = {"epoch": epoch + 1, "epochs": epochs, "loss": round(float(logs["loss"]), 4),
-                                      **validated, "seconds": round(elapsed, 1), "eta_s": round(eta)}
             if announce:
+                fields: dict[str, Any] = {"epoch": epoch + 1, "epochs": epochs, "loss": round(float(logs["loss"]), 4),
+                                          **validated, "seconds": round(elapsed, 1), "eta_s": round(eta)}
                 event(log, "epoch finished", level=item_level(), **fields)
             self.bar.advance(note=f"loss {float(logs['loss']):.3f}"
                                   + "".join(f" {name} {value}" for name, value in validated.items()))

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from mountainid.arrays import in_batches
 from mountainid.config import Settings
 from mountainid.vision import efficientnet_lite
 from mountainid.vision.backbone import (
@@ -181,6 +182,4 @@ class FeatureExtractor:
             images = images[None]
         if len(images) == 0:
             return np.zeros((0, self.dim), np.float32)
-        forward = self._built()[0]
-        return np.concatenate([forward(images[start:start + batch_size])
-                               for start in range(0, len(images), batch_size)]).astype(np.float32)
+        return in_batches(self._built()[0], images, batch_size).astype(np.float32)
